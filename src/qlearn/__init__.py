@@ -7,7 +7,7 @@ are imported lazily on first use, so ``import qlearn`` stays fast.
 
 import importlib
 
-from . import codebooks, memory, metrics, quantize
+from . import codebooks, metrics, quantize
 from .metrics import error_stats
 from .quantize import (
     AbsmaxQuantized,
@@ -31,10 +31,10 @@ _LAZY = {
     "perplexity": "qlearn.evaluate",
     "compare": "qlearn.evaluate",
 }
-_LAZY_MODULES = ("models", "evaluate", "plots", "widgets", "sources", "cli")
+_LAZY_MODULES = ("memory", "models", "evaluate", "plots", "widgets", "sources", "cli")
 
 __all__ = [
-    "codebooks", "memory", "metrics", "quantize", "error_stats",
+    "codebooks", "metrics", "quantize", "error_stats",
     "quantize_4bit", "quantize_blockwise_8bit", "absmax_quantize", "zeropoint_quantize",
     "int8_vectorwise", "Quantized4bit", "Blockwise8bit", "AbsmaxQuantized", "ZeroPointQuantized",
     *_LAZY, *_LAZY_MODULES,
