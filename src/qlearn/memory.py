@@ -1,0 +1,292 @@
+"""Memory arithmetic: bits per weight, whole-model estimates at any size, and a model's true footprint.
+
+Imports torch only. What ``model.get_memory_footprint()`` reports is the sum of
+``nelement * element_size`` over parameters and buffers: a 4-bit weight counts as packed uint8
+(half a byte a weight) and an int8 weight as one byte, but the scales bitsandbytes keeps beside them
+(4-bit absmax and its nested double-quant state, LLM.int8's per-row ``SCB``) are attributes, not
+parameters, so that figure leaves them out. ``footprint`` measures both; ``estimate`` predicts both.
+
+The seed's claims, checked with ``estimate("llama-2-7b", ...)`` (6.74 B parameters):
+fp16 13.48 GB; int8 7.00 GB (+0.03 GB SCB) = 0.52 of fp16, not "roughly 1/4" (that is int8 vs fp32,
+and only for the linear weights); nf4 3.76 GB (+0.10 GB absmax with double quant) = 0.55 of int8,
+so "halves again" holds for the linear weights (4 vs 8 bits) but not for the whole model, because
+the embeddings and lm_head (0.26 B parameters, 0.52 GB) stay 16-bit in every mode.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+
+__all__ = ["MODES", "PRESETS", "ModelShape", "Estimate", "Footprint", "bits_per_param", "model_shape",
+           "estimate", "footprint"]
+
+MODES = ("fp32", "bf16", "fp16", "int8", "nf4", "fp4")
+_FLOAT_BITS = {"fp32": 32, "bf16": 16, "fp16": 16}
+
+# Llama-2 shapes from their published configs (hidden, intermediate, layers, vocab, heads, kv heads).
+PRESETS = {
+    "llama-2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, vocab_size=32000,
+                       num_attention_heads=32, num_key_value_heads=32, tie_word_embeddings=False),
+    "llama-2-13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, vocab_size=32000,
+                        num_attention_heads=40, num_key_value_heads=40, tie_word_embeddings=False),
+    "llama-2-70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, vocab_size=32000,
+                        num_attention_heads=64, num_key_value_heads=8, tie_word_embeddings=False),
+}
+
+
+def _check_choice(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(map(str, allowed))}")
+
+
+def _check_pow2(name, value, lo, hi):
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi or value & (value - 1):
+        raise ValueError(f"{name} must be a power of two from {lo} to {hi}; got {value!r}")
+
+
+def bits_per_param(quant_type="nf4", blocksize=64, double_quant=False, dq_blocksize=256, in_features=None):
+    """Stored bits per quantized weight, scales included (float).
+
+    4-bit (nf4/fp4): 4 + 32/blocksize (one float32 absmax a block); with double quant the absmax
+    is 8-bit with one float32 scale per ``dq_blocksize`` blocks: 4 + 8/blocksize + 32/(blocksize*dq_blocksize)
+    (the one float32 offset per tensor is left out). int8 (LLM.int8, row-wise): 8 + 32/in_features,
+    one float32 absmax (``SCB``) per output row, so ``in_features`` is required. fp32/bf16/fp16: 32/16/16.
+    Worked: nf4/64 = 4 + 0.5 = 4.5; with double quant 4 + 0.125 + 0.001953125 = 4.126953125.
+
+    >>> bits_per_param("nf4", 64), bits_per_param("nf4", 64, double_quant=True)
+    (4.5, 4.126953125)
+    >>> bits_per_param("int8", in_features=4096)
+    8.0078125
+    """
+    _check_choice("quant_type", quant_type, MODES)
+    if quant_type in _FLOAT_BITS:
+        return float(_FLOAT_BITS[quant_type])
+    if quant_type == "int8":
+        if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
+            raise ValueError(f"int8 (one float32 scale per row) needs in_features, a positive int; "
+                             f"got {in_features!r}")
+        return 8 + 32 / in_features
+    _check_pow2("blocksize", blocksize, 32, 4096)
+    if not double_quant:
+        return 4 + 32 / blocksize
+    _check_pow2("dq_blocksize", dq_blocksize, 32, 4096)
+    return 4 + 8 / blocksize + 32 / (blocksize * dq_blocksize)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes of a Llama-style decoder (gated MLP) that decide its memory; ints."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    vocab_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    tie_word_embeddings: bool
+
+    def linear_shapes(self):
+        """(out_features, in_features) of the 7 linear layers of one block: q, k, v, o, gate, up, down."""
+        h, i, q, kv = self.hidden_size, self.intermediate_size, self.num_attention_heads, self.num_key_value_heads
+        d = self.head_dim
+        return [(q * d, h), (kv * d, h), (kv * d, h), (h, q * d), (i, h), (i, h), (h, i)]
+
+    @property
+    def linear_params(self):
+        return self.num_hidden_layers * sum(o * i for o, i in self.linear_shapes())
+
+    @property
+    def unquantized_params(self):
+        """Embeddings, the lm_head when untied, and the RMS norms (2 per layer + 1 final)."""
+        embed = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+        return embed + (2 * self.num_hidden_layers + 1) * self.hidden_size
+
+
+def model_shape(config):
+    """A ``ModelShape`` from a transformers config, a dict, or a preset name such as ``"llama-2-7b"``.
+
+    >>> model_shape("llama-2-7b").linear_params
+    6476005376
+    """
+    if isinstance(config, str):
+        _check_choice("preset", config, tuple(PRESETS))
+        config = PRESETS[config]
+    get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
+    missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size",
+                           "num_attention_heads") if get(k) is None]
+    if missing:
+        raise TypeError(f"config needs Llama-style fields {missing}; got {type(config).__name__}")
+    heads = int(get("num_attention_heads"))
+    return ModelShape(
+        int(get("hidden_size")), int(get("intermediate_size")), int(get("num_hidden_layers")),
+        int(get("vocab_size")), heads, int(get("num_key_value_heads") or heads),
+        int(get("head_dim") or get("hidden_size") // heads), bool(get("tie_word_embeddings", False)))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Predicted bytes of a whole model in one mode (all ints, bytes)."""
+
+    mode: str
+    double_quant: bool
+    quantized_params: int     # linear weights inside the blocks
+    unquantized_params: int   # embeddings, lm_head, norms: 16-bit in int8/4-bit modes
+    weight_bytes: int         # the quantized linear weights as stored (codes only)
+    quant_state_bytes: int    # absmax / nested state / SCB: what get_memory_footprint leaves out
+    unquantized_bytes: int
+    kv_cache_bytes: int = 0
+
+    @property
+    def n_params(self):
+        return self.quantized_params + self.unquantized_params
+
+    @property
+    def reported_bytes(self):
+        """What ``model.get_memory_footprint()`` would say (buffers aside)."""
+        return self.weight_bytes + self.unquantized_bytes
+
+    @property
+    def true_bytes(self):
+        return self.reported_bytes + self.quant_state_bytes
+
+    @property
+    def total_bytes(self):
+        return self.true_bytes + self.kv_cache_bytes
+
+
+def _state_bytes(mode, shape_list, blocksize, double_quant, dq_blocksize):
+    """Bytes of scales for a list of (out, in) weight shapes."""
+    if mode == "int8":
+        return sum(4 * o for o, _ in shape_list)   # one float32 SCB per output row
+    total = 0
+    for o, i in shape_list:
+        blocks = math.ceil(o * i / blocksize)
+        total += blocks + 4 * math.ceil(blocks / dq_blocksize) + 4 if double_quant else 4 * blocks
+    return total
+
+
+def estimate(n_params_or_config, mode="nf4", double_quant=None, blocksize=64, dq_blocksize=256,
+             unquantized_bits=16, batch_size=1, context_length=0, kv_bits=16, in_features=4096):
+    """Predict a model's memory in ``mode``, split into quantized weights, their scales and the rest.
+
+    ``n_params_or_config``: a transformers config / dict / preset name (exact split), or a bare
+    parameter count such as ``7e9`` (then everything is counted as quantized linear weights, with
+    ``in_features`` rows for int8 scales). ``double_quant`` None means True for nf4/fp4 (as
+    ``qlearn.load``). Layers left unquantized (embeddings, lm_head, norms) take ``unquantized_bits``
+    (16; the mode's own width for fp32/bf16/fp16). ``context_length`` > 0 adds a KV cache of
+    2 * layers * kv_heads * head_dim * batch * context * kv_bits / 8 bytes.
+    Worked: Llama-2-7B nf4+DQ = 3.238 GB codes + 0.103 GB absmax + 0.525 GB 16-bit layers.
+
+    >>> round(estimate("llama-2-7b", "fp16").total_bytes / 1e9, 2)
+    13.48
+    """
+    _check_choice("mode", mode, MODES)
+    four_bit = mode in ("nf4", "fp4")
+    if double_quant is not None and not four_bit:
+        raise ValueError(f"double_quant={double_quant!r} applies only to nf4/fp4, not mode={mode!r}")
+    dq = bool(four_bit and (True if double_quant is None else double_quant))
+    if four_bit:
+        _check_pow2("blocksize", blocksize, 32, 4096)
+        _check_pow2("dq_blocksize", dq_blocksize, 32, 4096)
+    if isinstance(n_params_or_config, (int, float)) and not isinstance(n_params_or_config, bool):
+        if n_params_or_config <= 0:
+            raise ValueError(f"n_params must be positive; got {n_params_or_config!r}")
+        if context_length:
+            raise ValueError("a KV cache estimate needs a config (layers, heads), not a bare parameter count")
+        n = int(n_params_or_config)
+        rows = n // in_features
+        linears, scale, kv = [(rows, in_features)], 1, 0
+        n_linear = rows * in_features
+        unquantized = n - n_linear   # the remainder (< in_features)
+    else:
+        shape = model_shape(n_params_or_config)
+        linears, scale = shape.linear_shapes(), shape.num_hidden_layers
+        n_linear, unquantized = shape.linear_params, shape.unquantized_params
+        kv = 2 * shape.num_hidden_layers * shape.num_key_value_heads * shape.head_dim
+        kv = kv * batch_size * context_length * kv_bits // 8
+    if mode in _FLOAT_BITS:
+        bits = _FLOAT_BITS[mode]
+        return Estimate(mode, False, n_linear, unquantized, n_linear * bits // 8, 0,
+                        unquantized * bits // 8, kv)
+    weight_bytes = n_linear if mode == "int8" else math.ceil(n_linear / 2)
+    state = scale * _state_bytes(mode, linears, blocksize, dq, dq_blocksize)
+    return Estimate(mode, dq, n_linear, unquantized, weight_bytes, state,
+                    unquantized * unquantized_bits // 8, kv)
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Measured bytes of a loaded model (ints). ``total_bytes == model.get_memory_footprint()``."""
+
+    total_bytes: int             # parameters + buffers, as get_memory_footprint counts them
+    quantized_weight_bytes: int  # Params4bit (packed uint8) and Int8Params (int8) data
+    unquantized_bytes: int       # every other parameter: embeddings, lm_head, norms, biases
+    buffer_bytes: int            # e.g. rotary inv_freq
+    quant_state_bytes: int       # absmax, nested absmax + offset, SCB: NOT in total_bytes
+    quantized_params: int        # logical weights in quantized layers (not packed bytes)
+    unquantized_params: int
+
+    @property
+    def true_bytes(self):
+        """What the weights really occupy: the reported figure plus the quantization state."""
+        return self.total_bytes + self.quant_state_bytes
+
+    @property
+    def bits_per_quantized_weight(self):
+        """(codes + scales) * 8 / weights, e.g. 4.5 for nf4/64, 4.127 with double quant; nan if none."""
+        if not self.quantized_params:
+            return float("nan")
+        return 8 * (self.quantized_weight_bytes + self.quant_state_bytes) / self.quantized_params
+
+    def as_dict(self):
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        return out | {"true_bytes": self.true_bytes, "bits_per_quantized_weight": self.bits_per_quantized_weight}
+
+
+def _nbytes(t):
+    return t.nelement() * t.element_size() if isinstance(t, torch.Tensor) else 0
+
+
+def _quant_state(p):
+    """(logical weights, state bytes) for a bitsandbytes weight, or None for a plain tensor."""
+    kind = type(p).__name__
+    if kind == "Params4bit" and getattr(p, "quant_state", None) is not None:
+        qs = p.quant_state
+        n = math.prod(qs.shape)
+        state = _nbytes(qs.absmax)
+        if getattr(qs, "nested", False):
+            state += _nbytes(qs.offset) + _nbytes(qs.state2.absmax)
+        return n, state
+    if kind == "Int8Params" and p.dtype == torch.int8:
+        return p.nelement(), _nbytes(getattr(p, "SCB", None))
+    return None
+
+
+def footprint(model):
+    """Measure ``model``: reported bytes split by kind, plus the quantization state they leave out.
+
+    Embedded SmolLM2 nf4: total 109,777,792 bytes (as get_memory_footprint), quant state
+    6,635,520 (float32 absmax, 106,168,320 weights / 64 * 4); with double quant 1,685,880.
+
+    >>> fp = footprint(model)  # doctest: +SKIP
+    >>> fp.total_bytes == model.get_memory_footprint()  # doctest: +SKIP
+    True
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    qbytes = ubytes = state = qparams = uparams = 0
+    for p in model.parameters():   # parameters() skips tied duplicates, as get_memory_footprint does
+        found = _quant_state(p)
+        if found is None:
+            ubytes += _nbytes(p)
+            uparams += p.nelement()
+        else:
+            qbytes += _nbytes(p)
+            qparams += found[0]
+            state += found[1]
+    bufs = sum(_nbytes(b) for b in model.buffers())
+    return Footprint(qbytes + ubytes + bufs, qbytes, ubytes, bufs, state, qparams, uparams)
