@@ -1,4 +1,4 @@
-"""Quantizers: 4-bit blockwise (NF4/FP4, double quant), 8-bit blockwise, absmax, zero-point, LLM.int8.
+"""Code-book quantizers in bitsandbytes' formats: 4-bit blockwise (NF4/FP4, double quant) and 8-bit blockwise.
 
 Every function takes a float tensor (float32 / float16 / bfloat16 / float64) on any device, keeps
 that device, and returns a frozen dataclass holding the integer codes plus the small metadata needed
@@ -9,17 +9,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
-from typing import NamedTuple
 
 import torch
 
 from . import codebooks
-from ._checks import check_bits, check_blocksize, check_choice, check_finite, check_tensor, group, ungroup
+from ._checks import check_blocksize, check_choice, check_finite, check_tensor
+from .intquant import (
+    AbsmaxQuantized,
+    Int8Vectorwise,
+    ZeroPointQuantized,
+    absmax_quantize,
+    int8_vectorwise,
+    zeropoint_quantize,
+)
 
 __all__ = [
-    "Quantized4bit", "Blockwise8bit", "AbsmaxQuantized", "ZeroPointQuantized", "Int8Vectorwise",
-    "quantize_4bit", "quantize_blockwise_8bit", "absmax_quantize", "zeropoint_quantize", "int8_vectorwise",
-    "BLOCKSIZES_4BIT", "BLOCKSIZES_8BIT",
+    "Quantized4bit", "Blockwise8bit", "quantize_4bit", "quantize_blockwise_8bit", "BLOCKSIZES_4BIT", "BLOCKSIZES_8BIT",
+    # re-exported from qlearn.intquant so that every quantizer is reachable as qlearn.quantize.<name>
+    "AbsmaxQuantized", "ZeroPointQuantized", "Int8Vectorwise", "absmax_quantize", "zeropoint_quantize",
+    "int8_vectorwise",
 ]
 
 BLOCKSIZES_4BIT = (32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -59,15 +67,16 @@ def _block_absmax(flat: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, tor
 
 @dataclass(frozen=True)
 class Quantized4bit:
-    """A 4-bit blockwise quantized tensor (bitsandbytes' NF4/FP4 layout).
+    """A 4-bit blockwise quantized tensor, stored as bitsandbytes stores it.
 
-    codes: uint8 (n,), one 4-bit code per element of the flattened input.
+    packed: uint8 (ceil(n / 2),), two codes a byte, the FIRST element in the HIGH nibble
+    (byte i = code[2i] << 4 | code[2i+1]); an odd count is padded with the code of 0.0.
     absmax: float32 (blocks,); with double quant uint8 (blocks,) codes of ``absmax - offset``.
-    offset: float32 scalar mean of the absmax (double quant only), nested_absmax: float32
-    (ceil(blocks / 256),) the absmax of each block of 256 absmax values (double quant only).
+    offset: float32 scalar, the mean absmax (double quant only); nested_absmax: float32
+    (ceil(blocks / 256),), the absmax of each group of 256 absmax values (double quant only).
     """
 
-    codes: torch.Tensor
+    packed: torch.Tensor
     absmax: torch.Tensor
     shape: torch.Size
     dtype: torch.dtype
@@ -82,13 +91,9 @@ class Quantized4bit:
         return self.offset is not None
 
     @property
-    def packed(self) -> torch.Tensor:
-        """uint8 (ceil(n / 2),): byte i = codes[2i] << 4 | codes[2i+1] (first element in the HIGH
-        nibble); an odd count is padded with the code of 0.0, as bitsandbytes does."""
-        c = self.codes
-        if c.numel() % 2:
-            c = torch.cat([c, _zero_code(self.quant_type, c.device)])
-        return (c[0::2] << 4) | c[1::2]
+    def codes(self) -> torch.Tensor:
+        """uint8 (n,), one 4-bit code per element of the flattened input (the packed bytes unpacked)."""
+        return torch.stack([self.packed >> 4, self.packed & 0xF], dim=1).view(-1)[: self.shape.numel()]
 
     def block_absmax(self) -> torch.Tensor:
         """float32 (blocks,) absmax per block; with double quant the reconstructed one
@@ -101,7 +106,7 @@ class Quantized4bit:
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """code[q] * absmax in float32, cast to `dtype` (default: the input's), in the input's shape."""
-        code = _table(self.quant_type, str(self.codes.device))[0]
+        code = _table(self.quant_type, str(self.packed.device))[0]
         values = code[self.codes.long()]                       # (n,) float32
         absmax = self.block_absmax()
         full = values.numel() - values.numel() % self.blocksize
@@ -117,33 +122,71 @@ class Quantized4bit:
         nested = 0
         if self.double_quant:
             nested = self.offset.numel() * 4 + self.nested_absmax.numel() * 4
-        return {"codes": (self.codes.numel() + 1) // 2,
-                "absmax": self.absmax.numel() * self.absmax.element_size(), "nested": nested}
+        return {"codes": self.packed.numel(), "absmax": self.absmax.numel() * self.absmax.element_size(),
+                "nested": nested}
 
     @property
     def bits_per_param(self) -> float:
         """Measured bits per element, everything included: 4.5 for NF4 with blocks of 64,
         ~4.127 with double quant (plus a hair for a partial block and the offset)."""
-        return 8 * sum(self.nbytes.values()) / self.codes.numel()
+        return 8 * sum(self.nbytes.values()) / self.shape.numel()
 
 
-@cache
-def _zero_code_cached(quant_type: str, device: str) -> torch.Tensor:
-    return _codes_4bit(torch.zeros(1, device=device), quant_type)
+CHUNK = 1 << 18   # elements scaled and coded at a time: 1 MB of float32 stays in the CPU cache
 
 
-def _zero_code(quant_type: str, device: torch.device) -> torch.Tensor:
-    return _zero_code_cached(quant_type, str(device))
+def _count_below(v: torch.Tensor, bounds: list[float], out: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
+    """out = the number of `bounds` strictly below each value of v, as uint8 (n,).
+
+    Equal to ``torch.bucketize(v, bounds)`` (a value on a midpoint takes the lower code), but branch
+    free: 15 vectorized comparisons on a cache-sized chunk beat a binary search per element.
+    """
+    torch.gt(v, bounds[0], out=out)
+    for b in bounds[1:]:
+        out += torch.gt(v, b, out=tmp)
+    return out
 
 
-def _codes_4bit(scaled: torch.Tensor, quant_type: str) -> torch.Tensor:
-    """4-bit codes of values in [-1, 1]: bucketize on the 15 midpoints of the sorted code book
-    (a value exactly on a midpoint takes the LOWER code), then map sorted rank to bit pattern."""
-    _, bounds, order = _table(quant_type, str(scaled.device))
-    rank = torch.bucketize(scaled, bounds, out_int32=True)
-    if quant_type == "fp4":
-        rank = order[rank]
-    return rank.to(torch.uint8)
+def _pack(codes: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Two 4-bit codes a byte, first element in the high nibble: (c[0::2] << 4) | c[1::2]."""
+    pairs = codes.view(-1, 2)   # (n / 2, 2)
+    return torch.bitwise_or(pairs[:, 0] << 4, pairs[:, 1], out=out)
+
+
+def _quantize_4bit_packed(flat: torch.Tensor, quant_type: str, blocksize: int):
+    """Packed codes (ceil(n / 2),) and float32 absmax (blocks,) of a flat float tensor."""
+    _, bounds_t, order = _table(quant_type, str(flat.device))
+    bounds = bounds_t.tolist()
+    n = flat.numel()
+    full = n - n % blocksize
+    blocks = flat[:full].view(-1, blocksize)                     # (blocks, blocksize), input dtype
+    lo, hi = torch.aminmax(blocks, dim=1)
+    absmax = torch.maximum(hi.float(), -lo.float())              # exact: the max of |x| per block
+    check_finite(absmax)
+    recip = 1.0 / absmax.clamp(min=1e-38)                        # float32 reciprocal, as bitsandbytes
+    packed = torch.empty((n + 1) // 2, dtype=torch.uint8, device=flat.device)
+    rows = max(1, CHUNK // blocksize)
+    scaled = torch.empty(min(rows, blocks.shape[0]), blocksize, device=flat.device)
+    codes = torch.empty(scaled.numel(), dtype=torch.uint8, device=flat.device)
+    tmp = torch.empty(scaled.numel(), dtype=torch.bool, device=flat.device)
+    for i in range(0, blocks.shape[0], rows):
+        k = min(rows, blocks.shape[0] - i)
+        v = torch.mul(blocks[i:i + k], recip[i:i + k, None], out=scaled[:k]).view(-1)   # (k * blocksize,)
+        c = _count_below(v, bounds, codes[: v.numel()], tmp[: v.numel()])
+        if quant_type == "fp4":
+            c = order[c.long()].to(torch.uint8)                  # sorted rank -> FP4 bit pattern
+        _pack(c, out=packed[i * blocksize // 2:(i + k) * blocksize // 2])
+    if full < n:   # a partial last block: its own absmax, and a true division (as bitsandbytes)
+        am = flat[full:].float().abs().amax().clamp(min=1e-38)
+        check_finite(am)
+        absmax = torch.cat([absmax, am.view(1)])
+        v = torch.cat([flat[full:].float() / am, torch.zeros((n - full) % 2, device=flat.device)])
+        c = _count_below(v, bounds, torch.empty(v.numel(), dtype=torch.uint8, device=flat.device),
+                         torch.empty(v.numel(), dtype=torch.bool, device=flat.device))
+        if quant_type == "fp4":
+            c = order[c.long()].to(torch.uint8)
+        packed[full // 2:] = _pack(c)
+    return packed, absmax
 
 
 def quantize_4bit(x: torch.Tensor, quant_type: str = "nf4", blocksize: int = 64,
@@ -152,6 +195,7 @@ def quantize_4bit(x: torch.Tensor, quant_type: str = "nf4", blocksize: int = 64,
 
     x: float tensor of any shape (flattened; a partial last block gets its own absmax).
     quant_type: "nf4" (normal-quantile code book) or "fp4" (bitsandbytes' 4-bit float).
+    Each value is scaled by its block's 1/absmax into [-1, 1] and takes the nearest code.
     double_quant: quantize the float32 absmax again (8-bit dynamic map, blocks of 256, after
     subtracting their mean `offset`); `dq_rule` picks the nested rounding: "nearest" (the exact
     nearest code) or "bnb_cpu" (bitsandbytes' CPU look-up table, to get its bytes exactly).
@@ -166,13 +210,13 @@ def quantize_4bit(x: torch.Tensor, quant_type: str = "nf4", blocksize: int = 64,
     check_choice(quant_type, "quant_type", ("nf4", "fp4"))
     check_blocksize(blocksize, "blocksize", BLOCKSIZES_4BIT)
     check_choice(dq_rule, "dq_rule", DQ_RULES)
-    scaled, absmax = _block_absmax(x.reshape(-1).float(), blocksize)
-    codes = _codes_4bit(scaled, quant_type)
+    flat = x.reshape(-1) if x.dtype != torch.float64 else x.reshape(-1).float()   # float64: coded in float32
+    packed, absmax = _quantize_4bit_packed(flat, quant_type, blocksize)
     if not double_quant:
-        return Quantized4bit(codes, absmax, x.shape, x.dtype, quant_type, blocksize)
+        return Quantized4bit(packed, absmax, x.shape, x.dtype, quant_type, blocksize)
     offset = absmax.mean()
     nested = quantize_blockwise_8bit(absmax - offset, blocksize=DQ_BLOCKSIZE, rule=dq_rule)
-    return Quantized4bit(codes, nested.codes, x.shape, x.dtype, quant_type, blocksize,
+    return Quantized4bit(packed, nested.codes, x.shape, x.dtype, quant_type, blocksize,
                          offset=offset, nested_absmax=nested.absmax, dq_rule=dq_rule)
 
 
@@ -228,141 +272,10 @@ def quantize_blockwise_8bit(x: torch.Tensor, blocksize: int = 4096, rule: str = 
         check_blocksize(blocksize, "blocksize", BLOCKSIZES_8BIT)
     check_choice(rule, "rule", DQ_RULES)
     scaled, absmax = _block_absmax(x.reshape(-1).float(), blocksize)
-    return Blockwise8bit(_codes_8bit(scaled, rule).view(x.shape), absmax, x.shape, x.dtype, blocksize, rule)
-
-
-@dataclass(frozen=True)
-class AbsmaxQuantized:
-    """Symmetric (absmax) quantization: q int8 in x's shape, scale float32 per group
-    (one group per tensor, per index of `axis`, or per block of `blocksize`); x ~= q * scale."""
-
-    q: torch.Tensor
-    scale: torch.Tensor
-    shape: torch.Size
-    dtype: torch.dtype
-    bits: int
-    axis: int | None
-    blocksize: int | None
-
-    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        g = group(self.q.float(), self.axis, self.blocksize)           # (groups, group_size)
-        return ungroup(g * self.scale[:, None], self.shape, self.axis).to(dtype or self.dtype)
-
-
-@dataclass(frozen=True)
-class ZeroPointQuantized:
-    """Asymmetric (zero-point) quantization: q uint8 in x's shape, scale and zero_point float32 per
-    group; x ~= (q - zero_point) * scale. zero_point is an integer unless zero_point_domain="float"."""
-
-    q: torch.Tensor
-    scale: torch.Tensor
-    zero_point: torch.Tensor
-    shape: torch.Size
-    dtype: torch.dtype
-    bits: int
-    axis: int | None
-    blocksize: int | None
-
-    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        g = group(self.q.float(), self.axis, self.blocksize)
-        return ungroup((g - self.zero_point[:, None]) * self.scale[:, None], self.shape, self.axis).to(
-            dtype or self.dtype)
-
-
-def absmax_quantize(x: torch.Tensor, bits: int = 8, axis: int | None = None,
-                    blocksize: int | None = None) -> AbsmaxQuantized:
-    """Symmetric quantization to the integers -(2**(bits-1) - 1) .. 2**(bits-1) - 1.
-
-    Granularity: per tensor (default), per index of `axis` (axis=0 on a (out, in) weight: one
-    scale per output row), or per block of `blocksize` consecutive elements of the flattened tensor.
-    scale = absmax / qmax; q = round(x / scale) (half to even). Worked number: 8 bits, absmax 2.54
-    -> scale 0.02, x = 1.0 -> q = 50.
-
-    >>> absmax_quantize(torch.tensor([1.0, -2.54])).q.tolist()
-    [50, -127]
-    """
-    x = check_tensor(x, "x")
-    check_bits(bits)
-    qmax = 2 ** (bits - 1) - 1
-    g = group(x.float(), axis, blocksize)                                # (groups, group_size)
-    absmax = g.abs().amax(dim=1)
-    check_finite(absmax)
-    scale = absmax / qmax
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.round(g / safe[:, None]).clamp_(-qmax, qmax)
-    return AbsmaxQuantized(ungroup(q, x.shape, axis).to(torch.int8), scale, x.shape, x.dtype, bits, axis, blocksize)
-
-
-def zeropoint_quantize(x: torch.Tensor, bits: int = 8, axis: int | None = None, blocksize: int | None = None,
-                       zero_point_domain: str = "int") -> ZeroPointQuantized:
-    """Asymmetric quantization to 0 .. 2**bits - 1, using the full [min, max] range of each group.
-
-    scale = (max - min) / (2**bits - 1); "int" domain: zero_point = round(-min / scale) with the range
-    widened to include 0 (so 0.0 is exact, the textbook rule); "float" domain: zero_point = -min / scale
-    unrounded and the range is exactly [min, max] (GGUF's Q4_1 style: x = q * scale + min).
-    Worked number: 4 bits on [-10.2, 10.2] -> scale = (10.2 - (-10.2)) / 15 = 1.36, zero_point 8.
-
-    >>> zeropoint_quantize(torch.tensor([-10.2, 10.2]), bits=4).zero_point.tolist()
-    [8.0]
-    """
-    x = check_tensor(x, "x")
-    check_bits(bits)
-    check_choice(zero_point_domain, "zero_point_domain", ("int", "float"))
-    qmax = 2 ** bits - 1
-    g = group(x.float(), axis, blocksize)
-    lo, hi = g.amin(dim=1), g.amax(dim=1)
-    check_finite(hi - lo)
-    if zero_point_domain == "int":
-        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
-    scale = (hi - lo) / qmax
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    zp = -lo / safe
-    if zero_point_domain == "int":
-        zp = zp.round().clamp_(0, qmax)
-    q = torch.round(g / safe[:, None] + zp[:, None]).clamp_(0, qmax)
-    return ZeroPointQuantized(ungroup(q, x.shape, axis).to(torch.uint8), scale, zp, x.shape, x.dtype, bits,
-                              axis, blocksize)
-
-
-class Int8Vectorwise(NamedTuple):
-    """LLM.int8 row-wise quantization: codes int8 (rows, cols), row_absmax float32 (rows,),
-    outlier_cols int64 (k,) indices of columns with any |x| >= threshold (empty when none)."""
-
-    codes: torch.Tensor
-    row_absmax: torch.Tensor
-    outlier_cols: torch.Tensor
-
-    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """codes * row_absmax / 127; outlier columns come back as 0 (they are kept in 16-bit)."""
-        return (self.codes.float() * (self.row_absmax[:, None] / 127)).to(dtype)
-
-
-def int8_vectorwise(x: torch.Tensor, threshold: float = 0.0) -> Int8Vectorwise:
-    """Row-wise int8 quantization with LLM.int8 outlier columns (bitsandbytes `int8_vectorwise_quant`).
-
-    x: float tensor (rows, cols) (more dims are flattened into rows). With threshold > 0, every
-    |x| >= threshold is an outlier: it is left out of its row's absmax, and its whole column is
-    zeroed in the codes (LLM.int8 multiplies those columns in 16-bit). codes = round(x * scale),
-    half to even, with scale = float32(127 * float32(1 / row_absmax)) exactly as bitsandbytes.
-    Worked number: row [0.5, -1.27] -> absmax 1.27, codes [50, -127].
-
-    >>> int8_vectorwise(torch.tensor([[0.5, -1.27]])).codes.tolist()
-    [[50, -127]]
-    """
-    x = check_tensor(x, "x")
-    if x.dim() < 2:
-        raise ValueError(f"x must have at least 2 dimensions (rows, cols), got shape {tuple(x.shape)}")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
-        raise ValueError(f"threshold must be a number >= 0 (0 disables outliers), got {threshold!r}")
-    a = x.reshape(-1, x.shape[-1])                                # (rows, cols)
-    outlier_cols = torch.empty(0, dtype=torch.int64, device=x.device)
-    if threshold > 0:
-        outliers = a.abs() >= threshold
-        outlier_cols = torch.argwhere(outliers.any(dim=0)).view(-1)
-        a = a.masked_fill(outliers, 0)
-    row_absmax = a.abs().amax(dim=1).float()
-    check_finite(row_absmax)
-    codes = torch.round(a * (127.0 / row_absmax).unsqueeze(1)).nan_to_num_(0).to(torch.int8)
-    if a.shape[0] > 1 and outlier_cols.numel():
-        codes[:, outlier_cols] = 0
-    return Int8Vectorwise(codes, row_absmax, outlier_cols)
+    codes = _codes_8bit(scaled, rule)
+    if rule == "bnb_cpu":   # the C++ kernel stores absmax 0 for an all-zero block, and code 0 for its values
+        zero = absmax <= 1e-38
+        if bool(zero.any()):
+            absmax = absmax.masked_fill(zero, 0)
+            codes = codes.masked_fill(zero.repeat_interleave(blocksize)[: codes.numel()], 0)
+    return Blockwise8bit(codes.view(x.shape), absmax, x.shape, x.dtype, blocksize, rule)

@@ -1,0 +1,154 @@
+"""Integer quantizers: absmax (symmetric) and zero-point (asymmetric) at 2..8 bits, per tensor,
+per axis or blockwise, and LLM.int8's row-wise int8 with outlier columns (bit-exact with bitsandbytes).
+
+Codes are integers on a uniform grid (`qlearn.codebooks.int_grid`), unlike NF4/FP4's code books.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from ._checks import check_bits, check_choice, check_finite, check_tensor, group, ungroup
+
+__all__ = ["AbsmaxQuantized", "ZeroPointQuantized", "Int8Vectorwise", "absmax_quantize", "zeropoint_quantize",
+           "int8_vectorwise"]
+
+
+@dataclass(frozen=True)
+class AbsmaxQuantized:
+    """Symmetric (absmax) quantization: q int8 in x's shape, scale float32 per group
+    (one group per tensor, per index of `axis`, or per block of `blocksize`); x ~= q * scale."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+    shape: torch.Size
+    dtype: torch.dtype
+    bits: int
+    axis: int | None
+    blocksize: int | None
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        g = group(self.q.float(), self.axis, self.blocksize)           # (groups, group_size)
+        return ungroup(g * self.scale[:, None], self.shape, self.axis).to(dtype or self.dtype)
+
+
+@dataclass(frozen=True)
+class ZeroPointQuantized:
+    """Asymmetric (zero-point) quantization: q uint8 in x's shape, scale and zero_point float32 per
+    group; x ~= (q - zero_point) * scale. zero_point is an integer unless zero_point_domain="float"."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+    shape: torch.Size
+    dtype: torch.dtype
+    bits: int
+    axis: int | None
+    blocksize: int | None
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        g = group(self.q.float(), self.axis, self.blocksize)
+        return ungroup((g - self.zero_point[:, None]) * self.scale[:, None], self.shape, self.axis).to(
+            dtype or self.dtype)
+
+
+def absmax_quantize(x: torch.Tensor, bits: int = 8, axis: int | None = None,
+                    blocksize: int | None = None) -> AbsmaxQuantized:
+    """Symmetric quantization to the integers -(2**(bits-1) - 1) .. 2**(bits-1) - 1.
+
+    Granularity: per tensor (default), per index of `axis` (axis=0 on a (out, in) weight: one
+    scale per output row), or per block of `blocksize` consecutive elements of the flattened tensor.
+    scale = absmax / qmax; q = round(x / scale) (half to even). Worked number: 8 bits, absmax 2.54
+    -> scale 0.02, x = 1.0 -> q = 50.
+
+    >>> absmax_quantize(torch.tensor([1.0, -2.54])).q.tolist()
+    [50, -127]
+    """
+    x = check_tensor(x, "x")
+    check_bits(bits)
+    qmax = 2 ** (bits - 1) - 1
+    g = group(x.float(), axis, blocksize)                                # (groups, group_size)
+    absmax = g.abs().amax(dim=1)
+    check_finite(absmax)
+    scale = absmax / qmax
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(g / safe[:, None]).clamp_(-qmax, qmax)
+    return AbsmaxQuantized(ungroup(q, x.shape, axis).to(torch.int8), scale, x.shape, x.dtype, bits, axis, blocksize)
+
+
+def zeropoint_quantize(x: torch.Tensor, bits: int = 8, axis: int | None = None, blocksize: int | None = None,
+                       zero_point_domain: str = "int") -> ZeroPointQuantized:
+    """Asymmetric quantization to 0 .. 2**bits - 1, using the full [min, max] range of each group.
+
+    scale = (max - min) / (2**bits - 1); "int" domain: zero_point = round(-min / scale) with the range
+    widened to include 0 (so 0.0 is exact, the textbook rule); "float" domain: zero_point = -min / scale
+    unrounded and the range is exactly [min, max] (GGUF's Q4_1 style: x = q * scale + min).
+    Worked number: 4 bits on [-10.2, 10.2] -> scale = (10.2 - (-10.2)) / 15 = 1.36, zero_point 8.
+
+    >>> zeropoint_quantize(torch.tensor([-10.2, 10.2]), bits=4).zero_point.tolist()
+    [8.0]
+    """
+    x = check_tensor(x, "x")
+    check_bits(bits)
+    check_choice(zero_point_domain, "zero_point_domain", ("int", "float"))
+    qmax = 2 ** bits - 1
+    g = group(x.float(), axis, blocksize)
+    lo, hi = g.amin(dim=1), g.amax(dim=1)
+    check_finite(hi - lo)
+    if zero_point_domain == "int":
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+    scale = (hi - lo) / qmax
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zp = -lo / safe
+    if zero_point_domain == "int":
+        zp = zp.round().clamp_(0, qmax)
+    q = torch.round(g / safe[:, None] + zp[:, None]).clamp_(0, qmax)
+    return ZeroPointQuantized(ungroup(q, x.shape, axis).to(torch.uint8), scale, zp, x.shape, x.dtype, bits,
+                              axis, blocksize)
+
+
+class Int8Vectorwise(NamedTuple):
+    """LLM.int8 row-wise quantization: codes int8 (rows, cols), row_absmax float32 (rows,),
+    outlier_cols int64 (k,) indices of columns with any |x| >= threshold (empty when none)."""
+
+    codes: torch.Tensor
+    row_absmax: torch.Tensor
+    outlier_cols: torch.Tensor
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """codes * row_absmax / 127; outlier columns come back as 0 (they are kept in 16-bit)."""
+        return (self.codes.float() * (self.row_absmax[:, None] / 127)).to(dtype)
+
+
+def int8_vectorwise(x: torch.Tensor, threshold: float = 0.0) -> Int8Vectorwise:
+    """Row-wise int8 quantization with LLM.int8 outlier columns (bitsandbytes `int8_vectorwise_quant`).
+
+    x: float tensor (rows, cols) (more dims are flattened into rows). With threshold > 0, every
+    |x| >= threshold is an outlier: it is left out of its row's absmax, and its whole column is
+    zeroed in the codes (LLM.int8 multiplies those columns in 16-bit). codes = round(x * scale),
+    half to even, with scale = float32(127 * float32(1 / row_absmax)) exactly as bitsandbytes.
+    Worked number: row [0.5, -1.27] -> absmax 1.27, codes [50, -127].
+
+    >>> int8_vectorwise(torch.tensor([[0.5, -1.27]])).codes.tolist()
+    [[50, -127]]
+    """
+    x = check_tensor(x, "x")
+    if x.dim() < 2:
+        raise ValueError(f"x must have at least 2 dimensions (rows, cols), got shape {tuple(x.shape)}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
+        raise ValueError(f"threshold must be a number >= 0 (0 disables outliers), got {threshold!r}")
+    a = x.reshape(-1, x.shape[-1])                                # (rows, cols)
+    outlier_cols = torch.empty(0, dtype=torch.int64, device=x.device)
+    if threshold > 0:
+        outliers = a.abs() >= threshold
+        outlier_cols = torch.argwhere(outliers.any(dim=0)).view(-1)
+        a = a.masked_fill(outliers, 0)
+    row_absmax = a.abs().amax(dim=1).float()
+    check_finite(row_absmax)
+    codes = torch.round(a * (127.0 / row_absmax).unsqueeze(1)).nan_to_num_(0).to(torch.int8)
+    if a.shape[0] > 1 and outlier_cols.numel():
+        codes[:, outlier_cols] = 0
+    return Int8Vectorwise(codes, row_absmax, outlier_cols)
