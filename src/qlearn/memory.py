@@ -223,8 +223,9 @@ class Footprint:
     """Measured bytes of a loaded model (ints). ``total_bytes == model.get_memory_footprint()``."""
 
     total_bytes: int             # parameters + buffers, as get_memory_footprint counts them
-    quantized_weight_bytes: int  # Params4bit (packed uint8) and Int8Params (int8) data
-    unquantized_bytes: int       # every other parameter: embeddings, lm_head, norms, biases
+    linear_weight_bytes: int     # weights of the linear layers in the blocks (lm_head excluded)
+    quantized_weight_bytes: int  # of those, Params4bit (packed uint8) and Int8Params (int8) data
+    unquantized_bytes: int       # every parameter not quantized: embeddings, lm_head, norms, biases
     buffer_bytes: int            # e.g. rotary inv_freq
     quant_state_bytes: int       # absmax, nested absmax + offset, SCB: NOT in total_bytes
     quantized_params: int        # logical weights in quantized layers (not packed bytes)
@@ -278,8 +279,12 @@ def footprint(model):
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    qbytes = ubytes = state = qparams = uparams = 0
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    linear = {id(m.weight) for m in model.modules()
+              if isinstance(m, torch.nn.Linear) and m is not out_emb}   # bnb layers subclass Linear
+    qbytes = ubytes = lbytes = state = qparams = uparams = 0
     for p in model.parameters():   # parameters() skips tied duplicates, as get_memory_footprint does
+        lbytes += _nbytes(p) if id(p) in linear else 0
         found = _quant_state(p)
         if found is None:
             ubytes += _nbytes(p)
@@ -289,4 +294,4 @@ def footprint(model):
             qparams += found[0]
             state += found[1]
     bufs = sum(_nbytes(b) for b in model.buffers())
-    return Footprint(qbytes + ubytes + bufs, qbytes, ubytes, bufs, state, qparams, uparams)
+    return Footprint(qbytes + ubytes + bufs, lbytes, qbytes, ubytes, bufs, state, qparams, uparams)

@@ -1,0 +1,25 @@
+"""Shared fixtures. ``embedded_path``: the embedded SmolLM2, converted once per session (or reused).
+
+The conversion goes to the normal qlearn cache (``$QLEARN_CACHE`` or ~/.cache/qlearn), so a second
+test session on the same machine finds it ready. Fixtures that load a model are for tests marked
+``slow``; keep one model in memory at a time.
+"""
+
+import logging
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def embedded_path():
+    """Path of the converted embedded model folder (bf16 safetensors + tokenizer)."""
+    from qlearn.models import embedded_model_path
+
+    return embedded_model_path()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_bitsandbytes():
+    """LLM.int8 logs "inputs will be cast ... to float16" on every matmul: keep test logs readable."""
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    yield
