@@ -18,7 +18,7 @@ from torch import nn
 
 __all__ = [
     "SYNTHETIC_KINDS", "synthetic", "linear_layer_names", "layer_weight", "linear_layers",
-    "layer_inputs",
+    "layer_inputs", "shifted",
 ]
 
 SYNTHETIC_KINDS = ("normal", "laplace", "student_t", "outliers", "skewed")
@@ -64,6 +64,18 @@ def synthetic(kind: str = "normal", n: int = 65536, *, seed: int = 0, std: float
         x = x / sd
     out = torch.from_numpy(np.asarray(x * std, dtype=np.float32))
     return out.reshape(shape) if shape is not None else out
+
+
+def shifted(x: torch.Tensor, by_std: float) -> torch.Tensor:
+    """`x` moved by `by_std` of its own standard deviations: x + by_std * std(x), same dtype.
+    A shifted tensor is where zero-point beats absmax (absmax wastes the levels on the empty side).
+
+    >>> shifted(torch.tensor([-1.0, 1.0]), 2.0).tolist()
+    [1.8284270763397217, 3.8284270763397217]
+    """
+    if by_std == 0:
+        return x
+    return x + by_std * x.float().std().to(x.dtype)
 
 
 def linear_layer_names(model: nn.Module) -> list[str]:

@@ -1,0 +1,234 @@
+"""Weight histograms with a scheme's levels, and absmax vs zero-point on a skewed tensor.
+
+`QuantHistogramView` draws (a) one group's values (the tensor, a row or a block) with that
+group's quantization levels, (b) the whole tensor before and after quantize-dequantize, (c) the
+error histogram. `ZeroPointView` compares absmax and zero-point: the levels each actually uses,
+the rounding error per value, and SQNR against bits. Both build their artists once; `update`
+swaps the data in place. `levels_of` / `group_values` read the levels and values of one group
+out of any qlearn quantization result.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from matplotlib.collections import LineCollection
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from matplotlib.transforms import blended_transform_factory
+
+from .. import codebooks
+from ..quantize import AbsmaxQuantized, Quantized4bit, ZeroPointQuantized
+from ._base import COLORS, histogram, new_figure, set_ylim_to, value_range
+
+__all__ = ["QuantHistogramView", "ZeroPointView", "levels_of", "group_values", "n_groups",
+           "quantization_histograms"]
+
+BINS = 80
+
+
+def n_groups(result) -> int:
+    """How many groups (scales) a result has: 1 per tensor, one per row, or one per block."""
+    return int(result.absmax.numel() if isinstance(result, Quantized4bit) else result.scale.numel())
+
+
+def group_values(x: torch.Tensor, result, g: int = 0) -> torch.Tensor:
+    """The values of `x` that share group `g`'s scale in `result` (flattened), float32."""
+    blocksize = result.blocksize if isinstance(result, Quantized4bit) else result.blocksize
+    axis = None if isinstance(result, Quantized4bit) else result.axis
+    if axis is not None:
+        return x.movedim(axis, 0).reshape(x.shape[axis], -1)[g].float()
+    flat = x.reshape(-1).float()
+    if blocksize is None:
+        return flat
+    return flat[g * blocksize:(g + 1) * blocksize]
+
+
+def levels_of(result, g: int = 0) -> torch.Tensor:
+    """Sorted distinct values group `g` of `result` can dequantize to, float32.
+
+    Absmax: scale * (-qmax..qmax), 2**bits - 1 values; zero-point: (0..2**bits-1 - zp) * scale,
+    2**bits values; NF4: 16 values; FP4: 15 (its +0 and -0 codes are the same value).
+    Worked number: absmax 4-bit with absmax 0.7 has scale 0.1 and levels -0.7, -0.6, ..., 0.7.
+
+    >>> import qlearn as ql
+    >>> levels_of(ql.absmax_quantize(torch.tensor([0.7, -0.2]), bits=4)).numel()
+    15
+    """
+    if isinstance(result, Quantized4bit):
+        values = codebooks.get_codebook(result.quant_type) * result.block_absmax()[g].cpu()
+    elif isinstance(result, ZeroPointQuantized):
+        grid = codebooks.int_grid(result.bits, signed=False)
+        values = (grid - result.zero_point[g].cpu()) * result.scale[g].cpu()
+    elif isinstance(result, AbsmaxQuantized):
+        values = codebooks.int_grid(result.bits, signed=True) * result.scale[g].cpu()
+    else:
+        raise TypeError(f"result must be a qlearn quantization result, got {type(result).__name__}")
+    return torch.unique(values.float())
+
+
+def _group_name(result, g: int, count: int) -> str:
+    if isinstance(result, Quantized4bit) or result.blocksize is not None:
+        return f"block {g} of {count}"
+    return "whole tensor" if result.axis is None else f"row {g} of {count}"
+
+
+class QuantHistogramView:
+    """Three panels for one quantization result: a group with its levels, the whole tensor before
+    and after, and the error. Build once, then `update(x, result)` on every change.
+
+    >>> import qlearn as ql
+    >>> x = torch.randn(4096)
+    >>> view = QuantHistogramView().update(x, ql.zeropoint_quantize(x, bits=3, blocksize=64))
+    >>> len(view.levels.get_segments())
+    8
+    """
+
+    def __init__(self, fig: Figure | None = None):
+        self.fig, self.axes = (fig, np.array(fig.axes)) if fig is not None else new_figure(3)
+        a, b, c = self.axes
+        e = np.linspace(0, 1, 2)
+        self.group_hist = a.stairs([0], e, fill=True, color=COLORS["orig"], alpha=0.55, label="values")
+        self.levels = LineCollection([], colors=COLORS["level"], linewidths=0.9, label="levels")
+        a.add_collection(self.levels)
+        self.orig_hist = b.stairs([0], e, fill=True, color=COLORS["orig"], alpha=0.4, label="original")
+        self.deq_hist = b.stairs([0], e, color=COLORS["deq"], linewidth=1.2, label="dequantized")
+        self.err_hist = c.stairs([0], e, fill=True, color=COLORS["err"], alpha=0.6)
+        a.set_xlabel("weight value")
+        a.set_ylabel("count")
+        b.set_xlabel("weight value")
+        c.set_xlabel("dequantized - original")
+        a.legend(loc="upper right", frameon=False)
+        b.legend(loc="upper right", frameon=False)
+        self._x = None
+
+    def update(self, x: torch.Tensor, result, group: int = 0, log: bool = False,
+               stats: dict | None = None, x_hat: torch.Tensor | None = None) -> QuantHistogramView:
+        """Show `result` (a quantization of `x`); `group` picks the block/row for panel (a);
+        `stats` (ql.error_stats) and `x_hat` (result.dequantize()) are computed when not given."""
+        a, b, c = self.axes
+        count = n_groups(result)
+        group = min(max(int(group), 0), count - 1)
+        if x is not self._x:                      # the tensor changed: new range, new histogram
+            self._x, self._range = x, value_range(x)
+            self._orig = histogram(x, BINS, *self._range)
+        lo, hi = self._range
+        x_hat = result.dequantize(torch.float32) if x_hat is None else x_hat
+        levels = levels_of(result, group).numpy()
+        vals = group_values(x, result, group)
+        glo, ghi = value_range(torch.cat([vals, torch.from_numpy(levels)]))
+        counts, edges = histogram(vals, BINS if vals.numel() > 512 else 40, glo, ghi)
+        self.group_hist.set_data(counts, edges)
+        self.levels.set_segments([[(v, 0), (v, 1)] for v in levels])
+        self.levels.set_transform(blended_transform_factory(a.transData, a.transAxes))
+        a.set_xlim(glo, ghi)
+        set_ylim_to(a, counts.max(), log)
+        a.set_title(f"{_group_name(result, group, count)}\n{vals.numel():,} values, {len(levels)} levels")
+        self.orig_hist.set_data(*self._orig)
+        deq = histogram(x_hat, BINS, lo, hi)
+        self.deq_hist.set_data(*deq)
+        b.set_xlim(lo, hi)
+        # dequantized values pile up on the levels: clip those spikes so the original stays readable
+        set_ylim_to(b, self._orig[0].max() * (1.0 if log else 1.5), log)
+        b.set_title(f"whole tensor, {x.numel():,} values\nbefore and after (spikes clipped)")
+        err = x_hat.float() - x.float()
+        m = max(float(err.abs().max()), 1e-12) * 1.05
+        ecounts, eedges = histogram(err, BINS, -m, m)
+        self.err_hist.set_data(ecounts, eedges)
+        c.set_xlim(-m, m)
+        set_ylim_to(c, ecounts.max(), log)
+        stats = stats if stats is not None else _stats(x, x_hat)
+        c.set_title(f"error of every value\nSQNR {stats['sqnr_db']:.1f} dB, max |error| {stats['max_abs']:.2g}")
+        return self
+
+
+def _stats(x, x_hat):
+    from ..metrics import error_stats
+    return error_stats(x, x_hat)
+
+
+def quantization_histograms(x: torch.Tensor, result, group: int = 0, log: bool = False) -> Figure:
+    """One-shot figure of `QuantHistogramView` for `x` and its quantization `result`.
+
+    >>> import qlearn as ql
+    >>> x = torch.randn(1000)
+    >>> quantization_histograms(x, ql.quantize_4bit(x, "nf4")).axes[0].get_title()
+    'block 0 of 16: 64 values, 16 levels'
+    """
+    return QuantHistogramView().update(x, result, group=group, log=log).fig
+
+
+class ZeroPointView:
+    """Absmax vs zero-point on one tensor: (a) histogram with the levels each scheme has, used
+    ones in colour; (b) rounding error per value; (c) SQNR (dB) against bits 2..8.
+
+    `used` holds the last counts: {"absmax": (used, total), "zeropoint": (used, total)}.
+    """
+
+    N_POINTS = 2000
+
+    def __init__(self, fig: Figure | None = None):
+        self.fig, self.axes = (fig, np.array(fig.axes)) if fig is not None else new_figure(3)
+        a, b, c = self.axes
+        self.hist = a.stairs([0], np.linspace(0, 1, 2), fill=True, color=COLORS["muted"], alpha=0.5)
+        self.rugs, self.points, self.curves = {}, {}, {}
+        for name, band in (("absmax", (0.9, 0.99)), ("zeropoint", (0.79, 0.88))):
+            rug = LineCollection([], linewidths=1.0,
+                                 transform=blended_transform_factory(a.transData, a.transAxes))
+            rug._band = band
+            self.rugs[name] = a.add_collection(rug)
+            self.points[name] = b.scatter([], [], s=3, color=COLORS[name], alpha=0.6, label=name)
+            (self.curves[name],) = c.plot([], [], marker="o", color=COLORS[name], label=name)
+        self.bits_line = c.axvline(4, color=COLORS["muted"], linestyle="--", linewidth=1)
+        a.set_xlabel("weight value")
+        a.set_ylabel("count")
+        b.set_xlabel("weight value")
+        b.set_ylabel("dequantized - original")
+        b.legend(loc="upper center", frameon=False, markerscale=4, ncols=2)
+        c.set_xlabel("bits")
+        c.set_ylabel("SQNR (dB)")
+        c.set_xlim(1.7, 8.3)
+        c.xaxis.set_major_locator(MaxNLocator(integer=True))
+        c.legend(loc="upper left", frameon=False)
+        self._x, self.used = None, {}
+
+    def update(self, x: torch.Tensor, results: dict, sqnr: dict, bits: int) -> ZeroPointView:
+        """results: {"absmax": AbsmaxQuantized, "zeropoint": ZeroPointQuantized} at `bits`
+        (per tensor); sqnr: {"absmax": [dB at bits 2..8], "zeropoint": [...]}."""
+        a, b, c = self.axes
+        if x is not self._x:
+            self._x, (lo, hi) = x, value_range(x)
+            self.hist.set_data(*histogram(x, BINS, lo, hi))
+            flat = x.reshape(-1)
+            gen = torch.Generator().manual_seed(0)
+            self._idx = torch.randperm(flat.numel(), generator=gen)[: self.N_POINTS]
+            self._pts = flat[self._idx].float()
+        emax = 1e-12
+        xlo, xhi = value_range(x)
+        for name, res in results.items():
+            levels = levels_of(res)                                      # (2**bits or 2**bits - 1,)
+            q = res.q.reshape(-1).long()
+            grid_lo = int(codebooks.int_grid(res.bits, signed=isinstance(res, AbsmaxQuantized))[0])
+            used = torch.bincount(q - grid_lo, minlength=levels.numel())[: levels.numel()] > 0
+            y0, y1 = self.rugs[name]._band
+            self.rugs[name].set_segments([[(v, y0), (v, y1)] for v in levels.tolist()])
+            self.rugs[name].set_color([COLORS[name] if u else "#d0d0d0" for u in used.tolist()])
+            self.used[name] = (int(used.sum()), levels.numel())
+            xlo, xhi = min(xlo, float(levels[0])), max(xhi, float(levels[-1]))
+            err = res.dequantize(torch.float32).reshape(-1)[self._idx] - self._pts
+            emax = max(emax, float(err.abs().max()))
+            self.points[name].set_offsets(np.column_stack([self._pts.numpy(), err.numpy()]))
+            self.curves[name].set_data(np.arange(2, 9), np.asarray(sqnr[name]))
+        a.set_xlim(xlo, xhi)
+        set_ylim_to(a, self.hist.get_data().values.max() / 0.75)   # room for the level rugs on top
+        a.set_title(f"levels at {bits} bits (grey = unused): absmax\n"
+                    f"{self.used['absmax'][0]}/{self.used['absmax'][1]} used, "
+                    f"zero-point {self.used['zeropoint'][0]}/{self.used['zeropoint'][1]} used")
+        b.set_xlim(*value_range(self._pts))
+        b.set_ylim(-emax * 1.1, emax * 1.6)
+        b.set_title(f"rounding error per value\n({len(self._pts):,} of {x.numel():,} shown)")
+        self.bits_line.set_xdata([bits, bits])
+        top = max(max(v) for v in sqnr.values())
+        c.set_ylim(min(0.0, min(min(v) for v in sqnr.values())), top * 1.1 + 1)
+        c.set_title(f"error against bits\n(dashed: now {bits} bits)")
+        return self

@@ -1,0 +1,104 @@
+"""Double-quantization savings: what the absmax scales cost, and what quantizing them saves.
+
+`DoubleQuantView` draws (a) the bytes of the quantization state (absmax, nested state) for
+blocksizes 32..4096, with and without double quant, for one model size (the codes, always
+4 bits a weight, are given in the title); (b) bits per parameter against blocksize; (c) the
+saving in GB for model sizes up to 70B at the chosen blocksize.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ._base import COLORS, new_figure
+
+__all__ = ["DoubleQuantView", "format_params"]
+
+
+def format_params(n: float) -> str:
+    """135e6 -> '135M', 7e9 -> '7B'.
+
+    >>> format_params(7e9), format_params(135e6)
+    ('7B', '135M')
+    """
+    return f"{n / 1e9:g}B" if n >= 1e9 else f"{n / 1e6:g}M"
+
+
+class DoubleQuantView:
+    """Three panels; `update(...)` swaps the data. `saving_bits` / `saving_gb` hold the numbers shown."""
+
+    def __init__(self, fig: Figure | None = None):
+        self.fig, self.axes = (fig, np.array(fig.axes)) if fig is not None else new_figure(3)
+        a, b, c = self.axes
+        a.set_xlabel("blocksize")
+        a.set_ylabel("GB of scales")
+        b.set_xlabel("blocksize")
+        b.set_ylabel("bits per parameter")
+        b.set_xscale("log", base=2)
+        c.set_ylabel("GB saved by double quant")
+        self._built = None
+        self.saving_bits = self.saving_gb = 0.0
+
+    def _build(self, blocksizes, split, bpp, sizes):
+        a, b, c = self.axes
+        x = np.arange(len(blocksizes))
+        self.bars = {}
+        for dq, shift, hatch in ((False, -0.2, None), (True, 0.2, "//")):
+            bottom = np.zeros(len(blocksizes))
+            for part in ("absmax", "nested"):
+                per_param = np.array([split[(bs, dq)][part] for bs in blocksizes])
+                label = f"{part} ({'double quant' if dq else 'float32'})" if part == "absmax" or dq else None
+                self.bars[(dq, part)] = a.bar(x + shift, per_param, 0.38, bottom=bottom, label=label,
+                                              color=COLORS["absmax_bytes" if part == "absmax" else "nested"],
+                                              alpha=0.55 if dq else 0.9, hatch=hatch, edgecolor="white")
+                bottom = bottom + per_param
+            self._per_param_state = getattr(self, "_per_param_state", {})
+            self._per_param_state[dq] = bottom
+        a.set_xticks(x, [str(bs) for bs in blocksizes], rotation=45)
+        self.span = a.axvspan(-0.5, 0.5, color="#f0e68c", alpha=0.35, zorder=0)
+        a.legend(loc="upper right", frameon=False, fontsize=7)
+        for dq, style in ((False, "-"), (True, "--")):
+            b.plot(blocksizes, bpp[dq], style, marker="o", ms=3, color=COLORS["orig"] if not dq else COLORS["nf4"],
+                   label="double quant" if dq else "float32 absmax")
+        (self.marker,) = b.plot([], [], "o", ms=8, mfc="none", mec=COLORS["level"], mew=1.5)
+        b.set_xticks(blocksizes[::2], [str(bs) for bs in blocksizes[::2]])
+        b.legend(loc="upper right", frameon=False)
+        b.set_ylim(3.9, max(bpp[False]) + 0.15)
+        self.size_bars = c.bar(range(len(sizes)), np.zeros(len(sizes)), color=COLORS["muted"])
+        c.set_xticks(range(len(sizes)), [format_params(n) for n in sizes])
+        c.set_xlabel("model size (parameters)")
+        self._built = (tuple(blocksizes), tuple(sizes))
+
+    def update(self, blocksizes, split: dict, bpp: dict, blocksize: int, n_params: float,
+               sizes) -> DoubleQuantView:
+        """split: {(blocksize, double_quant): {"codes", "absmax", "nested"} bytes per parameter};
+        bpp: {False: [bits per param per blocksize], True: [...]} (from ql.memory.bits_per_param)."""
+        a, b, c = self.axes
+        if self._built != (tuple(blocksizes), tuple(sizes)):
+            self._build(blocksizes, split, bpp, sizes)
+        gb = n_params / 1e9
+        for (dq, part), bars in self.bars.items():
+            bottom = np.zeros(len(blocksizes)) if part == "absmax" else np.array(
+                [split[(bs, dq)]["absmax"] for bs in blocksizes]) * gb
+            for bar, bs, y0 in zip(bars, blocksizes, bottom, strict=True):
+                bar.set_height(split[(bs, dq)][part] * gb)
+                bar.set_y(y0)
+        a.set_ylim(0, self._per_param_state[False].max() * gb * 1.35)
+        i = list(blocksizes).index(blocksize)
+        self.saving_bits = bpp[False][i] - bpp[True][i]
+        self.saving_gb = self.saving_bits * n_params / 8 / 1e9
+        codes_gb = split[(blocksize, False)]["codes"] * gb
+        a.set_title(f"{format_params(n_params)}: codes {codes_gb:.2f} GB, plus scales\n"
+                    "(left float32, right double quant)")
+        self.span.set_x(i - 0.5)
+        self.marker.set_data([blocksize, blocksize], [bpp[False][i], bpp[True][i]])
+        b.set_title(f"blocksize {blocksize}: {bpp[False][i]:.4g} -> {bpp[True][i]:.4g} bits\n"
+                    f"saves {self.saving_bits:.3f} bit/param")
+        savings = [self.saving_bits * n / 8 / 1e9 for n in sizes]
+        for bar, n, s in zip(self.size_bars, sizes, savings, strict=True):
+            bar.set_height(s)
+            bar.set_color(COLORS["level"] if n == n_params else COLORS["muted"])
+        c.set_ylim(0, max(savings) * 1.25)
+        c.set_title(f"saving at blocksize {blocksize}\n{format_params(n_params)}: {self.saving_gb:.2f} GB")
+        return self

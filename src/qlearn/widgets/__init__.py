@@ -1,0 +1,21 @@
+"""Interactive explorers: ipywidgets controls wired to qlearn's math and plots (no math here).
+
+Every explorer is an ipywidgets VBox with `.controls` (name -> control), `.figure` (the
+matplotlib Figure, redrawn in place and shown as PNG in a core `ipywidgets.Image`) and
+`.update(**params)` (what a control change calls). Errors show in the explorer's message area.
+Works with ipywidgets 7.7 (Colab) and 8.x; needs no ipympl.
+"""
+
+from ._base import Explorer
+from .explorers import (
+    HistogramExplorer,
+    NF4Explorer,
+    ZeroPointExplorer,
+    histogram_explorer,
+    nf4_explorer,
+    zeropoint_explorer,
+)
+from .memory import DoubleQuantExplorer, double_quant_explorer
+
+__all__ = ["Explorer", "HistogramExplorer", "NF4Explorer", "ZeroPointExplorer", "histogram_explorer",
+           "nf4_explorer", "zeropoint_explorer", "DoubleQuantExplorer", "double_quant_explorer"]
