@@ -132,7 +132,7 @@ class Quantized4bit:
         return 8 * sum(self.nbytes.values()) / self.shape.numel()
 
 
-CHUNK = 1 << 18   # elements scaled and coded at a time: 1 MB of float32 stays in the CPU cache
+CHUNK = 1 << 20   # elements scaled and coded at a time: 4 MB of float32, near the CPU cache, few ops
 
 
 def _count_below(v: torch.Tensor, bounds: list[float], out: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
