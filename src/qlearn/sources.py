@@ -150,6 +150,7 @@ def layer_inputs(model: nn.Module, tokenizer, name: str, prompt: str,
 
     def hook(_mod, args):
         captured.append(args[0].detach().float().reshape(-1, args[0].shape[-1]))  # (tokens, in)
+        raise _Captured   # the layers after this one are not needed: stop the forward pass here
 
     handle = module.register_forward_pre_hook(hook)
     try:
@@ -157,6 +158,14 @@ def layer_inputs(model: nn.Module, tokenizer, name: str, prompt: str,
         ids = tokenizer(prompt, return_tensors="pt")["input_ids"][:, :max_tokens].to(device)
         with torch.no_grad():
             model(input_ids=ids)
+    except _Captured:
+        pass
     finally:
         handle.remove()
+    if not captured:
+        raise RuntimeError(f"layer {name!r} was not called in the forward pass (is it used by this model?)")
     return captured[0]
+
+
+class _Captured(Exception):
+    """Raised by the capture hook to end the forward pass early."""

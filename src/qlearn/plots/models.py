@@ -9,7 +9,6 @@ import re
 import numpy as np
 import torch
 from matplotlib.axes import Axes
-from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
 from ._base import COLORS, axes_or_new, histogram, new_figure
@@ -32,7 +31,9 @@ class OutlierView:
             fig, _ = new_figure(2, gridspec_kw={"width_ratios": [2.2, 1]})
         self.fig, self.axes = fig, np.array(fig.axes)
         a, b = self.axes
-        self.stems = a.add_collection(LineCollection([], linewidths=0.8))
+        # stems as two single-path lines (NaN-separated): one path transforms fast on a log axis
+        (self.stems,) = a.plot([], [], color=COLORS["orig"], lw=0.8)
+        (self.hot_stems,) = a.plot([], [], color=COLORS["level"], lw=0.9)
         self.line_a = a.axhline(6.0, color="black", ls="--", lw=1)
         a.set_yscale("log")
         a.set_xlabel("hidden dimension (input column)")
@@ -53,18 +54,20 @@ class OutlierView:
             self._inputs = inputs
             self._cols = inputs.detach().float().abs().amax(dim=0).cpu().numpy()    # (features,)
             cols, n = self._cols, len(self._cols)
-            floor = max(cols.min() * 0.5, 1e-3)
-            self.stems.set_segments([[(i, floor), (i, v)] for i, v in enumerate(cols)])
+            floor = min(max(cols.min() * 0.5, 1e-3), 0.1)
+            top = max(cols.max() * 2, 120.0)           # the threshold slider's 0.1..100 always fits
+            self._floor = floor
             a.set_xlim(-1, n)
-            a.set_ylim(floor, cols.max() * 2)
-            t = np.geomspace(floor, cols.max() * 1.5, 120)
+            a.set_ylim(floor, top)
+            t = np.geomspace(floor, top, 160)
             self.curve.set_data(t, 100 * (cols[None, :] >= t[:, None]).mean(axis=1))
             b.set_xlim(t[0], t[-1])
             b.set_ylim(-2, 102)
         cols, n = self._cols, len(self._cols)
         hot = np.zeros(n, dtype=bool)
         hot[outlier_cols.cpu().numpy()] = True
-        self.stems.set_color(np.where(hot, COLORS["level"], COLORS["orig"]))
+        self.stems.set_data(*_stem_path(np.flatnonzero(~hot), cols, self._floor))
+        self.hot_stems.set_data(*_stem_path(np.flatnonzero(hot), cols, self._floor))
         self.line_a.set_ydata([threshold, threshold])
         self.share = hot.sum() / n
         self.marker.set_data([threshold], [100 * self.share])
@@ -72,6 +75,14 @@ class OutlierView:
                     f"({self.share:.1%})\nat or above the threshold {threshold:g} stay 16-bit (red)")
         b.set_title(f"share above threshold\n(now {self.share:.1%})")
         return self
+
+
+def _stem_path(idx: np.ndarray, values: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """x, y of vertical segments (i, floor) -> (i, values[i]) joined by NaN breaks."""
+    x = np.repeat(idx, 3).astype(float)
+    y = np.column_stack([np.full(len(idx), floor), values[idx], np.full(len(idx), np.nan)]).ravel()
+    x[2::3] = np.nan
+    return x, y
 
 
 def layer_error_map(sqnr: dict[str, float], ax: Axes | None = None, title: str = "") -> dict:

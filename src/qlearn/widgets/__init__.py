@@ -16,6 +16,8 @@ from .explorers import (
     zeropoint_explorer,
 )
 from .memory import DoubleQuantExplorer, double_quant_explorer
+from .models import GenerationExplorer, OutlierExplorer, generation_explorer, outlier_explorer
 
 __all__ = ["Explorer", "HistogramExplorer", "NF4Explorer", "ZeroPointExplorer", "histogram_explorer",
-           "nf4_explorer", "zeropoint_explorer", "DoubleQuantExplorer", "double_quant_explorer"]
+           "nf4_explorer", "zeropoint_explorer", "DoubleQuantExplorer", "double_quant_explorer",
+           "OutlierExplorer", "GenerationExplorer", "outlier_explorer", "generation_explorer"]

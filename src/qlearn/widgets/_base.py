@@ -60,7 +60,7 @@ class Explorer(widgets.VBox):
     name = "explorer"
     threads: int | None = 1   # torch threads during a redraw (see torch_threads); None = leave as is
 
-    def __init__(self, controls: dict, view, title: str = ""):
+    def __init__(self, controls: dict, view, title: str = "", before: tuple = (), after: tuple = ()):
         self.controls = dict(controls)
         self.view = view
         self.figure = view.fig
@@ -72,7 +72,8 @@ class Explorer(widgets.VBox):
         header = widgets.HTML(value=f"<b>{html.escape(title)}</b>") if title else None
         bar = widgets.HBox(list(self.controls.values()),
                            layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
-        super().__init__([w for w in (header, bar, self.image, self.message) if w is not None])
+        children = [header, bar, *before, self.image, *after, self.message]
+        super().__init__([w for w in children if w is not None])
         self.add_class("qlearn-explorer")
         self.add_class(f"qlearn-{self.name.replace('_', '-')}")
         bar.add_class("qlearn-controls")
