@@ -18,9 +18,9 @@ __all__ = ["AbsmaxQuantized", "ZeroPointQuantized", "Int8Vectorwise", "absmax_qu
 
 
 @dataclass(frozen=True)
-class AbsmaxQuantized:
-    """Symmetric (absmax) quantization: q int8 in x's shape, scale float32 per group
-    (one group per tensor, per index of `axis`, or per block of `blocksize`); x ~= q * scale."""
+class _GroupQuantized:
+    """Integer codes q in x's shape with float32 scales per group (one group per tensor, per index
+    of `axis`, or per block of `blocksize` flattened elements): x ~= (q - zero_point) * scale."""
 
     q: torch.Tensor
     scale: torch.Tensor
@@ -29,30 +29,29 @@ class AbsmaxQuantized:
     bits: int
     axis: int | None
     blocksize: int | None
+
+    def _centered(self, g: torch.Tensor) -> torch.Tensor:
+        return g
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         g = group(self.q.float(), self.axis, self.blocksize)           # (groups, group_size)
-        return ungroup(g * self.scale[:, None], self.shape, self.axis).to(dtype or self.dtype)
+        return ungroup(self._centered(g) * self.scale[:, None], self.shape, self.axis).to(dtype or self.dtype)
 
 
 @dataclass(frozen=True)
-class ZeroPointQuantized:
-    """Asymmetric (zero-point) quantization: q uint8 in x's shape, scale and zero_point float32 per
-    group; x ~= (q - zero_point) * scale. zero_point is an integer unless zero_point_domain="float"."""
+class AbsmaxQuantized(_GroupQuantized):
+    """Symmetric (absmax) quantization: q int8, x ~= q * scale (0 is always exactly 0)."""
 
-    q: torch.Tensor
-    scale: torch.Tensor
+
+@dataclass(frozen=True)
+class ZeroPointQuantized(_GroupQuantized):
+    """Asymmetric (zero-point) quantization: q uint8, zero_point float32 per group,
+    x ~= (q - zero_point) * scale. zero_point is an integer unless zero_point_domain="float"."""
+
     zero_point: torch.Tensor
-    shape: torch.Size
-    dtype: torch.dtype
-    bits: int
-    axis: int | None
-    blocksize: int | None
 
-    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        g = group(self.q.float(), self.axis, self.blocksize)
-        return ungroup((g - self.zero_point[:, None]) * self.scale[:, None], self.shape, self.axis).to(
-            dtype or self.dtype)
+    def _centered(self, g: torch.Tensor) -> torch.Tensor:
+        return g - self.zero_point[:, None]
 
 
 def absmax_quantize(x: torch.Tensor, bits: int = 8, axis: int | None = None,
@@ -106,8 +105,8 @@ def zeropoint_quantize(x: torch.Tensor, bits: int = 8, axis: int | None = None, 
     if zero_point_domain == "int":
         zp = zp.round().clamp_(0, qmax)
     q = torch.round(g / safe[:, None] + zp[:, None]).clamp_(0, qmax)
-    return ZeroPointQuantized(ungroup(q, x.shape, axis).to(torch.uint8), scale, zp, x.shape, x.dtype, bits,
-                              axis, blocksize)
+    return ZeroPointQuantized(ungroup(q, x.shape, axis).to(torch.uint8), scale, x.shape, x.dtype, bits, axis,
+                              blocksize, zero_point=zp)
 
 
 class Int8Vectorwise(NamedTuple):
