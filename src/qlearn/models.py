@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import sys
@@ -213,6 +214,8 @@ def load(model_id="embedded", mode="bf16", double_quant=None, compute_dtype=None
     if mode == "fp16" and device == "cpu":
         warnings.warn("fp16 on CPU is slow and only for comparison; bf16 is the CPU half precision",
                       stacklevel=2)
+    if mode == "int8":   # LLM.int8 logs "inputs will be cast ... to float16" on every single matmul
+        logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     embedded = str(model_id) == "embedded"
     path = embedded_model_path() if embedded else model_id
     local_only = embedded or Path(str(model_id)).expanduser().is_dir()
@@ -247,20 +250,13 @@ def _prompt_ids(tok, prompt, device):
     return {k: v.to(device) for k, v in enc.items()}
 
 
-def generate(model, tok, prompt, max_new_tokens=50, do_sample=False, **kwargs):
-    """Answer ``prompt`` (chat template when the tokenizer has one); returns the new text only.
-
-    Greedy by default, so the answer is deterministic for a given model and mode. Extra keyword
-    arguments go to ``model.generate`` (e.g. ``temperature`` with ``do_sample=True``).
-
-    >>> generate(model, tok, "What is the capital of France?", max_new_tokens=12)  # doctest: +SKIP
-    'The capital of France is Paris.'
-    """
+def _generate_ids(model, tok, prompt, max_new_tokens=50, do_sample=False, **kwargs):
+    """(new token ids (n,), decoded new text): what ``generate`` returns, plus the ids for tokens/s."""
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str; got {type(prompt).__name__}")
     if not prompt.strip():
         raise ValueError(f"prompt is empty ({prompt!r}); give the model a question or text to continue")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int; got {max_new_tokens!r}")
     inputs = _prompt_ids(tok, prompt, model.device)
     if not do_sample:   # greedy: drop sampling settings the checkpoint may carry, to avoid warnings
@@ -270,4 +266,16 @@ def generate(model, tok, prompt, max_new_tokens=50, do_sample=False, **kwargs):
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample,
                              pad_token_id=pad, **kwargs)
     new = out[0, inputs["input_ids"].shape[1]:]   # (new_tokens,)
-    return tok.decode(new, skip_special_tokens=True).strip()
+    return new, tok.decode(new, skip_special_tokens=True).strip()
+
+
+def generate(model, tok, prompt, max_new_tokens=50, do_sample=False, **kwargs):
+    """Answer ``prompt`` (chat template when the tokenizer has one); returns the new text only.
+
+    Greedy by default, so the answer is deterministic for a given model and mode. Extra keyword
+    arguments go to ``model.generate`` (e.g. ``temperature`` with ``do_sample=True``).
+
+    >>> generate(model, tok, "What is the capital of France?", max_new_tokens=12)  # doctest: +SKIP
+    'The capital of France is Paris.'
+    """
+    return _generate_ids(model, tok, prompt, max_new_tokens, do_sample, **kwargs)[1]

@@ -1,0 +1,78 @@
+"""Per mode on the embedded model (CPU unless CUDA is present): load time, tokens/s and footprint,
+each also as a ratio to bf16 measured in the same run.
+
+    python benchmarks/bench_models.py                       # bf16 int8 nf4 nf4+dq fp4, 32 new tokens
+    python benchmarks/bench_models.py --modes bf16,fp32,nf4 --new-tokens 16 --json bench.json
+
+Greedy generation of a fixed number of tokens (EOS ignored, so every mode does the same work) after
+one warm-up token. One model in memory at a time. Absolute numbers depend on the machine and on what
+else runs on it; the ratios are the point: 4-bit buys memory, not speed, on a CPU.
+"""
+
+import argparse
+import gc
+import json
+import logging
+import sys
+import time
+
+import torch
+
+import qlearn as ql
+from qlearn import memory
+from qlearn.evaluate import parse_mode
+from qlearn.models import _prompt_ids
+
+PROMPT = "What is the capital of France?"
+
+
+def bench_mode(label, new_tokens, device_map):
+    mode, dq = parse_mode(label)
+    t0 = time.perf_counter()
+    model, tok = ql.load("embedded", mode=mode, double_quant=dq, device_map=device_map, verbose=False)
+    load_s = time.perf_counter() - t0
+    fp = memory.footprint(model)
+    inputs = _prompt_ids(tok, PROMPT, model.device)
+    greedy = dict(do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=tok.eos_token_id)
+    with torch.inference_mode():
+        model.generate(**inputs, max_new_tokens=1, **greedy)   # warm-up
+        t0 = time.perf_counter()
+        out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **greedy)
+        gen_s = time.perf_counter() - t0
+    n_new = out.shape[1] - inputs["input_ids"].shape[1]
+    del model, tok
+    gc.collect()
+    return dict(mode=label, load_s=load_s, tokens_per_s=n_new / gen_s, reported_bytes=fp.total_bytes,
+                true_bytes=fp.true_bytes)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--modes", default="bf16,int8,nf4,nf4+dq,fp4")
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--device-map", default="auto")
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = p.parse_args(argv)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if "bf16" not in modes:
+        modes.insert(0, "bf16")   # the reference for the ratios
+    ql.embedded_model_path()
+    rows = [bench_mode(m, args.new_tokens, args.device_map) for m in modes]
+    ref = next(r for r in rows if r["mode"] == "bf16")
+    for r in rows:
+        for key in ("load_s", "tokens_per_s", "true_bytes"):
+            r[f"{key}_vs_bf16"] = r[key] / ref[key]
+    print(f"device: {'cuda' if torch.cuda.is_available() else 'cpu'}, torch threads {torch.get_num_threads()}")
+    print(f"{'mode':>7} {'load s':>7} {'x bf16':>7} {'tok/s':>7} {'x bf16':>7} {'true MB':>8} {'x bf16':>7}")
+    for r in rows:
+        print(f"{r['mode']:>7} {r['load_s']:7.2f} {r['load_s_vs_bf16']:7.2f} {r['tokens_per_s']:7.2f} "
+              f"{r['tokens_per_s_vs_bf16']:7.2f} {r['true_bytes'] / 1e6:8.1f} {r['true_bytes_vs_bf16']:7.3f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

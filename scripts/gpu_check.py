@@ -1,0 +1,157 @@
+"""One short check to run when a CUDA GPU is lent: qlearn vs bitsandbytes' CUDA kernels, then every mode
+of the embedded model on the GPU. Prints one JSON document (and writes it to --out or $OUT/gpu_check.json).
+
+    python scripts/gpu_check.py                     # ~1-2 minutes on one GPU, incl. the one-time conversion
+    python scripts/gpu_check.py --skip-models       # kernels only (seconds)
+
+Part 1, kernels: quantize_4bit (nf4/fp4, blocksizes, dtypes, double quant) and int8_vectorwise on CUDA
+tensors, qlearn vs bitsandbytes.functional: packed bytes / codes equal, absmax equal, dequantized values
+equal (FP4's +0/-0 pattern and the nested 8-bit rounding are reported as counts, not failures).
+Part 2, models: per mode, load seconds, tokens/s (greedy, fixed length), torch.cuda.max_memory_allocated,
+footprint (reported, quant state), the Paris answer and perplexity on the offline text.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+import torch
+
+DEVICE = "cuda"
+
+
+def _rand(shape, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g).to(dtype).to(DEVICE)
+
+
+def check_4bit(quant_type, blocksize, dtype, double_quant, shape=(1024, 1000)):
+    import bitsandbytes.functional as F
+
+    import qlearn as ql
+
+    x = _rand(shape, dtype, seed=blocksize)
+    packed, state = F.quantize_4bit(x, blocksize=blocksize, quant_type=quant_type,
+                                    compress_statistics=double_quant)
+    ours = ql.quantize_4bit(x, quant_type=quant_type, blocksize=blocksize, double_quant=double_quant)
+    theirs_bytes, our_bytes = packed.view(-1), ours.packed.view(-1)
+    a = torch.stack([our_bytes >> 4, our_bytes & 15], 1).view(-1)
+    b = torch.stack([theirs_bytes >> 4, theirs_bytes & 15], 1).view(-1)
+    diff = a != b
+    signed_zero = int((diff & ((a & 7) == 0) & ((b & 7) == 0)).sum())
+    theirs_deq = F.dequantize_4bit(packed, state).float()
+    row = dict(quant_type=quant_type, blocksize=blocksize, dtype=str(dtype).removeprefix("torch."),
+               double_quant=double_quant, codes_differ=int(diff.sum()), of_which_signed_zero=signed_zero,
+               deq_equal=bool(torch.equal(ours.dequantize().float(), theirs_deq)),
+               deq_max_abs_diff=float((ours.dequantize().float() - theirs_deq).abs().max()))
+    if double_quant:
+        row["nested_codes_differ"] = int((ours.absmax != state.absmax).sum())   # exact-nearest rule
+        lut = ql.quantize_4bit(x, quant_type=quant_type, blocksize=blocksize, double_quant=True, dq_rule="bnb_cpu")
+        row["nested_codes_differ_bnb_cpu_rule"] = int((lut.absmax != state.absmax).sum())
+        row["offset_equal"] = bool(torch.equal(ours.offset.view(-1), state.offset.view(-1).float()))
+    else:
+        row["absmax_equal"] = bool(torch.equal(ours.absmax, state.absmax))
+    row["ok"] = row["codes_differ"] == signed_zero and (row["deq_equal"] or double_quant)
+    return row
+
+
+def check_int8(dtype, threshold):
+    import bitsandbytes.functional as F
+
+    import qlearn as ql
+
+    x = _rand((512, 768), dtype, seed=7)
+    x[:, 3] *= 20   # an outlier column
+    codes, row_stats, outlier_cols = F.int8_vectorwise_quant(x, threshold=threshold)
+    ours = ql.int8_vectorwise(x, threshold=threshold)
+    theirs_cols = outlier_cols if outlier_cols is not None else torch.empty(0, dtype=torch.int64)
+    return dict(dtype=str(dtype).removeprefix("torch."), threshold=threshold,
+                codes_differ=int((ours.codes != codes).sum()),
+                row_absmax_equal=bool(torch.equal(ours.row_absmax, row_stats.float())),
+                outlier_cols_equal=bool(torch.equal(ours.outlier_cols.cpu(), theirs_cols.cpu().long())),
+                ok=bool(torch.equal(ours.codes, codes)))
+
+
+def check_models(modes, new_tokens, ppl_tokens):
+    import gc
+
+    import qlearn as ql
+    from qlearn import memory
+    from qlearn.evaluate import parse_mode, perplexity
+    from qlearn.models import _prompt_ids
+
+    t0 = time.perf_counter()
+    ql.embedded_model_path()
+    rows = [dict(conversion_s=time.perf_counter() - t0)]
+    for label in modes:
+        mode, dq = parse_mode(label)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        model, tok = ql.load("embedded", mode=mode, double_quant=dq, device_map="auto", verbose=False)
+        load_s = time.perf_counter() - t0
+        fp = memory.footprint(model)
+        after_load = torch.cuda.max_memory_allocated()
+        inputs = _prompt_ids(tok, "What is the capital of France?", model.device)
+        greedy = dict(do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=tok.eos_token_id)
+        with torch.inference_mode():
+            model.generate(**inputs, max_new_tokens=2, **greedy)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **greedy)
+            torch.cuda.synchronize()
+            gen_s = time.perf_counter() - t0
+        ppl = perplexity(model, tok, max_tokens=ppl_tokens, progress=False).perplexity
+        rows.append(dict(mode=label, device=str(model.device), load_s=load_s,
+                         tokens_per_s=(out.shape[1] - inputs["input_ids"].shape[1]) / gen_s,
+                         max_memory_allocated_after_load=after_load,
+                         max_memory_allocated=torch.cuda.max_memory_allocated(),
+                         reported_bytes=fp.total_bytes, quant_state_bytes=fp.quant_state_bytes,
+                         answer=ql.generate(model, tok, "What is the capital of France?", max_new_tokens=12),
+                         perplexity=ppl))
+        del model, tok
+        gc.collect()
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--modes", default="bf16,fp16,int8,nf4,nf4+dq,fp4")
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--ppl-tokens", type=int, default=4096)
+    p.add_argument("--skip-models", action="store_true")
+    out = os.path.join(os.environ["OUT"], "gpu_check.json") if os.environ.get("OUT") else None
+    p.add_argument("--out", default=out)
+    p.add_argument("--device", default="cuda", help="'cpu' dry-runs the kernel checks on bitsandbytes' CPU backend")
+    args = p.parse_args(argv)
+    global DEVICE
+    DEVICE = args.device
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        print(json.dumps({"skipped": "no CUDA device"}))
+        return 0
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    import bitsandbytes
+    import transformers
+
+    report = dict(device=torch.cuda.get_device_name() if DEVICE == "cuda" else DEVICE, torch=torch.__version__,
+                  bitsandbytes=bitsandbytes.__version__, transformers=transformers.__version__)
+    report["kernels_4bit"] = [check_4bit(qt, bs, dt, dq) for qt in ("nf4", "fp4") for bs in (64, 128, 4096)
+                              for dt in (torch.float32, torch.float16, torch.bfloat16) for dq in (False, True)]
+    report["kernels_int8"] = [check_int8(dt, th) for dt in (torch.float16, torch.bfloat16) for th in (0.0, 6.0)]
+    report["kernels_ok"] = all(r["ok"] for r in report["kernels_4bit"] + report["kernels_int8"])
+    if not args.skip_models and DEVICE == "cuda":
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        report["models"] = check_models(modes, args.new_tokens, args.ppl_tokens)
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    return 0 if report["kernels_ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""``qlearn tour``: the headless main job. Every mode on one model, a table, and a report folder.
+
+    qlearn tour                                   # embedded SmolLM2, bf16 int8 nf4 nf4+dq fp4
+    qlearn tour --modes bf16,nf4 --max-new-tokens 12 --ppl-tokens 512 --out /tmp/report
+
+Writes ``<out>/report.md`` with three PNG figures (memory per mode split into linear weights /
+quant state / layers kept in 16-bit; perplexity per mode; the answers side by side) and
+``results.csv``. Figures use matplotlib's object API (``Figure``, Agg), never pyplot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main", "tour", "write_report", "memory_figure", "perplexity_figure", "answers_figure"]
+
+TOUR_MODES = ("bf16", "int8", "nf4", "nf4+dq", "fp4")
+PROMPT = "What is the capital of France?"
+MB = 1e6
+_COLORS = {"weights": "#4C72B0", "state": "#DD8452", "other": "#8C8C8C"}
+
+
+def memory_figure(df):
+    """Stacked bars per mode (MB): linear weights, quant state (absmax/SCB), layers kept in 16-bit."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4), dpi=110, layout="constrained")
+    ax = fig.add_subplot()
+    x = range(len(df))
+    weights, state, other = df.linear_weight_bytes / MB, df.quant_state_bytes / MB, df.other_bytes / MB
+    ax.bar(x, other, color=_COLORS["other"], label="embeddings, norms (16-bit, never quantized)")
+    ax.bar(x, weights, bottom=other, color=_COLORS["weights"], label="linear weights (as stored)")
+    ax.bar(x, state, bottom=other + weights, color=_COLORS["state"],
+           label="quant state: absmax / SCB (not in get_memory_footprint)")
+    for i, (rep, true) in enumerate(zip(df.reported_bytes / MB, df.true_bytes / MB, strict=True)):
+        ax.text(i, true + 3, f"{true:.1f}", ha="center", va="bottom", fontsize=8)
+        ax.hlines(rep, i - 0.4, i + 0.4, colors="black", linewidth=0.8)
+    ax.set_xticks(list(x), list(df.index))
+    ax.set_ylabel("MB (10^6 bytes)")
+    ax.set_title("Memory per mode (black line: model.get_memory_footprint())")
+    ax.legend(fontsize=7, loc="upper right")
+    ax.set_ylim(0, (df.true_bytes / MB).max() * 1.25)
+    return fig
+
+
+def perplexity_figure(df, n_tokens=None, window=None):
+    """Bars of perplexity per mode, with the first mode as the reference line."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3.6), dpi=110, layout="constrained")
+    ax = fig.add_subplot()
+    ppl = df.perplexity
+    ax.bar(range(len(df)), ppl, color="#55A868")
+    ax.axhline(ppl.iloc[0], color="black", linewidth=0.8, linestyle="--", label=f"{df.index[0]} reference")
+    for i, v in enumerate(ppl):
+        ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(df)), list(df.index))
+    ax.set_ylabel("perplexity (lower is better)")
+    where = f" ({n_tokens} tokens of pydoc_data.topics, windows of {window})" if n_tokens else ""
+    ax.set_title("Perplexity per mode" + where, fontsize=9)
+    ax.set_ylim(0, ppl.max() * 1.2)
+    ax.legend(fontsize=8, loc="upper left")
+    return fig
+
+
+def answers_figure(df, prompt=PROMPT, width=70):
+    """The answers side by side: one row per mode, the text wrapped."""
+    import textwrap
+
+    from matplotlib.figure import Figure
+
+    wrapped = [textwrap.fill(str(a), width) or "(empty)" for a in df.answer]
+    lines = [w.count("\n") + 1 for w in wrapped]
+    fig = Figure(figsize=(8, 0.6 + 0.22 * sum(lines) + 0.25 * len(df)), dpi=110)
+    fig.text(0.01, 0.99, f"Q: {prompt}  (greedy)", va="top", fontsize=10, weight="bold")
+    y, step = 0.99 - 0.5 / fig.get_figheight(), 1 / fig.get_figheight()
+    for mode, text, n in zip(df.index, wrapped, lines, strict=True):
+        y -= 0.25 * step
+        fig.text(0.01, y, mode, va="top", fontsize=9, weight="bold", family="monospace")
+        fig.text(0.13, y, text, va="top", fontsize=9, family="monospace",
+                 color="black" if "Paris" in text else "#C44E52")
+        y -= 0.22 * step * n
+    return fig
+
+
+def _table(df):
+    """The comparison as printable text (MB, rounded)."""
+    out = df.assign(reported_MB=df.reported_bytes / MB, quant_state_MB=df.quant_state_bytes / MB,
+                    true_MB=df.true_bytes / MB)
+    cols = ["reported_MB", "quant_state_MB", "true_MB", "bits_per_weight", "load_s", "tokens_per_s", "perplexity"]
+    return out[cols].round({"reported_MB": 1, "quant_state_MB": 2, "true_MB": 1, "bits_per_weight": 3,
+                            "load_s": 1, "tokens_per_s": 1, "perplexity": 2}).to_string()
+
+
+def _estimate_note():
+    from . import memory
+
+    gb = {m: memory.estimate("llama-2-7b", m, **({"double_quant": True} if m == "nf4" else {}))
+          for m in ("fp16", "int8", "nf4")}
+    f, i, n = (gb[m].true_bytes / 1e9 for m in ("fp16", "int8", "nf4"))
+    return (f"Estimate for Llama-2-7B (`ql.memory.estimate(\"llama-2-7b\", mode)`, weights only): fp16 {f:.2f} GB, "
+            f"int8 {i:.2f} GB, nf4 + double quant {n:.2f} GB. int8 is {i / f:.2f} of fp16, not \"roughly 1/4\" "
+            f"(int8 is 1/4 of *fp32*, and only for the linear weights); nf4 is {n / i:.2f} of int8: it \"halves "
+            "again\" for the linear weights but not for the whole model, because the embeddings and lm_head "
+            f"({gb['fp16'].unquantized_params / 1e9:.2f} B parameters) stay 16-bit in every mode.")
+
+
+def write_report(df, out, model_id="embedded", prompt=PROMPT, n_tokens=None, window=None, wall_s=None):
+    """Write report.md, memory.png, perplexity.png, answers.png and results.csv into ``out``; returns the .md path."""
+    import platform
+
+    import torch
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = {"memory.png": memory_figure(df), "perplexity.png": perplexity_figure(df, n_tokens, window),
+               "answers.png": answers_figure(df, prompt)}
+    for name, fig in figures.items():
+        fig.savefig(out / name)
+    df.to_csv(out / "results.csv")
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()})"
+    answers = "\n".join(f"| {m} | {str(a).replace('|', '/').replace(chr(10), ' ')} |" for m, a in df.answer.items())
+    md = [
+        f"# qlearn tour: {model_id}", "",
+        f"Device: {device}; torch {torch.__version__}; {_versions()}."
+        + (f" Wall time {wall_s:.0f} s." if wall_s else ""), "",
+        "```", _table(df), "```", "",
+        "reported = `model.get_memory_footprint()`; true = reported + quantization state (absmax, nested "
+        "double-quant state, LLM.int8 `SCB`), which that figure leaves out. bits_per_weight = (codes + "
+        "state) * 8 / quantized weights.", "",
+        "![memory per mode](memory.png)", "",
+        "![perplexity per mode](perplexity.png)", "",
+        f"Perplexity: first {n_tokens} tokens of `pydoc_data.topics` (sorted keys, joined by blank lines), "
+        f"windows of {window} tokens, no overlap.", "",
+        f"## Answers (greedy): {prompt}", "", "| mode | answer |", "|---|---|", answers, "",
+        "![answers](answers.png)", "",
+        "## Memory at 7B", "", _estimate_note(), "",
+        "Note: the embedded SmolLM2-135M was stored as Q4_1 (4-bit, blocks of 32) in its GGUF file: the "
+        "bf16 weights here are that file dequantized, so it was already quantized once before this tour.", "",
+    ]
+    path = out / "report.md"
+    path.write_text("\n".join(md))
+    return path
+
+
+def _versions():
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = []
+    for name in ("transformers", "bitsandbytes"):
+        try:
+            parts.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            parts.append(f"{name} missing")
+    return "; ".join(parts)
+
+
+def tour(model_id="embedded", modes=TOUR_MODES, out="report", max_new_tokens=50, ppl_tokens=4096,
+         window=512, prompt=PROMPT):
+    """Compare ``modes`` on one model, print the table, write the report; returns (DataFrame, report path)."""
+    from .evaluate import compare, parse_mode
+    from .models import embedded_model_path
+
+    for label in modes:
+        parse_mode(label)   # a typo fails now, not after minutes of loading
+    start = time.perf_counter()
+    if model_id == "embedded":
+        embedded_model_path()   # the one-time conversion, with its own progress bar
+    df = compare(modes, model_id=model_id, prompt=prompt, max_new_tokens=max_new_tokens,
+                 ppl_tokens=ppl_tokens, window=window)
+    wall = time.perf_counter() - start
+    print(_table(df))
+    print()
+    for mode, answer in df.answer.items():
+        print(f"{mode:>7}: {answer}")
+    path = write_report(df, out, model_id, prompt, ppl_tokens, window, wall)
+    print(f"\nreport: {path}  ({wall:.0f} s)")
+    return df, path
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="qlearn", description="Learn LLM weight quantization on a real model.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("tour", help="every mode on one model: table + report folder")
+    t.add_argument("--model", default="embedded", help="'embedded' (offline SmolLM2-135M), a hub id or a folder")
+    t.add_argument("--modes", default=",".join(TOUR_MODES),
+                   help="comma-separated: fp32,bf16,fp16,int8,nf4,fp4 and nf4+dq,fp4+dq (default: %(default)s)")
+    t.add_argument("--out", default="report", help="report folder (default: %(default)s)")
+    t.add_argument("--max-new-tokens", type=int, default=50, help="answer length (default: %(default)s)")
+    t.add_argument("--ppl-tokens", type=int, default=4096, help="perplexity tokens, 0 to skip (default: %(default)s)")
+    t.add_argument("--window", type=int, default=512, help="perplexity window (default: %(default)s)")
+    t.add_argument("--prompt", default=PROMPT)
+    return p
+
+
+def main(argv=None):
+    """Console entry point ``qlearn``; returns the exit status."""
+    import logging
+
+    args = _parser().parse_args(argv)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)   # LLM.int8 logs a cast on every matmul
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    try:
+        tour(args.model, modes, args.out, args.max_new_tokens, args.ppl_tokens, args.window, args.prompt)
+    except (ValueError, TypeError, OSError, ModuleNotFoundError) as err:
+        print(f"qlearn tour: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

