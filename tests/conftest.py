@@ -6,16 +6,27 @@ test session on the same machine finds it ready. Fixtures that load a model are 
 """
 
 import logging
+import socket
 
 import pytest
 
 
 @pytest.fixture(scope="session")
 def embedded_path():
-    """Path of the converted embedded model folder (bf16 safetensors + tokenizer)."""
+    """Path of the converted embedded model folder (bf16 safetensors + tokenizer).
+
+    Converted with every socket connection refused: "embedded" must never touch the network.
+    """
     from qlearn.models import embedded_model_path
 
-    return embedded_model_path()
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted while converting the embedded model: {args[1:]}")
+
+    connect, socket.socket.connect = socket.socket.connect, refuse
+    try:
+        return embedded_model_path()
+    finally:
+        socket.socket.connect = connect
 
 
 @pytest.fixture(autouse=True, scope="session")

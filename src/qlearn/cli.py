@@ -53,6 +53,9 @@ def perplexity_figure(df, n_tokens=None, window=None):
     fig = Figure(figsize=(7, 3.6), dpi=110, layout="constrained")
     ax = fig.add_subplot()
     ppl = df.perplexity
+    if ppl.isna().all():
+        ax.text(0.5, 0.5, "perplexity not measured (--ppl-tokens 0)", ha="center", transform=ax.transAxes)
+        return fig
     ax.bar(range(len(df)), ppl, color="#55A868")
     ax.axhline(ppl.iloc[0], color="black", linewidth=0.8, linestyle="--", label=f"{df.index[0]} reference")
     for i, v in enumerate(ppl):
@@ -158,14 +161,22 @@ def _versions():
     return "; ".join(parts)
 
 
-def tour(model_id="embedded", modes=TOUR_MODES, out="report", max_new_tokens=50, ppl_tokens=4096,
+def tour(model_id="embedded", modes=TOUR_MODES, out="report", max_new_tokens=50, ppl_tokens=None,
          window=512, prompt=PROMPT):
-    """Compare ``modes`` on one model, print the table, write the report; returns (DataFrame, report path)."""
+    """Compare ``modes`` on one model, print the table, write the report; returns (DataFrame, report path).
+
+    ``ppl_tokens`` None: 4096 on CUDA, 1024 on a CPU (bf16 matmuls are slow on CPUs without native
+    bf16, so the five modes at 4096 tokens take many minutes there; pass 4096 for the full table).
+    """
+    import torch
+
     from .evaluate import compare, parse_mode
     from .models import embedded_model_path
 
     for label in modes:
         parse_mode(label)   # a typo fails now, not after minutes of loading
+    if ppl_tokens is None:
+        ppl_tokens = 4096 if torch.cuda.is_available() else 1024
     start = time.perf_counter()
     if model_id == "embedded":
         embedded_model_path()   # the one-time conversion, with its own progress bar
@@ -190,7 +201,8 @@ def _parser():
                    help="comma-separated: fp32,bf16,fp16,int8,nf4,fp4 and nf4+dq,fp4+dq (default: %(default)s)")
     t.add_argument("--out", default="report", help="report folder (default: %(default)s)")
     t.add_argument("--max-new-tokens", type=int, default=50, help="answer length (default: %(default)s)")
-    t.add_argument("--ppl-tokens", type=int, default=4096, help="perplexity tokens, 0 to skip (default: %(default)s)")
+    t.add_argument("--ppl-tokens", type=int, default=None,
+                   help="perplexity tokens, 0 to skip (default: 4096 on CUDA, 1024 on CPU)")
     t.add_argument("--window", type=int, default=512, help="perplexity window (default: %(default)s)")
     t.add_argument("--prompt", default=PROMPT)
     return p

@@ -7,10 +7,10 @@ Imports torch only. What ``model.get_memory_footprint()`` reports is the sum of
 parameters, so that figure leaves them out. ``footprint`` measures both; ``estimate`` predicts both.
 
 The seed's claims, checked with ``estimate("llama-2-7b", ...)`` (6.74 B parameters):
-fp16 13.48 GB; int8 7.00 GB (+0.03 GB SCB) = 0.52 of fp16, not "roughly 1/4" (that is int8 vs fp32,
-and only for the linear weights); nf4 3.76 GB (+0.10 GB absmax with double quant) = 0.55 of int8,
-so "halves again" holds for the linear weights (4 vs 8 bits) but not for the whole model, because
-the embeddings and lm_head (0.26 B parameters, 0.52 GB) stay 16-bit in every mode.
+fp16 13.48 GB; int8 7.00 GB reported + 0.005 GB SCB = 0.52 of fp16, not "roughly 1/4" (that is int8
+vs fp32, and only for the linear weights); nf4 3.76 GB reported + 0.10 GB absmax with double quant
+(0.40 GB without) = 0.55 of int8, so "halves again" holds for the linear weights (4 vs 8 bits) but
+not for the whole model: the embeddings and lm_head (0.26 B parameters, 0.52 GB) stay 16-bit.
 """
 
 from __future__ import annotations
