@@ -193,10 +193,11 @@ class GenerationView:
             values = [float(r.get(key) or 0.0) for r in rows]
             bars = ax.barh(range(len(rows)), values, color=COLORS["orig"])
             ax.set_yticks(range(len(rows)), labels)
-            ax.invert_yaxis() if not ax.yaxis_inverted() else None
             for bar, v in zip(bars, values, strict=True):
                 ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, " " + fmt.format(v),
                         va="center", fontsize=8)
             ax.set_xlim(0, max(values + [1.0]) * 1.25)
-            ax.set_ylim(len(rows) - 0.5, -0.5)
+            ax.set_ylim(max(len(rows), 1) - 0.5, -0.5)
+            if not rows:
+                ax.text(0.5, 0.5, "press Generate", transform=ax.transAxes, ha="center", color=COLORS["muted"])
         return self

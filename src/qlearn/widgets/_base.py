@@ -109,9 +109,17 @@ class Explorer(widgets.VBox):
             if unknown:
                 raise ValueError(f"unknown control(s) {', '.join(map(repr, unknown))}; "
                                  f"this explorer has {', '.join(self.controls)}")
-            for key, value in params.items():
-                notes += self._set(key, value)
+            clamped = {key: value for key, value in params.items() if not self._set(key, value)}
             self._draw(self.values())
+            # a range may depend on other controls (e.g. the block slider's max on the blocksize):
+            # values clamped before the draw get one more try against the new ranges
+            if clamped:
+                before = self.values()
+                for key, value in clamped.items():
+                    self._set(key, value)
+                if self.values() != before:
+                    self._draw(self.values())
+            notes += [self._clamp_note(k, clamped[k]) for k in clamped if self.controls[k].value != clamped[k]]
             self.image.value = self.renderer.png()
             self._show(notes=notes)
         except Exception as exc:   # shown to the learner, not raised: a widget callback has no caller
@@ -123,7 +131,8 @@ class Explorer(widgets.VBox):
         if not self._busy:
             self.update()
 
-    def _set(self, key: str, value) -> list[str]:
+    def _set(self, key: str, value) -> bool:
+        """Set one control; False when the control clamped the value to its range."""
         control = self.controls[key]
         options = getattr(control, "options", None)
         if options is not None and not isinstance(control, widgets.Combobox):
@@ -134,10 +143,12 @@ class Explorer(widgets.VBox):
             control.value = value
         except Exception as exc:
             raise ValueError(f"{key}={value!r} is not allowed: {exc}") from None
-        if control.value != value:
-            lo, hi = getattr(control, "min", None), getattr(control, "max", None)
-            return [f"{key}={value!r} is outside {lo}..{hi}; using {control.value!r}"]
-        return []
+        return control.value == value
+
+    def _clamp_note(self, key: str, value) -> str:
+        control = self.controls[key]
+        lo, hi = getattr(control, "min", None), getattr(control, "max", None)
+        return f"{key}={value!r} is outside {lo}..{hi}; using {control.value!r}"
 
     def _show(self, error: Exception | None = None, notes: list[str] = ()) -> None:
         parts = [f"<div class='qlearn-note' style='color:#555'>{html.escape(n)}</div>" for n in notes]

@@ -95,7 +95,7 @@ class GenerationExplorer(Explorer):
         self.progress = widgets.IntProgress(value=0, min=0, max=1, description="", layout=slider_layout("300px"))
         self.status = widgets.HTML(value="Press <b>Generate</b> to load each mode and answer.")
         self.table = widgets.HTML(value="")
-        self.model_id, self.rows = model_id, []
+        self.model_name, self.rows = model_id, []
         self._loader, self._generator, self._footprint = loader, generator, footprint
         super().__init__(controls, plots.GenerationView(), title="Same prompt, several modes",
                          before=(widgets.HBox([self.progress, self.status]),), after=(self.table,))
@@ -121,7 +121,7 @@ class GenerationExplorer(Explorer):
         self.rows, self.progress.max, self.progress.value = [], len(modes), 0
         for i, mode in enumerate(modes):
             self.status.value = f"&#8987; {html.escape(mode)}: loading and generating ({i + 1}/{len(modes)})..."
-            self.rows.append(_one_run(mode, self.model_id, v["prompt"], v["max_new_tokens"],
+            self.rows.append(_one_run(mode, self.model_name, v["prompt"], v["max_new_tokens"],
                                       loader, generator, footprint))
             self.progress.value = i + 1
             self.view.update(self.rows)

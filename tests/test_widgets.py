@@ -1,0 +1,293 @@
+"""Explorers driven without a display: set controls, check what the figure shows, bad input -> message.
+
+Every explorer's default figure is also written to tests/_artifacts/<name>.png for a person to
+look at. Tests marked slow use the embedded SmolLM2 (bf16, loaded once for this module).
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import qlearn as ql
+from qlearn import sources, widgets
+
+ARTIFACTS = Path(__file__).parent / "_artifacts"
+
+
+def _save(w, name):
+    ARTIFACTS.mkdir(exist_ok=True)
+    data = w.png()
+    (ARTIFACTS / f"{name}.png").write_bytes(data)
+    return data
+
+
+def _assert_explorer(w, name):
+    assert w.error is None, w.error
+    assert set(w.controls) and w.figure is w.view.fig
+    assert w.image.value[:4] == b"\x89PNG"
+    assert "qlearn-explorer" in w._dom_classes and f"qlearn-{name.replace('_', '-')}" in w._dom_classes
+    assert "qlearn-message" in w.message._dom_classes and "qlearn-figure" in w.image._dom_classes
+    for key, control in w.controls.items():
+        assert f"qlearn-control-{key.replace('_', '-')}" in control._dom_classes
+
+
+# --- histogram explorer ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hist():
+    return widgets.histogram_explorer()
+
+
+def test_histogram_explorer_defaults(hist):
+    _assert_explorer(hist, "histogram_explorer")
+    _save(hist, "histogram_explorer")
+    assert hist.values()["scheme"] == "absmax" and hist.result.blocksize == 64
+
+
+@pytest.mark.parametrize("scheme, bits, expected", [
+    ("zeropoint", 2, 4), ("zeropoint", 3, 8), ("zeropoint", 8, 256),
+    ("absmax", 4, 15), ("absmax", 8, 255), ("nf4", 4, 16), ("fp4", 4, 15)])
+def test_histogram_explorer_levels_shown_per_block(hist, scheme, bits, expected):
+    hist.update(scheme=scheme, bits=bits, granularity="block", blocksize=4096, group=3)
+    assert hist.error is None
+    assert len(hist.view.levels.get_segments()) == expected            # the level lines drawn
+    assert "block 3 of 16" in hist.figure.axes[0].get_title()
+    assert f"{expected} levels" in hist.figure.axes[0].get_title()
+    if scheme == "zeropoint":   # per block, the dequantized values are 2**bits levels at most, and a
+        deq = hist.result.dequantize().reshape(-1, 4096)   # block of 4096 uses all of them up to 3 bits
+        distinct = [len(torch.unique(deq[b])) for b in (0, 3, 15)]
+        assert all(d == 2 ** bits for d in distinct) if bits <= 3 else max(distinct) <= 2 ** bits
+
+
+def test_histogram_explorer_controls_drive_the_figure(hist):
+    hist.update(scheme="zeropoint", bits=4, granularity="tensor")
+    png = hist.image.value
+    hist.controls["bits"].value = 3                        # what a user's slider move does
+    assert hist.image.value != png and len(hist.view.levels.get_segments()) == 8
+    assert hist.controls["blocksize"].disabled             # per-tensor scales: no blocksize
+    hist.update(granularity="row", group=10)
+    assert "row 10 of 64" in hist.figure.axes[0].get_title()
+    hist.update(scheme="nf4")
+    assert hist.controls["bits"].disabled and hist.controls["granularity"].disabled
+    hist.update(scheme="absmax", granularity="block", blocksize=64, group=10**6)   # clamped to the last block
+    assert hist.controls["group"].value == hist.controls["group"].max == 1023
+
+
+def test_histogram_explorer_bad_input_is_a_message(hist):
+    hist.update(bits=99)
+    assert hist.error is None and hist.controls["bits"].value == 8
+    assert "outside 2..8" in hist.message.value
+    hist.update(scheme="int3")
+    assert "scheme='int3' is not offered" in hist.error and "qlearn-error" in hist.message.value
+    hist.update(colour="red")
+    assert "unknown control(s) 'colour'" in hist.error
+    hist.update(bits=4)
+    assert hist.error is None and hist.message.value == ""
+
+
+def test_histogram_explorer_nan_and_1d_messages():
+    x = torch.randn(64, 64)
+    x[3, 3] = float("nan")
+    w = widgets.histogram_explorer(x)
+    assert "NaN" in w.error and "NaN" in w.message.value
+    w1 = widgets.histogram_explorer(torch.randn(4096), granularity="row")
+    assert "per-row scales need a 2-D weight" in w1.error
+
+
+def test_histogram_explorer_model_layer_names():
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+    w = widgets.histogram_explorer(model, layer="2")
+    assert w.error is None and w.result.shape == (8, 32)
+    w.controls["layer"].value = "1"                        # typed into the box: the ReLU
+    assert "layer '1' is not a linear layer" in w.error
+    w.controls["layer"].value = "3"
+    assert "layer '3' does not exist in this model; linear layers are: 0, 2" in w.error
+    w.update(layer="0")
+    assert w.error is None and w.result.shape == (32, 64)
+
+
+# --- NF4, zero-point, double quant -----------------------------------------------------------------
+
+def test_nf4_explorer_occupancy_nearly_uniform_and_more_than_int4():
+    w = widgets.nf4_explorer()
+    _assert_explorer(w, "nf4_explorer")
+    _save(w, "nf4_explorer")
+    share = w.shares["nf4"][1]                               # blocksize 64, QLoRA's setting
+    assert w.entropy["nf4"] > 3.85 and share.max() < 1.6 / 16 and share.min() > 0.2 / 16   # near 1/16 each
+    for blocksize in (32, 64, 256, 4096):   # bigger blocks: the block max sits further out in the
+        w.update(blocksize=blocksize)       # tail, values bunch up in the middle; still NF4 > INT4
+        share = w.shares["nf4"][1]
+        assert w.entropy["nf4"] > w.entropy["int4"] + 0.15 and share.max() < w.shares["int4"][1].max()
+    w.update(offset=0.99)
+    assert "offset 0.9900" in w.figure.axes[0].get_title()
+    w.update(offset=2.0)                                    # clamped to the slider's max
+    assert w.error is None and w.controls["offset"].value == 0.995
+
+
+def test_zeropoint_explorer_levels_used_and_sqnr():
+    w = widgets.zeropoint_explorer()
+    _assert_explorer(w, "zeropoint_explorer")
+    _save(w, "zeropoint_explorer")
+    assert w.used["zeropoint"][0] > w.used["absmax"][0]                  # skewed: absmax wastes levels
+    assert all(z > a for z, a in zip(w.sqnr["zeropoint"], w.sqnr["absmax"], strict=True))
+    for bits in (2, 5, 8):
+        w.update(bits=bits)
+        assert w.used["zeropoint"][1] == 2 ** bits and w.used["absmax"][1] == 2 ** bits - 1
+    w.update(shift=-2.5, bits=4)
+    assert w.error is None and f"{w.used['absmax'][0]}/15 used" in w.figure.axes[0].get_title()
+
+
+def test_double_quant_explorer_shows_the_bits_per_param_difference():
+    w = widgets.double_quant_explorer()
+    _assert_explorer(w, "double_quant_explorer")
+    _save(w, "double_quant_explorer")
+    for bs in (32, 64, 256, 4096):
+        w.update(blocksize=bs, model_size=70e9)
+        diff = ql.memory.bits_per_param("nf4", bs) - ql.memory.bits_per_param("nf4", bs, double_quant=True)
+        assert w.saving_bits == diff
+        assert f"saves {diff:.3f} bit/param" in w.figure.axes[1].get_title()
+        assert f"{diff * 70e9 / 8 / 1e9:.2f} GB" in w.figure.axes[2].get_title()
+    w.update(blocksize=64, model_size=7e9)
+    assert w.saving_gb == pytest.approx(0.3264, abs=1e-4)                # QLoRA: ~0.33 GB at 7B
+    w.update(blocksize=48)
+    assert "blocksize=48 is not offered" in w.error
+
+
+# --- outliers (fake model) -------------------------------------------------------------------------
+
+class _Embedder(nn.Module):
+    """A 'model' whose layer `proj` receives fixed inputs with a few huge columns."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(200, 4)
+        gen = torch.Generator().manual_seed(0)
+        self.table = torch.randn(64, 200, generator=gen)
+        self.table[:, :6] *= torch.tensor([2.0, 4.0, 8.0, 16.0, 32.0, 64.0])
+
+    def forward(self, input_ids):
+        return self.proj(self.table[input_ids])
+
+
+class _Tok:
+    def __call__(self, text, return_tensors=None, add_special_tokens=True):
+        ids = [ord(c) % 64 for c in text]
+        return {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids}
+
+
+def test_outlier_explorer_share_falls_as_the_threshold_rises():
+    w = widgets.outlier_explorer(_Embedder(), _Tok(), layer="proj", prompt="some prompt text")
+    _assert_explorer(w, "outlier_explorer")
+    shares = [w.update(threshold=t).share for t in (0.5, 1, 2, 4, 8, 16, 32, 64, 100)]
+    assert all(a >= b for a, b in zip(shares, shares[1:], strict=False)) and shares[0] > shares[-1]
+    w.update(threshold=6.0)
+    expected = len(ql.int8_vectorwise(w.inputs, 6.0).outlier_cols) / 200
+    assert w.share == expected and f"({expected:.1%})" in w.figure.axes[0].get_title()
+    w.update(threshold=1e6)
+    assert w.controls["threshold"].value == 100 and w.error is None
+    w.update(layer="nope")
+    assert "layer 'nope' does not exist" in w.error
+    w.update(layer="proj", prompt="")
+    assert "prompt must be a non-empty string" in w.error
+
+
+# --- generation (fake loader) ----------------------------------------------------------------------
+
+class _FakeModel:
+    def __init__(self, mode):
+        self.mode = mode
+
+
+class _FakeFootprint:
+    def __init__(self, total, state):
+        self.total_bytes, self.quant_state_bytes = total, state
+
+
+def _fake_loader(model_id, mode):
+    if mode == "fp4":
+        raise RuntimeError("fp4 needs bitsandbytes")
+    return _FakeModel(mode), _Tok()
+
+
+def test_generation_explorer_with_a_fake_loader():
+    calls = []
+
+    def generator(model, tok, prompt, max_new_tokens):
+        calls.append((model.mode, prompt, max_new_tokens))
+        return f"{model.mode} says hi"
+
+    sizes = {"bf16": 269e6, "int8": 163e6, "nf4": 110e6}
+    w = widgets.generation_explorer("Hello?", modes=("bf16", "nf4", "fp4"), loader=_fake_loader,
+                                    generator=generator,
+                                    footprint=lambda m: _FakeFootprint(sizes[m.mode], 6.6e6))
+    _assert_explorer(w, "generation_explorer")
+    assert calls == [] and w.rows == []                    # nothing runs before the button
+    w.controls["prompt"].value = "Changed?"
+    assert calls == [] and "press <b>Generate</b>" in w.status.value
+    w.controls["generate"].click()
+    assert [c[0] for c in calls] == ["bf16", "nf4"] and calls[0][1:] == ("Changed?", 30)
+    assert [r["mode"] for r in w.rows] == ["bf16", "nf4", "fp4"]
+    assert w.rows[2]["answer"].startswith("error: RuntimeError: fp4 needs bitsandbytes")
+    assert "nf4 says hi" in w.table.value and w.progress.value == w.progress.max == 3
+    assert [p.get_width() for p in w.figure.axes[0].patches] == [269.0, 110.0, 0.0]
+    w.update(mode_bf16=False, mode_nf4=False, mode_fp4=False)
+    assert "no mode selected" in w.error
+
+
+# --- the real embedded model -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def smol(embedded_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(embedded_path, dtype=torch.bfloat16)
+    return model.eval(), AutoTokenizer.from_pretrained(embedded_path)
+
+
+@pytest.mark.slow
+def test_outlier_explorer_on_the_embedded_model(smol):
+    model, tok = smol
+    w = widgets.outlier_explorer(model, tok)
+    _assert_explorer(w, "outlier_explorer")
+    _save(w, "outlier_explorer")
+    assert w.inputs.shape[1] == 576
+    shares = [w.update(threshold=t).share for t in (0.2, 1.0, 3.0, 6.0, 20.0)]
+    assert all(a >= b for a, b in zip(shares, shares[1:], strict=False)) and shares[0] > shares[-1]
+    w.update(layer="model.layers.29.mlp.down_proj", threshold=6.0)
+    assert w.inputs.shape[1] == 1536 and w.share > 0.01      # the last MLP's inputs: many big columns
+    w.update(layer="model.layers.99.mlp.down_proj")
+    assert "does not exist" in w.error and "(211 in all)" in w.error
+
+
+@pytest.mark.slow
+def test_histogram_explorer_on_a_real_layer_and_block_zoom(smol):
+    model, _ = smol
+    w = widgets.histogram_explorer(model, layer="model.layers.3.mlp.down_proj", scheme="nf4")
+    assert w.error is None and w.result.shape == (576, 1536)
+    _save(w, "histogram_explorer_real_layer")
+    weight = sources.layer_weight(model, "model.layers.3.mlp.down_proj")
+    fit = ql.zeropoint_quantize(weight, 4, blocksize=32, zero_point_domain="float")
+    fig, axes = ql.plots.new_figure(2)
+    artists = ql.plots.block_zoom(weight, block=5, result=fit, axes=axes)
+    assert "stored as 4-bit before" in artists["distinct"].axes.get_title()   # Q4_1 in the GGUF
+    (ARTIFACTS / "block_zoom.png").write_bytes(ql.plots.to_png(fig))
+    sqnr = {name: ql.error_stats(wt, ql.quantize_4bit(wt, "nf4").dequantize())["sqnr_db"]
+            for name, wt in sources.linear_layers(model) if ".layers.1." in name or ".layers.2." in name}
+    fig, axes = ql.plots.new_figure(1, figsize=(5.6, 4.0))
+    art = ql.plots.layer_error_map(sqnr, ax=axes[0])
+    assert art["image"].get_array().shape == (2, 7)
+    (ARTIFACTS / "layer_error_map.png").write_bytes(ql.plots.to_png(fig))
+
+
+@pytest.mark.slow
+def test_generation_explorer_real_run():
+    w = widgets.generation_explorer("What is the capital of France?", modes=("bf16", "nf4"), max_new_tokens=8)
+    w.update()
+    assert w.error is None, w.error
+    _save(w, "generation_explorer")
+    bf16, nf4 = w.rows
+    assert "Paris" in bf16["answer"] and not nf4["answer"].startswith("error")
+    assert nf4["footprint_mb"] < bf16["footprint_mb"] and nf4["quant_state_mb"] > 0
+    assert bf16["tokens_per_s"] > 0
