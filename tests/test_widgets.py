@@ -273,11 +273,11 @@ def test_histogram_explorer_on_a_real_layer_and_block_zoom(smol):
     artists = ql.plots.block_zoom(weight, block=5, result=fit, axes=axes)
     assert "stored as 4-bit before" in artists["distinct"].axes.get_title()   # Q4_1 in the GGUF
     (ARTIFACTS / "block_zoom.png").write_bytes(ql.plots.to_png(fig))
-    sqnr = {name: ql.error_stats(wt, ql.quantize_4bit(wt, "nf4").dequantize())["sqnr_db"]
-            for name, wt in sources.linear_layers(model) if ".layers.1." in name or ".layers.2." in name}
-    fig, axes = ql.plots.new_figure(1, figsize=(5.6, 4.0))
-    art = ql.plots.layer_error_map(sqnr, ax=axes[0])
-    assert art["image"].get_array().shape == (2, 7)
+    fig, axes = ql.plots.new_figure(1, figsize=(6.0, 6.0))
+    fig.subplots_adjust(left=0.14, bottom=0.14, top=0.9, right=0.9)
+    art = ql.plots.model_error_map(model, ax=axes[0], include=r"layers\.(\d|1[0-1])\.")   # 12 of 30 blocks
+    assert art["image"].get_array().shape == (12, 7) and len(art["sqnr"]) == 84
+    assert all(15 < v < 30 for v in art["sqnr"].values())                         # NF4: ~20 dB
     (ARTIFACTS / "layer_error_map.png").write_bytes(ql.plots.to_png(fig))
 
 

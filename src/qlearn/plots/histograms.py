@@ -88,8 +88,8 @@ class QuantHistogramView:
         self.fig, self.axes = (fig, np.array(fig.axes)) if fig is not None else new_figure(3)
         a, b, c = self.axes
         e = np.linspace(0, 1, 2)
-        self.group_hist = a.stairs([0], e, fill=True, color=COLORS["orig"], alpha=0.55, label="values")
-        self.levels = LineCollection([], colors=COLORS["level"], linewidths=0.9, label="levels")
+        self.group_hist = a.stairs([0], e, fill=True, color=COLORS["orig"], alpha=0.55)
+        self.levels = LineCollection([], colors=COLORS["level"], linewidths=0.9)
         a.add_collection(self.levels)
         self.orig_hist = b.stairs([0], e, fill=True, color=COLORS["orig"], alpha=0.4, label="original")
         self.deq_hist = b.stairs([0], e, color=COLORS["deq"], linewidth=1.2, label="dequantized")
@@ -98,7 +98,6 @@ class QuantHistogramView:
         a.set_ylabel("count")
         b.set_xlabel("weight value")
         c.set_xlabel("dequantized - original")
-        a.legend(loc="upper right", frameon=False)
         b.legend(loc="upper right", frameon=False)
         self._x = None
 
@@ -123,7 +122,8 @@ class QuantHistogramView:
         self.levels.set_transform(blended_transform_factory(a.transData, a.transAxes))
         a.set_xlim(glo, ghi)
         set_ylim_to(a, counts.max(), log)
-        a.set_title(f"{_group_name(result, group, count)}\n{vals.numel():,} values, {len(levels)} levels")
+        a.set_title(f"{_group_name(result, group, count)}: {vals.numel():,} values\n"
+                    f"red: its {len(levels)} levels")
         self.orig_hist.set_data(*self._orig)
         deq = histogram(x_hat, BINS, lo, hi)
         self.deq_hist.set_data(*deq)
@@ -153,7 +153,7 @@ def quantization_histograms(x: torch.Tensor, result, group: int = 0, log: bool =
     >>> import qlearn as ql
     >>> x = torch.randn(1000)
     >>> quantization_histograms(x, ql.quantize_4bit(x, "nf4")).axes[0].get_title()
-    'block 0 of 16: 64 values, 16 levels'
+    'block 0 of 16: 64 values\nred: its 16 levels'
     """
     return QuantHistogramView().update(x, result, group=group, log=log).fig
 
@@ -221,8 +221,8 @@ class ZeroPointView:
             self.curves[name].set_data(np.arange(2, 9), np.asarray(sqnr[name]))
         a.set_xlim(xlo, xhi)
         set_ylim_to(a, self.hist.get_data().values.max() / 0.75)   # room for the level rugs on top
-        a.set_title(f"levels at {bits} bits (grey = unused): absmax\n"
-                    f"{self.used['absmax'][0]}/{self.used['absmax'][1]} used, "
+        a.set_title(f"levels used at {bits} bits (grey: unused)\n"
+                    f"absmax {self.used['absmax'][0]}/{self.used['absmax'][1]} used, "
                     f"zero-point {self.used['zeropoint'][0]}/{self.used['zeropoint'][1]} used")
         b.set_xlim(*value_range(self._pts))
         b.set_ylim(-emax * 1.1, emax * 1.6)

@@ -90,7 +90,7 @@ class NF4View:
         a.set_ylim(0, 1.02)
         a.set_xlabel("z (standard normal)")
         a.set_ylabel("P(Z <= z)")
-        a.legend(loc="upper left", frameon=False)
+        a.legend(loc="lower right", frameon=False)
         self.hist = b.stairs([0], np.linspace(-1, 1, 2), fill=True, color=COLORS["orig"], alpha=0.5)
         self.edges = b.add_collection(LineCollection(
             [], colors=COLORS["nf4"], linewidths=0.8,
