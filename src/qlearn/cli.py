@@ -77,15 +77,16 @@ def answers_figure(df, prompt=PROMPT, width=70):
 
     wrapped = [textwrap.fill(str(a), width) or "(empty)" for a in df.answer]
     lines = [w.count("\n") + 1 for w in wrapped]
-    fig = Figure(figsize=(8, 0.6 + 0.22 * sum(lines) + 0.25 * len(df)), dpi=110)
-    fig.text(0.01, 0.99, f"Q: {prompt}  (greedy)", va="top", fontsize=10, weight="bold")
-    y, step = 0.99 - 0.5 / fig.get_figheight(), 1 / fig.get_figheight()
+    line, gap, top = 0.17, 0.14, 0.45                                # inches
+    height = top + line * sum(lines) + gap * len(df) + 0.1
+    fig = Figure(figsize=(8, height), dpi=110)
+    fig.text(0.01, 1 - 0.12 / height, f"Q: {prompt}  (greedy)", va="top", fontsize=10, weight="bold")
+    y = 1 - top / height
     for mode, text, n in zip(df.index, wrapped, lines, strict=True):
-        y -= 0.25 * step
         fig.text(0.01, y, mode, va="top", fontsize=9, weight="bold", family="monospace")
-        fig.text(0.13, y, text, va="top", fontsize=9, family="monospace",
+        fig.text(0.13, y, text, va="top", fontsize=9, family="monospace", linespacing=1.25,
                  color="black" if "Paris" in text else "#C44E52")
-        y -= 0.22 * step * n
+        y -= (line * n + gap) / height
     return fig
 
 
@@ -161,7 +162,7 @@ def _versions():
     return "; ".join(parts)
 
 
-def tour(model_id="embedded", modes=TOUR_MODES, out="report", max_new_tokens=50, ppl_tokens=None,
+def tour(model_id="embedded", modes=TOUR_MODES, out="report", max_new_tokens=32, ppl_tokens=None,
          window=512, prompt=PROMPT):
     """Compare ``modes`` on one model, print the table, write the report; returns (DataFrame, report path).
 
@@ -200,7 +201,7 @@ def _parser():
     t.add_argument("--modes", default=",".join(TOUR_MODES),
                    help="comma-separated: fp32,bf16,fp16,int8,nf4,fp4 and nf4+dq,fp4+dq (default: %(default)s)")
     t.add_argument("--out", default="report", help="report folder (default: %(default)s)")
-    t.add_argument("--max-new-tokens", type=int, default=50, help="answer length (default: %(default)s)")
+    t.add_argument("--max-new-tokens", type=int, default=32, help="answer length (default: %(default)s)")
     t.add_argument("--ppl-tokens", type=int, default=None,
                    help="perplexity tokens, 0 to skip (default: 4096 on CUDA, 1024 on CPU)")
     t.add_argument("--window", type=int, default=512, help="perplexity window (default: %(default)s)")
