@@ -159,6 +159,16 @@ def test_missing_embedded_package(monkeypatch, tmp_path):
     assert INSTALL_EMBEDDED in str(err.value)
 
 
+def test_missing_bitsandbytes(monkeypatch):
+    from qlearn import models
+
+    real = models.importlib.util.find_spec
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None if name == "bitsandbytes" else real(name))
+    with pytest.raises(ModuleNotFoundError, match="pip install 'bitsandbytes"):
+        models.quantization_config("nf4")
+    assert models.quantization_config("bf16") is None
+
+
 def test_hub_id_offline_is_a_clear_error():
     code = "import qlearn; qlearn.load('qlearn-test/no-such-model-xyz', mode='bf16')"
     env = dict(os.environ, HF_HUB_OFFLINE="1")
@@ -205,3 +215,28 @@ def test_cuda_nf4_answers_and_footprint(embedded_path):
     assert fp.total_bytes == model.get_memory_footprint()
     assert fp.quant_state_bytes == quant_state_bytes_read_from(model)
     assert "Paris" in ql.generate(model, tok, QUESTION, max_new_tokens=12)
+
+
+# ---- qlearn tour: the main job, with few tokens ----
+
+@pytest.mark.slow
+def test_tour_writes_report(embedded_path, tmp_path, capsys):
+    from qlearn.cli import main
+
+    out = tmp_path / "report"
+    assert main(["tour", "--modes", "bf16,nf4+dq", "--max-new-tokens", "8", "--ppl-tokens", "64",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "nf4+dq" in printed and "Paris" in printed
+    for name in ("report.md", "memory.png", "perplexity.png", "answers.png", "results.csv"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "memory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "report.md").read_text()
+    assert "![memory per mode](memory.png)" in md and "Llama-2-7B" in md
+
+
+def test_tour_bad_mode_is_a_clear_error(capsys):
+    from qlearn.cli import main
+
+    assert main(["tour", "--modes", "bf16,int4"]) == 2
+    assert "unknown mode 'int4'" in capsys.readouterr().err

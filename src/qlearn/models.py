@@ -179,6 +179,9 @@ def quantization_config(mode="nf4", double_quant=None, compute_dtype=None):
     _check_mode(mode, double_quant, compute_dtype)
     if mode in _FLOAT_DTYPES:
         return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModuleNotFoundError(f"mode={mode!r} needs bitsandbytes (>= 0.49 for CPU 4-bit): "
+                                  "pip install 'bitsandbytes>=0.49'", name="bitsandbytes")
     from transformers import BitsAndBytesConfig
 
     if mode == "int8":
