@@ -173,3 +173,15 @@ def test_plots_do_not_use_pyplot():
             "print('matplotlib.pyplot' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_cached_text_canvas_looks_like_plain_agg(x):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    view = plots.QuantHistogramView().update(x, ql.quantize_4bit(x, "nf4", 64))
+    cached = _pixels(plots.to_png(view.fig))
+    cached_again = _pixels(plots.to_png(view.fig))                    # second time: from the cache
+    FigureCanvasAgg(view.fig)
+    plain = _pixels(plots.to_png(view.fig))
+    assert np.array_equal(cached, cached_again)
+    assert (np.abs(cached - plain).sum(axis=-1) > 60).mean() < 0.01   # text moved by < 1/2 pixel
