@@ -152,8 +152,8 @@ def quantization_histograms(x: torch.Tensor, result, group: int = 0, log: bool =
 
     >>> import qlearn as ql
     >>> x = torch.randn(1000)
-    >>> quantization_histograms(x, ql.quantize_4bit(x, "nf4")).axes[0].get_title()
-    'block 0 of 16: 64 values\nred: its 16 levels'
+    >>> quantization_histograms(x, ql.quantize_4bit(x, "nf4")).axes[0].get_title().splitlines()
+    ['block 0 of 16: 64 values', 'red: its 16 levels']
     """
     return QuantHistogramView().update(x, result, group=group, log=log).fig
 

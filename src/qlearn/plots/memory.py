@@ -25,6 +25,10 @@ def format_params(n: float) -> str:
     return f"{n / 1e9:g}B" if n >= 1e9 else f"{n / 1e6:g}M"
 
 
+def _short_int(n: int) -> str:
+    return f"{n // 1024}k" if n >= 1024 else str(n)
+
+
 class DoubleQuantView:
     """Three panels; `update(...)` swaps the data. `saving_bits` / `saving_gb` hold the numbers shown."""
 
@@ -55,14 +59,14 @@ class DoubleQuantView:
                 bottom = bottom + per_param
             self._per_param_state = getattr(self, "_per_param_state", {})
             self._per_param_state[dq] = bottom
-        a.set_xticks(x, [str(bs) for bs in blocksizes], rotation=45)
+        a.set_xticks(x, [_short_int(bs) for bs in blocksizes])
         self.span = a.axvspan(-0.5, 0.5, color="#f0e68c", alpha=0.35, zorder=0)
         a.legend(loc="upper right", frameon=False, fontsize=7)
         for dq, style in ((False, "-"), (True, "--")):
             b.plot(blocksizes, bpp[dq], style, marker="o", ms=3, color=COLORS["orig"] if not dq else COLORS["nf4"],
                    label="double quant" if dq else "float32 absmax")
         (self.marker,) = b.plot([], [], "o", ms=8, mfc="none", mec=COLORS["level"], mew=1.5)
-        b.set_xticks(blocksizes[::2], [str(bs) for bs in blocksizes[::2]])
+        b.set_xticks(blocksizes[::2], [_short_int(bs) for bs in blocksizes[::2]])
         b.legend(loc="upper right", frameon=False)
         b.set_ylim(3.9, max(bpp[False]) + 0.15)
         self.size_bars = c.bar(range(len(sizes)), np.zeros(len(sizes)), color=COLORS["muted"])

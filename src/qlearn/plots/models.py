@@ -70,7 +70,7 @@ class OutlierView:
         self.stems.set_data(*_stem_path(np.flatnonzero(~hot), cols, self._floor))
         self.hot_stems.set_data(*_stem_path(np.flatnonzero(hot), cols, self._floor))
         self.line_a.set_ydata([threshold, threshold])
-        self.share = hot.sum() / n
+        self.share = float(hot.sum() / n)
         self.marker.set_data([threshold], [100 * self.share])
         a.set_title(f"{layer} input, {inputs.shape[0]} tokens: {hot.sum()} of {n} columns "
                     f"({self.share:.1%})\nat or above the threshold {threshold:g} stay 16-bit (red)")
