@@ -61,6 +61,23 @@ def test_histogram_explorer_levels_shown_per_block(hist, scheme, bits, expected)
         assert all(d == 2 ** bits for d in distinct) if bits <= 3 else max(distinct) <= 2 ** bits
 
 
+def test_explorer_mimebundle_carries_a_png_fallback(hist):
+    import base64
+
+    bundle = hist._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert base64.b64decode(bundle["image/png"]) == hist.image.value
+
+
+def test_histogram_explorer_dict_of_tensors():
+    named = {"normal": sources.synthetic("normal", 4096, shape=(64, 64)),
+             "laplace": sources.synthetic("laplace", 8192, shape=(64, 128))}
+    w = widgets.histogram_explorer(named)
+    assert w.controls["source"].options == ("normal", "laplace") and w.result.shape == (64, 64)
+    w.update(source="laplace")
+    assert w.error is None and w.result.shape == (64, 128)
+
+
 def test_histogram_explorer_controls_drive_the_figure(hist):
     hist.update(scheme="zeropoint", bits=4, granularity="tensor")
     png = hist.image.value

@@ -9,6 +9,7 @@ Errors raised while drawing are caught and shown in the message area, never as a
 
 from __future__ import annotations
 
+import base64
 import html
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -161,6 +162,14 @@ class Explorer(widgets.VBox):
 
     def _draw(self, values: dict) -> None:   # pragma: no cover - subclasses implement it
         raise NotImplementedError
+
+    def _repr_mimebundle_(self, **kwargs):
+        """The widget view plus the current figure as image/png: a notebook saved after running
+        shows the figure where no widget can be drawn (GitHub, nbconvert, a closed kernel)."""
+        data = super()._repr_mimebundle_(**kwargs)
+        if isinstance(data, dict) and self.image.value:
+            data["image/png"] = base64.b64encode(self.image.value).decode("ascii")
+        return data
 
     def png(self) -> bytes:
         """The figure as PNG bytes, fully re-rendered (what `image` shows, without the caching)."""
