@@ -166,7 +166,8 @@ class Explorer(widgets.VBox):
     def _repr_mimebundle_(self, **kwargs):
         """The widget view plus the current figure as image/png: a notebook saved after running
         shows the figure where no widget can be drawn (GitHub, nbconvert, a closed kernel)."""
-        data = super()._repr_mimebundle_(**kwargs)
+        parent = getattr(super(), "_repr_mimebundle_", None)   # ipywidgets 8; 7.x displays itself
+        data = parent(**kwargs) if parent is not None else None
         if isinstance(data, dict) and self.image.value:
             data["image/png"] = base64.b64encode(self.image.value).decode("ascii")
         return data
