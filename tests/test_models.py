@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -60,7 +61,8 @@ def measured(embedded_path):
     results = {}
     for label in MODES:
         mode, dq = parse_mode(label)
-        with _NoNetwork():
+        with _NoNetwork(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "fp16 on CPU is slow")
             model, tok = ql.load("embedded", mode=mode, double_quant=dq, device_map="cpu", verbose=False)
         fp = memory.footprint(model)
         results[label] = dict(

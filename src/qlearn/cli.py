@@ -138,7 +138,8 @@ def write_report(df, out, model_id="embedded", prompt=PROMPT, n_tokens=None, win
         "![memory per mode](memory.png)", "",
         "![perplexity per mode](perplexity.png)", "",
         f"Perplexity: first {n_tokens} tokens of `pydoc_data.topics` (sorted keys, joined by blank lines), "
-        f"windows of {window} tokens, no overlap.", "",
+        f"windows of {window} tokens, no overlap."
+        + (" For the 4,096-token table: `qlearn tour --ppl-tokens 4096`." if (n_tokens or 0) < 4096 else ""), "",
         f"## Answers (greedy): {prompt}", "", "| mode | answer |", "|---|---|", answers, "",
         "![answers](answers.png)", "",
         "## Memory at 7B", "", _estimate_note(), "",
