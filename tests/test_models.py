@@ -202,6 +202,9 @@ def test_conversion_is_atomic(monkeypatch, tmp_path):
         (out / models._DONE).write_text("{}")
 
     monkeypatch.setattr(models, "_convert_gguf", fine)
+    stale = tmp_path / "cache" / f".{models._CACHE_NAME}-killed"   # left by a conversion killed 2 h ago
+    stale.mkdir()
+    os.utime(stale, (stale.stat().st_atime - 7200, stale.stat().st_mtime - 7200))
     first = models.embedded_model_path(cache=tmp_path / "cache")
     second = models.embedded_model_path(cache=tmp_path / "cache")
     assert first == second and (first / models._DONE).is_file() and len(calls) == 1

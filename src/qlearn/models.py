@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -88,10 +89,15 @@ def embedded_model_path(cache: str | os.PathLike | None = None, force: bool = Fa
         return target
     gguf = embedded_gguf()
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{_CACHE_NAME}-*"):   # temp folders of killed conversions
+        if time.time() - stale.stat().st_mtime > 3600:
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{_CACHE_NAME}-", dir=target.parent))
     try:
         _convert_gguf(gguf, tmp)
-        if target.exists():          # force=True, or a stale/partial folder from an older qlearn
+        if (target / _DONE).is_file() and not force:
+            return target            # a concurrent conversion finished first: keep its folder
+        if target.exists():          # force=True, or a folder without its completion marker
             shutil.rmtree(target, ignore_errors=True)
         try:
             os.replace(tmp, target)
