@@ -10,7 +10,6 @@ else runs on it; the ratios are the point: 4-bit buys memory, not speed, on a CP
 """
 
 import argparse
-import gc
 import json
 import logging
 import sys
@@ -21,7 +20,7 @@ import torch
 import qlearn as ql
 from qlearn import memory
 from qlearn.evaluate import parse_mode
-from qlearn.models import _prompt_ids
+from qlearn.models import _prompt_ids, release_memory
 
 PROMPT = "What is the capital of France?"
 
@@ -41,7 +40,7 @@ def bench_mode(label, new_tokens, device_map):
         gen_s = time.perf_counter() - t0
     n_new = out.shape[1] - inputs["input_ids"].shape[1]
     del model, tok
-    gc.collect()
+    release_memory()
     return dict(mode=label, load_s=load_s, tokens_per_s=n_new / gen_s, reported_bytes=fp.total_bytes,
                 true_bytes=fp.true_bytes)
 

@@ -76,12 +76,10 @@ def check_int8(dtype, threshold):
 
 
 def check_models(modes, new_tokens, ppl_tokens):
-    import gc
-
     import qlearn as ql
     from qlearn import memory
     from qlearn.evaluate import parse_mode, perplexity
-    from qlearn.models import _prompt_ids
+    from qlearn.models import _prompt_ids, release_memory
 
     t0 = time.perf_counter()
     ql.embedded_model_path()
@@ -113,7 +111,7 @@ def check_models(modes, new_tokens, ppl_tokens):
                          answer=ql.generate(model, tok, "What is the capital of France?", max_new_tokens=12),
                          perplexity=ppl))
         del model, tok
-        gc.collect()
+        release_memory()
     return rows
 
 

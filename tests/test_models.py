@@ -17,7 +17,7 @@ import torch
 import qlearn as ql
 from qlearn import memory
 from qlearn.evaluate import parse_mode, perplexity
-from qlearn.models import INSTALL_EMBEDDED
+from qlearn.models import INSTALL_EMBEDDED, release_memory
 
 MODES = ("fp32", "bf16", "fp16", "int8", "nf4", "nf4+dq", "fp4")
 PPL_TOKENS = 1024    # 2 windows of 512: enough to order the modes, short enough for CI
@@ -72,6 +72,7 @@ def measured(embedded_path):
             ppl=perplexity(model, tok, max_tokens=PPL_TOKENS, window=512, progress=False).perplexity,
             weight_dtype=next(p for n, p in model.named_parameters() if "q_proj" in n).dtype)
         del model, tok
+        release_memory()
     return results
 
 

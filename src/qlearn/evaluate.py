@@ -8,7 +8,6 @@ reproducible from (model, tokenizer, max_tokens, window, stride) alone, without 
 
 from __future__ import annotations
 
-import gc
 import math
 import time
 from dataclasses import dataclass
@@ -143,7 +142,7 @@ def parse_mode(label):
 def _measure(label, model_id, prompt, max_new_tokens, ppl_tokens, window, device_map):
     """Load one mode, measure it, free it; returns one row (dict)."""
     from . import memory
-    from .models import _generate_ids, load
+    from .models import _generate_ids, load, release_memory
 
     mode, dq = parse_mode(label)
     t0 = time.perf_counter()
@@ -161,10 +160,9 @@ def _measure(label, model_id, prompt, max_new_tokens, ppl_tokens, window, device
                tokens_per_s=len(new_ids) / gen_s, perplexity=ppl.perplexity if ppl else float("nan"),
                answer=answer)
     del model, tok
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    release_memory()
     return row
+
 
 
 def compare(modes=("bf16", "int8", "nf4", "fp4"), model_id="embedded",
