@@ -244,7 +244,8 @@ def load(model_id="embedded", mode="bf16", double_quant=None, compute_dtype=None
     path = embedded_model_path() if embedded else model_id
     local_only = embedded or Path(str(model_id)).expanduser().is_dir()
     if verbose:
-        where = "no CUDA device found" if device_map == "auto" and device == "cpu" else "as asked"
+        where = ("CUDA device found" if device == "cuda" else "no CUDA device found") \
+            if device_map == "auto" else "as asked"
         print(f"qlearn: loading {model_id} in {mode} on {device} ({where})", file=sys.stderr)
     kwargs = dict(dtype=_FLOAT_DTYPES.get(mode, torch.bfloat16), device_map=device,
                   quantization_config=quantization_config(mode, double_quant, compute_dtype),
@@ -256,9 +257,9 @@ def load(model_id="embedded", mode="bf16", double_quant=None, compute_dtype=None
         if local_only:
             raise
         raise OSError(
-            f"could not load model_id={str(model_id)!r}: it is not a local folder, not in the Hugging "
-            "Face cache, and the hub could not be reached (offline, or HF_HUB_OFFLINE=1?). "
-            "Use model_id='embedded' for the offline model, or connect and retry."
+            f"could not load model_id={str(model_id)!r}: not a local folder, and not found in the Hugging Face "
+            "cache or on the hub (offline? HF_HUB_OFFLINE=1? a typo?). Use model_id='embedded' for the "
+            f"offline model. ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
         ) from err
     model.eval()
     return model, tok
