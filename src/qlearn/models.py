@@ -18,11 +18,13 @@ import json
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -242,7 +244,8 @@ def load(model_id="embedded", mode="bf16", double_quant=None, compute_dtype=None
         logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     embedded = str(model_id) == "embedded"
     path = embedded_model_path() if embedded else model_id
-    local_only = embedded or Path(str(model_id)).expanduser().is_dir()
+    hub = not embedded and not Path(str(model_id)).expanduser().is_dir()
+    local_only = not hub or not _hub_reachable()   # offline: the HF cache only, a clear error at once
     if verbose:
         where = ("CUDA device found" if device == "cuda" else "no CUDA device found") \
             if device_map == "auto" else "as asked"
@@ -254,7 +257,7 @@ def load(model_id="embedded", mode="bf16", double_quant=None, compute_dtype=None
         tok = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as err:
-        if local_only:
+        if not hub:
             raise
         raise OSError(
             f"could not load model_id={str(model_id)!r}: not a local folder, and not found in the Hugging Face "
@@ -263,6 +266,18 @@ def load(model_id="embedded", mode="bf16", double_quant=None, compute_dtype=None
         ) from err
     model.eval()
     return model, tok
+
+
+def _hub_reachable(timeout=3.0):
+    """False when HF_HUB_OFFLINE is set or the hub's host cannot be reached within ``timeout`` seconds."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def _prompt_ids(tok, prompt, device):
