@@ -246,3 +246,37 @@ def test_tour_bad_mode_is_a_clear_error(capsys):
 
     assert main(["tour", "--modes", "bf16,int4"]) == 2
     assert "unknown mode 'int4'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(embedded_path):
+    """A 2-layer random Llama with the embedded tokenizer: checks the perplexity windows in seconds."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(embedded_path)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    return LlamaForCausalLM(cfg).eval(), tok
+
+
+@pytest.mark.slow
+def test_perplexity_windows(tiny_llama):
+    from qlearn.evaluate import eval_tokens
+
+    model, tok = tiny_llama
+    ids = eval_tokens(tok, max_tokens=300)
+    assert ids.shape == (1, 300) and torch.equal(ids, eval_tokens(tok, max_tokens=300))   # reproducible
+    with torch.no_grad():
+        logits = model(ids).logits[0, :-1].float()
+    direct = torch.nn.functional.cross_entropy(logits, ids[0, 1:]).item()
+    one = perplexity(model, tok, max_tokens=300, window=512, progress=False)
+    assert one.n_predicted == 299 and math.isclose(one.nll, direct, rel_tol=1e-4)
+    blocks = perplexity(model, tok, max_tokens=300, window=100, progress=False)   # 3 windows, no overlap
+    assert blocks.n_predicted == 300 - 3
+    sliding = perplexity(model, tok, max_tokens=300, window=100, stride=50, progress=False)
+    assert sliding.n_predicted == 299 and sliding.stride == 50
+    with pytest.raises(ValueError, match="stride"):
+        perplexity(model, tok, window=100, stride=200)
+    with pytest.raises(ValueError, match="text"):
+        perplexity(model, tok, text="  ")
