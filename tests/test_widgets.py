@@ -308,3 +308,17 @@ def test_generation_explorer_real_run():
     assert "Paris" in bf16["answer"] and not nf4["answer"].startswith("error")
     assert nf4["footprint_mb"] < bf16["footprint_mb"] and nf4["quant_state_mb"] > 0
     assert bf16["tokens_per_s"] > 0
+
+
+@pytest.mark.parametrize("make", [widgets.histogram_explorer, widgets.nf4_explorer, widgets.zeropoint_explorer])
+@pytest.mark.parametrize("x", [torch.zeros(64, 64), torch.ones(32, 32), torch.randn(1000, dtype=torch.bfloat16),
+                               torch.randn(3)], ids=["zeros", "constant", "bf16-1d", "three"])
+def test_weight_explorers_draw_odd_tensors(make, x):
+    w = make(x)
+    assert w.error is None, w.error
+    assert w.image.value[:4] == b"\x89PNG"
+
+
+def test_weight_explorers_reject_integer_tensors_with_a_message():
+    w = widgets.histogram_explorer(torch.arange(100))
+    assert "dtype torch.int64" in w.error and "x.float()" in w.error

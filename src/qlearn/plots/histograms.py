@@ -228,7 +228,7 @@ class ZeroPointView:
         b.set_ylim(-emax * 1.1, emax * 1.6)
         b.set_title(f"rounding error per value\n({len(self._pts):,} of {x.numel():,} shown)")
         self.bits_line.set_xdata([bits, bits])
-        top = max(max(v) for v in sqnr.values())
-        c.set_ylim(min(0.0, min(min(v) for v in sqnr.values())), top * 1.1 + 1)
+        finite = [v for values in sqnr.values() for v in values if np.isfinite(v)]   # exact: inf dB
+        c.set_ylim(min([0.0, *finite]), max([10.0, *finite]) * 1.1 + 1)
         c.set_title(f"error against bits\n(dashed: now {bits} bits)")
         return self

@@ -91,6 +91,7 @@ class HistogramExplorer(Explorer):
 
         self.result, x_hat, self.stats = self._results.get_or(key, compute)
         c["group"].max = plots.n_groups(self.result) - 1      # clamps the value if it was beyond
+        c["group"].disabled = c["group"].max == 0
         self.view.update(x, self.result, group=c["group"].value, log=v["log"], stats=self.stats, x_hat=x_hat)
         self.levels = plots.levels_of(self.result, c["group"].value)
 
