@@ -114,7 +114,7 @@ class QuantHistogramView:
         lo, hi = self._range
         x_hat = result.dequantize(torch.float32) if x_hat is None else x_hat
         levels = levels_of(result, group).numpy()
-        vals = group_values(x, result, group)
+        vals = group_values(x, result, group).cpu()
         glo, ghi = value_range(torch.cat([vals, torch.from_numpy(levels)]))
         counts, edges = histogram(vals, BINS if vals.numel() > 512 else 40, glo, ghi)
         self.group_hist.set_data(counts, edges)
@@ -202,7 +202,7 @@ class ZeroPointView:
             flat = x.reshape(-1)
             gen = torch.Generator().manual_seed(0)
             self._idx = torch.randperm(flat.numel(), generator=gen)[: self.N_POINTS]
-            self._pts = flat[self._idx].float()
+            self._pts = flat[self._idx.to(flat.device)].float().cpu()            # (N_POINTS,)
         emax = 1e-12
         xlo, xhi = value_range(x)
         for name, res in results.items():
@@ -215,7 +215,8 @@ class ZeroPointView:
             self.rugs[name].set_color([COLORS[name] if u else "#d0d0d0" for u in used.tolist()])
             self.used[name] = (int(used.sum()), levels.numel())
             xlo, xhi = min(xlo, float(levels[0])), max(xhi, float(levels[-1]))
-            err = res.dequantize(torch.float32).reshape(-1)[self._idx] - self._pts
+            deq = res.dequantize(torch.float32).reshape(-1)
+            err = deq[self._idx.to(deq.device)].cpu() - self._pts
             emax = max(emax, float(err.abs().max()))
             self.points[name].set_offsets(np.column_stack([self._pts.numpy(), err.numpy()]))
             self.curves[name].set_data(np.arange(2, 9), np.asarray(sqnr[name]))

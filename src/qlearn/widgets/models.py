@@ -159,14 +159,15 @@ def _table(rows: list[dict]) -> str:
     def num(v, fmt="{:.1f}"):
         return "-" if v is None else fmt.format(v)
 
-    head = ("<tr><th>mode</th><th>answer</th><th>footprint MB</th><th>+ scales MB</th>"
-            "<th>tokens/s</th></tr>")
+    cell = "style='padding:3px 10px;border-bottom:1px solid #ddd;vertical-align:top'"
+    head = "".join(f"<th {cell}>{h}</th>" for h in ("mode", "answer", "footprint MB", "+ scales MB", "tokens/s"))
     body = "".join(
-        f"<tr><td><b>{html.escape(r['mode'])}</b></td><td>{html.escape(r['answer'])}</td>"
-        f"<td>{num(r['footprint_mb'])}</td><td>{num(r['quant_state_mb'])}</td><td>{num(r['tokens_per_s'])}</td></tr>"
+        f"<tr><td {cell}><b>{html.escape(r['mode'])}</b></td><td {cell}>{html.escape(r['answer'])}</td>"
+        f"<td {cell}>{num(r['footprint_mb'])}</td><td {cell}>{num(r['quant_state_mb'])}</td>"
+        f"<td {cell}>{num(r['tokens_per_s'])}</td></tr>"
         for r in rows)
     return ("<table class='qlearn-table' style='border-collapse:collapse;text-align:left'>"
-            f"{head}{body}</table>")
+            f"<tr>{head}</tr>{body}</table>")
 
 
 def outlier_explorer(model=None, tokenizer=None, **kwargs) -> OutlierExplorer:
