@@ -1,0 +1,216 @@
+"""A real browser: JupyterLab on 127.0.0.1 with a token, a lesson notebook opened in headless
+Chromium through Playwright, all cells run, an explorer's slider dragged with the mouse, and the
+figure's image must change. Screenshots go to tests/_artifacts/browser/.
+
+Needs Debian's chromium (/usr/bin/chromium) and the playwright Python package (no `playwright
+install`: the system Chromium is used); skips with the reason when either is missing.
+The notebook is copied to a temporary folder first, so JupyterLab's autosave never touches the repo.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK = ROOT / "notebooks" / "02_absmax_vs_zeropoint.ipynb"
+ARTIFACTS = ROOT / "tests" / "_artifacts" / "browser"
+CHROMIUM = os.environ.get("QLEARN_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+EXPLORER = ".qlearn-zeropoint-explorer"
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"jupyter lab exited early with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"jupyter lab did not answer {url} within {timeout:.0f} s")
+
+
+@pytest.fixture
+def lab(tmp_path, embedded_path):
+    """A JupyterLab server on a free port with a random token, serving a copy of the notebook."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+    root = tmp_path / "lab"
+    root.mkdir()
+    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
+    port, token = _free_port(), secrets.token_hex(16)
+    env = dict(os.environ, QLEARN_FAST="1", JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
+               JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"),
+               JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"))
+    news = tmp_path / "settings" / "@jupyterlab" / "apputils-extension"
+    news.mkdir(parents=True)
+    (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')   # no news pop-up
+    log = (tmp_path / "lab.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", "--ip=127.0.0.1",
+         f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/api/status?token={token}", 90, proc)
+        yield f"http://127.0.0.1:{port}", token, root
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)   # the server and the kernels it started
+            proc.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
+        log.close()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tmp_path / "lab.log", ARTIFACTS / "jupyterlab.log")
+
+
+def _figure_src(page) -> str:
+    return page.locator(f"{EXPLORER} img.qlearn-figure").first.get_attribute("src") or ""
+
+
+def _wait_kernel_settled(base: str, token: str, timeout: float = 120) -> None:
+    """The notebook's session has one kernel, idle and connected, for 3 polls in a row.
+
+    JupyterLab can start a kernel, drop it and start another while a notebook opens; cells run
+    against the first one never finish. Ask the server rather than the page.
+    """
+    import json
+
+    deadline, seen, streak = time.monotonic() + timeout, None, 0
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base}/api/sessions?token={token}", timeout=5) as r:
+                sessions = json.load(r)
+            kid = sessions[0]["kernel"]["id"] if len(sessions) == 1 else None
+            if kid:
+                with urllib.request.urlopen(f"{base}/api/kernels/{kid}?token={token}", timeout=5) as r:
+                    kernel = json.load(r)
+                ok = kernel.get("execution_state") == "idle" and kernel.get("connections", 0) > 0
+            else:
+                ok = False
+        except (OSError, ValueError, KeyError, IndexError):
+            kid, ok = None, False
+        streak = streak + 1 if ok and kid == seen else (1 if ok else 0)
+        seen = kid
+        if streak >= 3:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"the notebook's kernel did not settle (idle, connected) within {timeout:.0f} s")
+
+
+def _run_all_cells(page, attempts: int = 3) -> None:
+    """Run > Run All Cells, retried until the first code cell shows it ran ([*] or [1])."""
+    started = ("() => Array.from(document.querySelectorAll('.jp-CodeCell .jp-InputPrompt'))"
+               ".some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))")
+    for _ in range(attempts):
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        for _ in range(40):
+            if page.evaluate(started):
+                return
+            page.wait_for_timeout(250)
+    raise AssertionError("Run All Cells did not start the notebook")
+
+
+def _wait_until_all_ran(page, timeout_ms: int) -> None:
+    """Every code cell shows an execution count and the kernel is idle: nothing else will redraw."""
+    page.wait_for_function(
+        "() => { const ps = Array.from(document.querySelectorAll('.jp-CodeCell .jp-InputPrompt'));"
+        " const idle = document.querySelector(\".jp-Notebook-ExecutionIndicator[data-status='idle']\");"
+        " return idle && ps.length > 0 && ps.every(p => /\\[\\d+\\]/.test(p.textContent)); }",
+        timeout=timeout_ms, polling=500)
+
+
+def test_slider_moves_the_figure_in_jupyterlab(lab):
+    from playwright.sync_api import sync_playwright
+
+    base, token, _ = lab
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ARTIFACTS.glob("*.png"):
+        old.unlink()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(f"{base}/lab/tree/{NOTEBOOK.name}?token={token}", wait_until="domcontentloaded")
+            page.locator(".jp-Notebook .jp-Cell").first.wait_for(state="visible", timeout=120_000)
+            # the kernel is connected and idle: only then does "Run All Cells" run anything
+            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(
+                state="attached", timeout=120_000)
+            _wait_kernel_settled(base, token)
+            page.screenshot(path=str(ARTIFACTS / "01_opened.png"))
+            _run_all_cells(page)
+
+            _wait_until_all_ran(page, 300_000)
+            figure = page.locator(f"{EXPLORER} img.qlearn-figure").first
+            figure.wait_for(state="attached", timeout=30_000)
+            figure.scroll_into_view_if_needed()
+            page.wait_for_function(
+                f"() => {{ const i = document.querySelector('{EXPLORER} img.qlearn-figure');"
+                " return i && i.src && i.complete && i.naturalWidth > 0; }", timeout=120_000)
+            before_src = _figure_src(page)
+            before_png = figure.screenshot(path=str(ARTIFACTS / "02_figure_before.png"))
+            explorer = page.locator(EXPLORER).first
+            explorer.screenshot(path=str(ARTIFACTS / "03_explorer_before.png"))
+
+            # The "bits" slider as the browser renders it (noUiSlider in ipywidgets 8): drag its
+            # handle with the mouse from 4 towards the low end of 2..8.
+            slider = page.locator(f"{EXPLORER} .qlearn-control-bits").first
+            handle = slider.locator(".noUi-handle").first
+            track = slider.locator(".noUi-target, .slider").first
+            handle.wait_for(state="visible")
+            hb, tb = handle.bounding_box(), track.bounding_box()
+            page.mouse.move(hb["x"] + hb["width"] / 2, hb["y"] + hb["height"] / 2)
+            page.mouse.down()
+            page.mouse.move(tb["x"] + 0.02 * tb["width"], hb["y"] + hb["height"] / 2, steps=12)
+            page.mouse.up()
+            readout = slider.locator(".widget-readout").first.inner_text().strip()
+
+            page.wait_for_function(
+                f"(old) => {{ const i = document.querySelector('{EXPLORER} img.qlearn-figure');"
+                " return i && i.src !== old && i.complete && i.naturalWidth > 0; }",
+                arg=before_src, timeout=60_000)
+            page.wait_for_timeout(300)
+            after_png = figure.screenshot(path=str(ARTIFACTS / "04_figure_after.png"))
+            explorer.screenshot(path=str(ARTIFACTS / "05_explorer_after.png"))
+            page.screenshot(path=str(ARTIFACTS / "06_page_after.png"))
+            message = explorer.locator(".qlearn-message").first.inner_text()
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "99_failure.png"))
+            raise
+        finally:
+            browser.close()
+    assert readout != "4", f"the bits slider did not move (readout {readout!r})"
+    assert after_png != before_png, "the figure's pixels did not change after moving the slider"
+    assert "⚠" not in message, f"the explorer showed an error: {message}"
