@@ -322,3 +322,20 @@ def test_weight_explorers_draw_odd_tensors(make, x):
 def test_weight_explorers_reject_integer_tensors_with_a_message():
     w = widgets.histogram_explorer(torch.arange(100))
     assert "dtype torch.int64" in w.error and "x.float()" in w.error
+
+
+def test_canvas_option_png_default_ipympl_optional():
+    with pytest.raises(ValueError, match="canvas must be 'png'"):
+        widgets.zeropoint_explorer(canvas="svg")
+    try:
+        import ipympl  # noqa: F401
+    except ImportError:
+        with pytest.warns(UserWarning, match="needs the ipympl package"):
+            w = widgets.zeropoint_explorer(canvas="ipympl")
+        assert w.canvas is None and w.image in w.children and w.image.value[:4] == b"\x89PNG"
+        return
+    w = widgets.zeropoint_explorer(canvas="ipympl")        # where ipympl is installed
+    assert w.canvas in w.children and w.image not in w.children
+    assert "qlearn-figure" in w.canvas._dom_classes and w.figure.canvas is w.canvas
+    w.update(bits=3)
+    assert w.error is None and w.used["zeropoint"][1] == 8

@@ -3,7 +3,9 @@
 Every explorer is an ipywidgets VBox with `.controls` (name -> control), `.figure` (the
 matplotlib Figure, redrawn in place and shown as PNG in a core `ipywidgets.Image`) and
 `.update(**params)` (what a control change calls). Errors show in the explorer's message area.
-Works with ipywidgets 7.7 (Colab) and 8.x; needs no ipympl.
+Works with ipywidgets 7.7 (Colab) and 8.x; needs no ipympl. Every explorer takes
+`canvas="ipympl"` as an opt-in upgrade where ipympl is installed (pan / zoom in the browser;
+it redraws the whole figure each time, so it is slower than the default PNG path).
 """
 
 from ._base import Explorer

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import warnings
 from collections import OrderedDict
 from contextlib import contextmanager
 
@@ -61,24 +62,30 @@ class Explorer(widgets.VBox):
     name = "explorer"
     threads: int | None = 1   # torch threads during a redraw (see torch_threads); None = leave as is
 
-    def __init__(self, controls: dict, view, title: str = "", before: tuple = (), after: tuple = ()):
+    def __init__(self, controls: dict, view, title: str = "", before: tuple = (), after: tuple = (),
+                 canvas: str = "png"):
+        if canvas not in ("png", "ipympl"):
+            raise ValueError(f"canvas must be 'png' (works everywhere) or 'ipympl' (pan/zoom where "
+                             f"ipympl is installed); got {canvas!r}")
         self.controls = dict(controls)
         self.view = view
         self.figure = view.fig
         self.renderer = FastRenderer(self.figure)   # re-renders only the panels that changed
         self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%", height="auto"))
+        self.canvas = _ipympl_canvas(self.figure) if canvas == "ipympl" else None
         self.message = widgets.HTML(value="")
         self.error: str | None = None
         self._busy = False
         header = widgets.HTML(value=f"<b>{html.escape(title)}</b>") if title else None
         bar = widgets.HBox(list(self.controls.values()),
                            layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
-        children = [header, bar, *before, self.image, *after, self.message]
+        shown = self.canvas if self.canvas is not None else self.image
+        children = [header, bar, *before, shown, *after, self.message]
         super().__init__([w for w in children if w is not None])
         self.add_class("qlearn-explorer")
         self.add_class(f"qlearn-{self.name.replace('_', '-')}")
         bar.add_class("qlearn-controls")
-        self.image.add_class("qlearn-figure")
+        shown.add_class("qlearn-figure")
         self.message.add_class("qlearn-message")
         for key, control in self.controls.items():
             control.add_class("qlearn-control")
@@ -121,12 +128,19 @@ class Explorer(widgets.VBox):
                 if self.values() != before:
                     self._draw(self.values())
             notes += [self._clamp_note(k, clamped[k]) for k in clamped if self.controls[k].value != clamped[k]]
-            self.image.value = self.renderer.png()
+            self.show_figure()
             self._show(notes=notes)
         except Exception as exc:   # shown to the learner, not raised: a widget callback has no caller
             self._show(error=exc, notes=notes)
         finally:
             self._busy = False
+
+    def show_figure(self) -> None:
+        """Put the figure's current state on screen: new PNG bytes, or an ipympl redraw."""
+        if self.canvas is not None:
+            self.canvas.draw_idle()
+        else:
+            self.image.value = self.renderer.png()
 
     def _on_change(self, change) -> None:
         if not self._busy:
@@ -175,6 +189,22 @@ class Explorer(widgets.VBox):
     def png(self) -> bytes:
         """The figure as PNG bytes, fully re-rendered (what `image` shows, without the caching)."""
         return to_png(self.figure)
+
+
+def _ipympl_canvas(figure):
+    """An ipympl canvas widget showing `figure` (pan / zoom / save in the browser), or None with a
+    warning where ipympl is not installed. Optional: Colab has no working ipympl, so PNG stays
+    the default; ipympl redraws the whole figure each time (slower than the PNG path)."""
+    try:
+        from ipympl.backend_nbagg import Canvas, FigureManager
+    except ImportError:
+        warnings.warn("canvas='ipympl' needs the ipympl package (pip install ipympl); showing PNG "
+                      "images instead", stacklevel=4)
+        return None
+    canvas = Canvas(figure)
+    FigureManager(canvas, 0)          # gives the canvas its toolbar
+    canvas.header_visible = False
+    return canvas
 
 
 class SourceControls:

@@ -55,7 +55,7 @@ class HistogramExplorer(Explorer):
     name = "histogram_explorer"
 
     def __init__(self, source=None, scheme: str = "absmax", bits: int = 4, granularity: str = "block",
-                 blocksize: int = 64, n: int = 65536, layer: str | None = None):
+                 blocksize: int = 64, n: int = 65536, layer: str | None = None, canvas: str = "png"):
         self.src = SourceControls(source, n=n, layer=layer)
         controls = {
             **self.src.controls,
@@ -72,7 +72,8 @@ class HistogramExplorer(Explorer):
         }
         self._results = ResultCache(8)
         self.result = self.stats = self.levels = None
-        super().__init__(controls, plots.QuantHistogramView(), title="Weights, levels and error")
+        super().__init__(controls, plots.QuantHistogramView(), title="Weights, levels and error",
+                         canvas=canvas)
         self.update()
 
     def _draw(self, v: dict) -> None:
@@ -104,7 +105,7 @@ class NF4Explorer(Explorer):
     name = "nf4_explorer"
 
     def __init__(self, source=None, blocksize: int = 64, offset: float = codebooks.NF4_OFFSET,
-                 n: int = 65536, layer: str | None = None):
+                 n: int = 65536, layer: str | None = None, canvas: str = "png"):
         self.src = SourceControls(source, n=n, layer=layer)
         controls = {
             **self.src.controls,
@@ -115,7 +116,7 @@ class NF4Explorer(Explorer):
         }
         self._results = ResultCache(6)
         self.shares, self.entropy = {}, {}
-        super().__init__(controls, plots.NF4View(), title="NF4: normal quantiles as levels")
+        super().__init__(controls, plots.NF4View(), title="NF4: normal quantiles as levels", canvas=canvas)
         self.update()
 
     def _draw(self, v: dict) -> None:
@@ -138,7 +139,7 @@ class ZeroPointExplorer(Explorer):
     name = "zeropoint_explorer"
 
     def __init__(self, source=None, bits: int = 4, shift: float = 0.0, n: int = 65536,
-                 layer: str | None = None):
+                 layer: str | None = None, canvas: str = "png"):
         self.src = SourceControls(source, default="skewed", n=n, layer=layer)
         controls = {
             **self.src.controls,
@@ -148,7 +149,7 @@ class ZeroPointExplorer(Explorer):
         }
         self._results = ResultCache(4)
         self.used, self.sqnr = {}, {}
-        super().__init__(controls, plots.ZeroPointView(), title="Absmax vs zero-point")
+        super().__init__(controls, plots.ZeroPointView(), title="Absmax vs zero-point", canvas=canvas)
         self.update()
 
     def _draw(self, v: dict) -> None:

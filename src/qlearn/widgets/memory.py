@@ -32,7 +32,8 @@ class DoubleQuantExplorer(Explorer):
 
     name = "double_quant_explorer"
 
-    def __init__(self, blocksize: int = 64, model_size: float = 7e9, quant_type: str = "nf4"):
+    def __init__(self, blocksize: int = 64, model_size: float = 7e9, quant_type: str = "nf4",
+                 canvas: str = "png"):
         sizes = list(MODEL_SIZES) if model_size in MODEL_SIZES else sorted({*MODEL_SIZES, float(model_size)})
         controls = {
             "blocksize": widgets.SelectionSlider(options=list(BLOCKSIZES_4BIT), value=blocksize,
@@ -47,7 +48,8 @@ class DoubleQuantExplorer(Explorer):
         self.bpp = {dq: [memory.bits_per_param(quant_type, bs, double_quant=dq) for bs in BLOCKSIZES_4BIT]
                     for dq in (False, True)}
         self.saving_bits = self.saving_gb = None
-        super().__init__(controls, plots.DoubleQuantView(), title="Double quantization: what the scales cost")
+        super().__init__(controls, plots.DoubleQuantView(), title="Double quantization: what the scales cost",
+                         canvas=canvas)
         self.update()
 
     def _draw(self, v: dict) -> None:

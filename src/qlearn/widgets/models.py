@@ -34,7 +34,7 @@ class OutlierExplorer(Explorer):
     name = "outlier_explorer"
 
     def __init__(self, model=None, tokenizer=None, layer: str = "model.layers.15.self_attn.q_proj",
-                 prompt: str = DEFAULT_PROMPT, threshold: float = 6.0):
+                 prompt: str = DEFAULT_PROMPT, threshold: float = 6.0, canvas: str = "png"):
         if model is None:
             model, tokenizer = _embedded("fp32")
         if tokenizer is None:
@@ -52,7 +52,7 @@ class OutlierExplorer(Explorer):
         }
         self._inputs = ResultCache(4)
         self.share = self.inputs = None
-        super().__init__(controls, plots.OutlierView(), title="LLM.int8 outlier columns")
+        super().__init__(controls, plots.OutlierView(), title="LLM.int8 outlier columns", canvas=canvas)
         self.update()
 
     def _draw(self, v: dict) -> None:
@@ -79,7 +79,7 @@ class GenerationExplorer(Explorer):
 
     def __init__(self, prompt: str = "What is the capital of France?", modes=("bf16", "int8", "nf4", "fp4"),
                  max_new_tokens: int = 30, model_id: str = "embedded", loader=None, generator=None,
-                 footprint=None, run: bool = False):
+                 footprint=None, run: bool = False, canvas: str = "png"):
         unknown = [m for m in modes if m not in self.MODES]
         if unknown:
             raise ValueError(f"modes {unknown} not offered; choose from {self.MODES}")
@@ -98,7 +98,8 @@ class GenerationExplorer(Explorer):
         self.model_name, self.rows = model_id, []
         self._loader, self._generator, self._footprint = loader, generator, footprint
         super().__init__(controls, plots.GenerationView(), title="Same prompt, several modes",
-                         before=(widgets.HBox([self.progress, self.status]),), after=(self.table,))
+                         before=(widgets.HBox([self.progress, self.status]),), after=(self.table,),
+                         canvas=canvas)
         self.progress.add_class("qlearn-progress")
         self.table.add_class("qlearn-answers")
         controls["generate"].on_click(lambda _button: self.update())
@@ -125,7 +126,7 @@ class GenerationExplorer(Explorer):
                                       loader, generator, footprint))
             self.progress.value = i + 1
             self.view.update(self.rows)
-            self.image.value = self.renderer.png()
+            self.show_figure()
             self.table.value = _table(self.rows)
             gc.collect()
         self.status.value = f"Done: {len(modes)} mode(s)."
