@@ -10,7 +10,7 @@ __all__ = ["error_stats"]
 
 
 def error_stats(x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, float]:
-    """Compare `x` with its reconstruction `x_hat` (same shape, any float dtype), in float64.
+    """Compare `x` with its reconstruction `x_hat` (same shape, any float dtype): float32 differences, float64 sums.
 
     Returns mse, max_abs, mean_abs, sqnr_db = 10*log10(sum x^2 / sum (x - x_hat)^2) (inf when
     exact) and rel_err = ||x - x_hat|| / ||x||. Worked number: x = [1, -1], x_hat = [0.9, -1]
@@ -25,9 +25,10 @@ def error_stats(x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, float]:
         raise ValueError(f"x and x_hat must have the same shape, got {tuple(x.shape)} and {tuple(x_hat.shape)}")
     if x.numel() == 0:
         raise ValueError("x is empty: error statistics need at least one element")
-    a = x.detach().double().flatten()
-    d = a - x_hat.detach().to(a.device).double().flatten()   # (n,)
-    signal, noise = float((a * a).sum()), float((d * d).sum())
+    a = x.detach().float().flatten()                            # (n,) float32
+    d = a - x_hat.detach().to(a.device).float().flatten()      # (n,) float32 differences
+    signal = float(torch.sum(a * a, dtype=torch.float64))       # sums accumulated in float64
+    noise = float(torch.sum(d * d, dtype=torch.float64))
     if noise == 0.0:
         sqnr = math.inf
     elif signal == 0.0:
@@ -37,7 +38,7 @@ def error_stats(x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, float]:
     return {
         "mse": noise / a.numel(),
         "max_abs": float(d.abs().max()),
-        "mean_abs": float(d.abs().mean()),
+        "mean_abs": float(torch.sum(d.abs(), dtype=torch.float64)) / a.numel(),
         "sqnr_db": sqnr,
         "rel_err": math.sqrt(noise / signal) if signal > 0 else math.inf,
     }
