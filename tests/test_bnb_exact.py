@@ -136,3 +136,18 @@ def test_codebooks_match_bitsandbytes():
     assert torch.equal(ql.codebooks.FP4, bnbf.get_4bit_type("fp4", device="cpu"))
     assert torch.equal(ql.codebooks.dynamic_map(True), bnbf.create_dynamic_map(signed=True))
     assert torch.equal(ql.codebooks.dynamic_map(False), bnbf.create_dynamic_map(signed=False))
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_a_bitsandbytes_linear4bit_is_decoded_by_qlearn(quant_type, double_quant):
+    import bitsandbytes as bnb
+    layer = bnb.nn.Linear4bit(96, 40, bias=False, compute_dtype=torch.bfloat16, quant_type=quant_type,
+                              compress_statistics=double_quant)
+    layer.weight = bnb.nn.Params4bit(_randn((40, 96), torch.bfloat16, seed=2), requires_grad=False,
+                                     quant_type=quant_type, compress_statistics=double_quant)
+    layer = layer.to("cpu")                                              # quantizes on the move to a device
+    w = layer.weight
+    ours = ql.Quantized4bit.from_bitsandbytes(w.data, w.quant_state)
+    assert ours.double_quant == double_quant and ours.shape == (40, 96)
+    assert torch.equal(ours.dequantize(), bnbf.dequantize_4bit(w.data, w.quant_state))

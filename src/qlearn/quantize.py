@@ -90,6 +90,21 @@ class Quantized4bit:
     def double_quant(self) -> bool:
         return self.offset is not None
 
+    @classmethod
+    def from_bitsandbytes(cls, packed: torch.Tensor, quant_state) -> Quantized4bit:
+        """Read a bitsandbytes 4-bit weight (``Linear4bit.weight.data`` and its ``quant_state``)
+        into this form, so qlearn's own decoder can dequantize a loaded model's real bytes.
+
+        No bitsandbytes import: the QuantState is read by attribute (absmax, shape, dtype,
+        blocksize, quant_type, and offset / state2.absmax when nested).
+        """
+        nested = getattr(quant_state, "nested", False) or getattr(quant_state, "state2", None) is not None
+        return cls(packed.reshape(-1).view(torch.uint8), quant_state.absmax, torch.Size(quant_state.shape),
+                   quant_state.dtype, quant_state.quant_type, quant_state.blocksize,
+                   offset=quant_state.offset if nested else None,
+                   nested_absmax=quant_state.state2.absmax if nested else None,
+                   dq_rule="bnb_cpu" if nested else None)
+
     @property
     def codes(self) -> torch.Tensor:
         """uint8 (n,), one 4-bit code per element of the flattened input (the packed bytes unpacked)."""

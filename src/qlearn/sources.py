@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .quantize import Quantized4bit
+
 __all__ = [
     "SYNTHETIC_KINDS", "synthetic", "linear_layer_names", "layer_weight", "linear_layers",
     "layer_inputs", "shifted",
@@ -123,9 +125,8 @@ def linear_layers(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
 
 def _dequantized(module: nn.Linear) -> torch.Tensor:
     w = module.weight
-    if hasattr(w, "quant_state") and w.quant_state is not None:   # bitsandbytes Linear4bit
-        import bitsandbytes.functional as bnbf  # only reached when handed a 4-bit layer
-        return bnbf.dequantize_4bit(w.data, w.quant_state).float()
+    if hasattr(w, "quant_state") and w.quant_state is not None:   # bitsandbytes Linear4bit: decoded by qlearn
+        return Quantized4bit.from_bitsandbytes(w.data, w.quant_state).dequantize().float()   # as the model sees it
     scb = getattr(w, "SCB", None)
     if scb is None:
         scb = getattr(module, "state", None) and getattr(module.state, "SCB", None)
