@@ -69,7 +69,8 @@ nf4_synth
 # %%
 model, tok = ql.load(MODEL_ID, mode="bf16")
 layer = "model.layers.15.mlp.down_proj"
-nf4_real = ql.widgets.nf4_explorer(model, layer=layer)
+real = {n: ql.sources.layer_weight(model, n) for n in (layer, "model.layers.0.self_attn.q_proj", "model.layers.29.mlp.up_proj")}
+nf4_real = ql.widgets.nf4_explorer(real)   # float32 copies of three layers: the model itself can be freed
 nf4_real
 
 # %% [markdown]
@@ -88,7 +89,7 @@ entropy
 
 # %%
 w15 = {n: ql.sources.layer_weight(model, n) for n in ql.sources.linear_layer_names(model) if ".layers.15." in n}
-del model, tok, nf4_real   # the explorer held the model; free it before anything else loads
+del model, tok   # one model at a time: free it before anything else loads
 gc.collect()
 rows = []
 for bs in (32, 64, 128, 256, 1024, 4096):
