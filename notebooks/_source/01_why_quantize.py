@@ -36,7 +36,8 @@ for preset in ("llama-2-7b", "llama-2-13b", "llama-2-70b"):
                      "GB": e.true_bytes / 1e9, "of which scales (GB)": e.quant_state_bytes / 1e9,
                      "kept 16-bit (GB)": e.unquantized_bytes / 1e9 if mode in ("int8", "nf4") else 0.0})
 sizes = pd.DataFrame(rows)
-sizes.pivot(index="model", columns="mode", values="GB")[["fp32", "fp16", "int8", "nf4"]]
+sizes.pivot(index="model", columns="mode", values="GB").loc[["llama-2-7b", "llama-2-13b", "llama-2-70b"],
+                                                          ["fp32", "fp16", "int8", "nf4"]]
 
 # %% [markdown]
 # A 70B model needs about 138 GB in fp16 (two 80 GB GPUs) and about 36 GB in NF4 (one). That is the

@@ -107,10 +107,10 @@ print("measured ordering (lower is better):", order)
 print("answers:", table["answer"].to_dict())
 
 # %% [markdown]
-# QLoRA (Table 2) reports NF4 < FP4 < INT4 in perplexity on models of 125M–13B parameters. On this
-# small model (135M) the 4-bit losses are far larger than the "<1 %" often quoted for 7B+ models: small
-# models have less redundancy. With few tokens (`QLEARN_FAST=1` scores only 256) the numbers are noisy;
-# the default is 4,096.
+# QLoRA (Table 2) reports NF4 < FP4 < INT4 in perplexity on models of 125M–13B parameters. The "vs bf16"
+# column above is what 4 bits cost *this* 135M model; it is far from the "<1 %" often quoted for 7B+ models,
+# which we cannot check here (try a bigger `MODEL_ID` on Colab). With few tokens (`QLEARN_FAST=1` scores
+# only 256) the numbers are noisy; the default is 4,096.
 #
 # ## Try this
 # - In the explorer, switch **scheme** between NF4 and FP4 on `model.layers.0.self_attn.q_proj`: where in the

@@ -64,27 +64,34 @@ runs
 # at batch 1, usually on GPU too): every token pays for unpacking and scaling every weight. LLM.int8
 # additionally splits each input into int8 and 16-bit outlier parts. Loading is slower too, because the
 # bf16 weights are quantized on the way in. What 4-bit buys is **memory**, which decides whether a model fits
-# at all. Measured here: one forward pass over a 64-token input per mode.
+# at all. Measured here, per mode: a forward pass over **1 token** (the shape of each generation step at
+# batch 1) and over **64 tokens** (the shape of reading a prompt). fp32 is included as the CPU's native
+# precision: on a CPU without bf16 matrix instructions, bf16 itself can be slow for many tokens at once,
+# which has nothing to do with quantization.
 
 # %%
 ids = None
 forward = {}
-for mode in ("bf16", "int8", "nf4"):
+for mode in ("fp32", "bf16", "int8", "nf4"):
     t0 = time.perf_counter()
     model, tok = ql.load(MODEL_ID, mode=mode, verbose=False)
     load_s = time.perf_counter() - t0
     if ids is None:
         ids = ql.evaluate.eval_tokens(tok, max_tokens=64)        # (1, 64) token ids of the offline text
+    row = {"load (s)": load_s}
     with torch.inference_mode():
-        model(ids)                                                # warm-up
-        t0 = time.perf_counter()
-        for _ in range(3):
-            model(ids)
-    forward[mode] = {"load (s)": load_s, "forward, 64 tokens (ms)": (time.perf_counter() - t0) / 3 * 1e3}
+        for label, x in (("1 token (ms)", ids[:, :1]), ("64 tokens (ms)", ids)):
+            model(x)                                              # warm-up
+            t0 = time.perf_counter()
+            for _ in range(3):
+                model(x)
+            row[label] = (time.perf_counter() - t0) / 3 * 1e3
+    forward[mode] = row
     del model, tok
     gc.collect()
 speed = pd.DataFrame(forward).T
-speed["vs bf16"] = speed["forward, 64 tokens (ms)"] / speed.loc["bf16", "forward, 64 tokens (ms)"]
+for col in ("1 token (ms)", "64 tokens (ms)"):
+    speed[col.replace("(ms)", "vs bf16")] = speed[col] / speed.loc["bf16", col]
 speed
 
 # %% [markdown]
@@ -92,7 +99,7 @@ speed
 # - Ask something longer in the explorer (tick **fp4** too) and press **Generate**: where do the answers start
 #   to differ? (This model is small: 4-bit costs it more than it costs a 7B model.)
 # - On Colab with a GPU, set `MODEL_ID = "HuggingFaceTB/SmolLM2-360M-Instruct"` and rerun: is 4-bit still slower there?
-# - Increase `max_tokens=64` to 512 in the timing cell: does the slowdown of int8 and nf4 grow or shrink?
+# - Increase `max_tokens=64` to 256 in the timing cell: does the slowdown of int8 and nf4 grow or shrink?
 
 # %%
 r = runs
@@ -102,6 +109,8 @@ display(Markdown(f"""## Summary (measured in this run)
 - Footprint (`get_memory_footprint`): bf16 **{r.loc['bf16', 'footprint_mb']:.1f} MB**, int8 **{r.loc['int8', 'footprint_mb']:.1f} MB**,
   nf4 + double quant **{r.loc['nf4', 'footprint_mb']:.1f} MB** (+{r.loc['nf4', 'quant_state_mb']:.2f} MB of scales it leaves out).
 - Generation speed: bf16 {r.loc['bf16', 'tokens_per_s']:.1f}, int8 {r.loc['int8', 'tokens_per_s']:.1f}, nf4 {r.loc['nf4', 'tokens_per_s']:.1f} tokens/s.
-- One forward pass of 64 tokens: int8 **{speed.loc['int8', 'vs bf16']:.2f}×** and nf4 **{speed.loc['nf4', 'vs bf16']:.2f}×** the bf16 time;
-  loading took {speed.loc['bf16', 'load (s)']:.1f} / {speed.loc['int8', 'load (s)']:.1f} / {speed.loc['nf4', 'load (s)']:.1f} s.
+- One token (a generation step): int8 **{speed.loc['int8', '1 token vs bf16']:.2f}×**, nf4 **{speed.loc['nf4', '1 token vs bf16']:.2f}×**
+  the bf16 time (fp32 {speed.loc['fp32', '1 token vs bf16']:.2f}×); 64 tokens: int8 {speed.loc['int8', '64 tokens vs bf16']:.2f}×,
+  nf4 {speed.loc['nf4', '64 tokens vs bf16']:.2f}×, fp32 {speed.loc['fp32', '64 tokens vs bf16']:.2f}×.
+- Loading took fp32 {speed.loc['fp32', 'load (s)']:.1f} / bf16 {speed.loc['bf16', 'load (s)']:.1f} / int8 {speed.loc['int8', 'load (s)']:.1f} / nf4 {speed.loc['nf4', 'load (s)']:.1f} s.
 """))

@@ -3,7 +3,7 @@
 #
 # **Goals.** Answer eight questions on what notebooks 01–07 measured. Each answer goes in a variable;
 # the cell below it checks it against qlearn (which is checked bit for bit against bitsandbytes) and says
-# ✅ or ❌ with a hint. Leave `...` to skip a question. The last cell gives your score.
+# ✓ or ✗ with a hint. Leave `...` to skip a question. The last cell gives your score.
 
 # %%
 import torch
@@ -18,14 +18,14 @@ def check(question, answer, expected, tol=0.0, hint=""):
     """Compare an answer with the expected value (numbers within tol, anything else by ==)."""
     if answer is ...:
         results[question] = None
-        print(f"⏭  {question}: not answered yet")
+        print(f"– {question}: not answered yet")
         return
     if isinstance(expected, (int, float)) and not isinstance(expected, bool):
         ok = isinstance(answer, (int, float)) and abs(answer - expected) <= tol
     else:
         ok = answer == expected
     results[question] = ok
-    print(f"✅ {question}: right" if ok else f"❌ {question}: not quite. {hint}")
+    print(f"✓ {question}: right" if ok else f"✗ {question}: not quite. {hint}")
 
 
 check("example: 2 + 2", 4, 2 + 2)   # how a checked answer looks
