@@ -107,4 +107,4 @@ display(Markdown(f"""## Summary (measured in this run)
 - The expected values were computed in this run by qlearn: int8/fp16 = 0.5; codes {ql.int8_vectorwise(torch.tensor([[0.5, -1.27]])).codes[0].tolist()};
   packed byte {int(pair.packed[0])}; NF4/128 {ql.memory.bits_per_param('nf4', 128)} bits, with DQ {ql.memory.bits_per_param('nf4', 128, double_quant=True):.6g};
   Llama-2-7B nf4+DQ {ql.memory.estimate('llama-2-7b', 'nf4', double_quant=True).true_bytes / 1e9:.2f} GB.
-""" if answered else "## Summary (measured in this run)\n- No answers yet: fill in `q1` … `q8` and rerun."))
+""" if answered else "## Summary (measured in this run)\n- Answered **0** of 8 questions: fill in `q1` … `q8`, rerun them, then this cell."))
