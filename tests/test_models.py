@@ -21,6 +21,7 @@ from qlearn.models import INSTALL_EMBEDDED, release_memory
 
 MODES = ("fp32", "bf16", "fp16", "int8", "nf4", "nf4+dq", "fp4")
 PPL_TOKENS = 1024    # 2 windows of 512: enough to order the modes, short enough for CI
+PPL_MODES = ("bf16", "int8", "nf4", "nf4+dq", "fp4")   # fp32/fp16 on a CPU: slow, and no new lesson
 QUESTION = "What is the capital of France?"
 
 
@@ -69,7 +70,8 @@ def measured(embedded_path):
             footprint=fp, reported=model.get_memory_footprint(), state_read=quant_state_bytes_read_from(model),
             estimate=memory.estimate(model.config, mode, double_quant=dq),
             answer=ql.generate(model, tok, QUESTION, max_new_tokens=12),
-            ppl=perplexity(model, tok, max_tokens=PPL_TOKENS, window=512, progress=False).perplexity,
+            ppl=perplexity(model, tok, max_tokens=PPL_TOKENS, window=512, progress=False).perplexity
+            if label in PPL_MODES else None,
             weight_dtype=next(p for n, p in model.named_parameters() if "q_proj" in n).dtype)
         del model, tok
         release_memory()
@@ -115,10 +117,9 @@ def test_answers_paris(measured, label):
 
 @pytest.mark.slow
 def test_perplexity(measured):
-    ppl = {label: m["ppl"] for label, m in measured.items()}
+    ppl = {label: m["ppl"] for label, m in measured.items() if label in PPL_MODES}
     assert all(math.isfinite(v) and v > 1 for v in ppl.values()), ppl
     assert abs(ppl["int8"] / ppl["bf16"] - 1) < 0.05, ppl
-    assert abs(ppl["fp32"] / ppl["bf16"] - 1) < 0.02, ppl
     assert ppl["nf4"] < ppl["fp4"] and ppl["nf4+dq"] < ppl["fp4"], ppl
 
 
