@@ -175,6 +175,8 @@ def tour(model_id="embedded", modes=TOUR_MODES, out="report", max_new_tokens=32,
     from .evaluate import compare, parse_mode
     from .models import embedded_model_path
 
+    if not modes:
+        raise ValueError(f"modes is empty; give one or more of {', '.join(TOUR_MODES)}")
     for label in modes:
         parse_mode(label)   # a typo fails now, not after minutes of loading
     if ppl_tokens is None:
