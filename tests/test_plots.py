@@ -168,6 +168,16 @@ def test_fast_renderer_matches_a_full_render(x):
     assert renderer.axes_draws == before                               # nothing changed, nothing redrawn
 
 
+def test_fast_renderer_keeps_a_neighbours_label_that_reaches_into_a_redrawn_cell():
+    # the zero-point view's "SQNR (dB)" label sits left of halfway to the middle panel: blanking the
+    # middle panel for a redraw must not erase it (it did, seen in the browser test's screenshot)
+    w = ql.widgets.zeropoint_explorer()
+    for bits in (2, 5, 3):
+        w.update(bits=bits)
+        fast, full = _pixels(w.renderer.png()), _pixels(plots.to_png(w.figure))
+        assert int((np.abs(fast - full).sum(axis=-1) > 60).sum()) < 100   # measured: 28 (anti-aliasing); 500+ erased
+
+
 def test_plots_do_not_use_pyplot():
     code = ("import qlearn.plots, qlearn.widgets, sys; "
             "print('matplotlib.pyplot' in sys.modules)")

@@ -156,6 +156,7 @@ class FastRenderer:
         self._background = None
         self._size = None
         self._titles: dict = {}
+        self._extents: dict = {}   # axes -> its tight bbox (labels included) when last drawn
         self.full_draws = self.axes_draws = 0   # counters, for tests and benchmarks
 
     def png(self, compress_level: int = 1) -> bytes:
@@ -183,13 +184,16 @@ class FastRenderer:
             canvas.draw()                       # everything except the dynamic artists
             self.full_draws += 1
             self._titles = {}
+            self._extents = {ax: ax.get_tightbbox(canvas.get_renderer()) for ax in axes}
         else:
             canvas.restore_region(self._background)
             renderer = canvas.get_renderer()
-            redrawn = {ax for ax in axes if keys[ax] != self._keys[ax]}
+            redrawn = self._affected({ax for ax in axes if keys[ax] != self._keys[ax]}, axes)
             for ax in redrawn:
                 self._blank(ax, axes).draw(renderer)
+            for ax in redrawn:
                 ax.draw(renderer)
+                self._extents[ax] = ax.get_tightbbox(renderer)
                 self.axes_draws += 1
         self._background = canvas.copy_from_bbox(fig.bbox)
         self._keys, self._size = keys, size
@@ -213,6 +217,18 @@ class FastRenderer:
         if title.get_text():
             box = title.get_window_extent(self.canvas.get_renderer()).padded(2)
             self._titles[ax] = (key, self.canvas.copy_from_bbox(Bbox.intersection(box, self.fig.bbox) or box))
+
+    def _affected(self, changed: set, axes: list) -> set:
+        """The changed axes plus every axes whose labels reach into a cell that will be blanked
+        (e.g. a y label that sits left of halfway to its neighbour), until nothing more is added."""
+        affected = set(changed)
+        while True:
+            cells = [self._blank(ax, axes).get_bbox().transformed(IdentityTransform()) for ax in affected]
+            more = {ax for ax in axes if ax not in affected and self._extents.get(ax) is not None
+                    and any(self._extents[ax].overlaps(cell) for cell in cells)}
+            if not more:
+                return affected
+            affected |= more
 
     def _blank(self, ax: Axes, axes: list) -> Rectangle:
         """A figure-coloured rectangle over `ax`'s cell: up to halfway to its neighbours."""
