@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.qlearn-installed
+# torch's OpenMP threads spin while they wait; on a small shared CPU that halves throughput.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: tour test lab lint bench clean
 
