@@ -20,6 +20,9 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from ._checks import check_blocksize, check_choice
+from .quantize import BLOCKSIZES_4BIT
+
 __all__ = ["MODES", "PRESETS", "ModelShape", "Estimate", "Footprint", "bits_per_param", "model_shape",
            "estimate", "footprint"]
 
@@ -37,16 +40,6 @@ PRESETS = {
 }
 
 
-def _check_choice(name, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(map(str, allowed))}")
-
-
-def _check_pow2(name, value, lo, hi):
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi or value & (value - 1):
-        raise ValueError(f"{name} must be a power of two from {lo} to {hi}; got {value!r}")
-
-
 def bits_per_param(quant_type="nf4", blocksize=64, double_quant=False, dq_blocksize=256, in_features=None):
     """Stored bits per quantized weight, scales included (float).
 
@@ -61,7 +54,7 @@ def bits_per_param(quant_type="nf4", blocksize=64, double_quant=False, dq_blocks
     >>> bits_per_param("int8", in_features=4096)
     8.0078125
     """
-    _check_choice("quant_type", quant_type, MODES)
+    check_choice(quant_type, "quant_type", MODES)
     if quant_type in _FLOAT_BITS:
         return float(_FLOAT_BITS[quant_type])
     if quant_type == "int8":
@@ -69,10 +62,10 @@ def bits_per_param(quant_type="nf4", blocksize=64, double_quant=False, dq_blocks
             raise ValueError(f"int8 (one float32 scale per row) needs in_features, a positive int; "
                              f"got {in_features!r}")
         return 8 + 32 / in_features
-    _check_pow2("blocksize", blocksize, 32, 4096)
+    check_blocksize(blocksize, "blocksize", BLOCKSIZES_4BIT)
     if not double_quant:
         return 4 + 32 / blocksize
-    _check_pow2("dq_blocksize", dq_blocksize, 32, 4096)
+    check_blocksize(dq_blocksize, "dq_blocksize", BLOCKSIZES_4BIT)
     return 4 + 8 / blocksize + 32 / (blocksize * dq_blocksize)
 
 
@@ -113,7 +106,7 @@ def model_shape(config):
     6476005376
     """
     if isinstance(config, str):
-        _check_choice("preset", config, tuple(PRESETS))
+        check_choice(config, "preset", tuple(PRESETS))
         config = PRESETS[config]
     get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
     missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size",
@@ -184,14 +177,14 @@ def estimate(n_params_or_config, mode="nf4", double_quant=None, blocksize=64, dq
     >>> round(estimate("llama-2-7b", "fp16").total_bytes / 1e9, 2)
     13.48
     """
-    _check_choice("mode", mode, MODES)
+    check_choice(mode, "mode", MODES)
     four_bit = mode in ("nf4", "fp4")
     if double_quant is not None and not four_bit:
         raise ValueError(f"double_quant={double_quant!r} applies only to nf4/fp4, not mode={mode!r}")
     dq = bool(four_bit and (True if double_quant is None else double_quant))
     if four_bit:
-        _check_pow2("blocksize", blocksize, 32, 4096)
-        _check_pow2("dq_blocksize", dq_blocksize, 32, 4096)
+        check_blocksize(blocksize, "blocksize", BLOCKSIZES_4BIT)
+        check_blocksize(dq_blocksize, "dq_blocksize", BLOCKSIZES_4BIT)
     if isinstance(n_params_or_config, (int, float)) and not isinstance(n_params_or_config, bool):
         if n_params_or_config <= 0:
             raise ValueError(f"n_params must be positive; got {n_params_or_config!r}")
