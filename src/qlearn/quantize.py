@@ -162,6 +162,16 @@ def _count_below(v: torch.Tensor, bounds: list[float], out: torch.Tensor, tmp: t
     return out
 
 
+def _codes(v: torch.Tensor, bounds: list[float], order: torch.Tensor | None,
+           out: torch.Tensor | None = None, tmp: torch.Tensor | None = None) -> torch.Tensor:
+    """4-bit codes (uint8) of values scaled to [-1, 1]: the rank among the sorted code book, then, for
+    FP4 (`order` given), the bit pattern of that rank."""
+    out = torch.empty(v.shape, dtype=torch.uint8, device=v.device) if out is None else out
+    tmp = torch.empty(v.shape, dtype=torch.bool, device=v.device) if tmp is None else tmp
+    rank = _count_below(v, bounds, out, tmp)
+    return rank if order is None else order[rank.long()].to(torch.uint8)
+
+
 def _pack(codes: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Two 4-bit codes a byte, first element in the high nibble: (c[0::2] << 4) | c[1::2]."""
     pairs = codes.view(-1, 2)   # (n / 2, 2)
@@ -171,7 +181,7 @@ def _pack(codes: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
 def _quantize_4bit_packed(flat: torch.Tensor, quant_type: str, blocksize: int):
     """Packed codes (ceil(n / 2),) and float32 absmax (blocks,) of a flat float tensor."""
     _, bounds_t, order = _table(quant_type, str(flat.device))
-    bounds = bounds_t.tolist()
+    bounds, order = bounds_t.tolist(), (order if quant_type == "fp4" else None)   # NF4 is sorted already
     n = flat.numel()
     full = n - n % blocksize
     blocks = flat[:full].view(-1, blocksize)                     # (blocks, blocksize), input dtype
@@ -187,20 +197,13 @@ def _quantize_4bit_packed(flat: torch.Tensor, quant_type: str, blocksize: int):
     for i in range(0, blocks.shape[0], rows):
         k = min(rows, blocks.shape[0] - i)
         v = torch.mul(blocks[i:i + k], recip[i:i + k, None], out=scaled[:k]).view(-1)   # (k * blocksize,)
-        c = _count_below(v, bounds, codes[: v.numel()], tmp[: v.numel()])
-        if quant_type == "fp4":
-            c = order[c.long()].to(torch.uint8)                  # sorted rank -> FP4 bit pattern
+        c = _codes(v, bounds, order, codes[: v.numel()], tmp[: v.numel()])
         _pack(c, out=packed[i * blocksize // 2:(i + k) * blocksize // 2])
-    if full < n:   # a partial last block: its own absmax, and a true division (as bitsandbytes)
-        am = flat[full:].float().abs().amax().clamp(min=1e-38)
-        check_finite(am)
-        absmax = torch.cat([absmax, am.view(1)])
-        v = torch.cat([flat[full:].float() / am, torch.zeros((n - full) % 2, device=flat.device)])
-        c = _count_below(v, bounds, torch.empty(v.numel(), dtype=torch.uint8, device=flat.device),
-                         torch.empty(v.numel(), dtype=torch.bool, device=flat.device))
-        if quant_type == "fp4":
-            c = order[c.long()].to(torch.uint8)
-        packed[full // 2:] = _pack(c)
+    if full < n:   # a partial last block: its own absmax and a true division, as in _block_absmax
+        tail, am = _block_absmax(flat[full:].float(), blocksize)
+        absmax = torch.cat([absmax, am])
+        v = torch.cat([tail, torch.zeros((n - full) % 2, device=flat.device)])   # odd count: pad with 0.0
+        packed[full // 2:] = _pack(_codes(v, bounds, order))
     return packed, absmax
 
 
