@@ -28,10 +28,11 @@ from urllib.parse import urlparse
 
 import torch
 
+from .memory import MODES  # the one list of modes (memory is the math layer: torch only)
+
 __all__ = ["MODES", "FOUR_BIT_MODES", "INSTALL_EMBEDDED", "cache_dir", "embedded_gguf",
            "embedded_model_path", "resolve_device", "load", "generate", "release_memory"]
 
-MODES = ("fp32", "bf16", "fp16", "int8", "nf4", "fp4")
 FOUR_BIT_MODES = ("nf4", "fp4")
 _FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
