@@ -18,11 +18,13 @@ import qlearn as ql
 from qlearn import memory
 from qlearn.evaluate import parse_mode, perplexity
 from qlearn.models import INSTALL_EMBEDDED, release_memory
+from qlearn.sources import layer_weight
 
 MODES = ("fp32", "bf16", "fp16", "int8", "nf4", "nf4+dq", "fp4")
 PPL_TOKENS = 1024    # 2 windows of 512: enough to order the modes, short enough for CI
 PPL_MODES = ("bf16", "int8", "nf4", "nf4+dq", "fp4")   # fp32/fp16 on a CPU: slow, and no new lesson
 QUESTION = "What is the capital of France?"
+LAYER = "model.layers.0.mlp.down_proj"   # (576, 1536)
 
 
 def quant_state_bytes_read_from(model):
@@ -66,10 +68,14 @@ def measured(embedded_path):
             warnings.filterwarnings("ignore", "fp16 on CPU is slow")
             model, tok = ql.load("embedded", mode=mode, double_quant=dq, device_map="cpu", verbose=False)
         fp = memory.footprint(model)
+        weight_before = layer_weight(model, LAYER)
         results[label] = dict(
             footprint=fp, reported=model.get_memory_footprint(), state_read=quant_state_bytes_read_from(model),
             estimate=memory.estimate(model.config, mode, double_quant=dq),
             answer=ql.generate(model, tok, QUESTION, max_new_tokens=12),
+            # after the first forward: an AVX512-BF16 CPU has repacked every 4-bit layer by now
+            footprint_after=memory.footprint(model), state_read_after=quant_state_bytes_read_from(model),
+            weights=(weight_before, layer_weight(model, LAYER)),
             ppl=perplexity(model, tok, max_tokens=PPL_TOKENS, window=512, progress=False).perplexity
             if label in PPL_MODES else None,
             weight_dtype=next(p for n, p in model.named_parameters() if "q_proj" in n).dtype)
@@ -85,6 +91,27 @@ def test_footprint_equals_get_memory_footprint(measured, label):
     assert m["footprint"].total_bytes == m["reported"]
     assert m["footprint"].quant_state_bytes == m["state_read"]
     assert (m["state_read"] > 0) == (label in ("int8", "nf4", "nf4+dq", "fp4"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("label", ["nf4", "nf4+dq", "fp4"])
+def test_four_bit_layers_after_the_first_forward(measured, label):
+    """The state is read as the layers hold it now: repacked (bf16 absmax, double quant undone) on an
+    AVX512-BF16 CPU, unchanged elsewhere; the decoded weight agrees to within bf16 rounding of the absmax."""
+    m = measured[label]
+    after = m["footprint_after"]
+    assert after.quant_state_bytes == m["state_read_after"]
+    assert after.total_bytes == m["reported"]                          # get_memory_footprint() does not move
+    repacks = ql.backend_info().linear4bit_repacks
+    assert set(after.layouts.values()) == {"cpu-blocked" if repacks else "flat"}
+    assert len(after.layouts) == 7 * 30                                # 30 blocks of 7 linear layers
+    if repacks:   # every absmax becomes one bfloat16 per block of 64
+        assert after.quant_state_bytes == after.quantized_params // 64 * 2 == 3_317_760
+    else:
+        assert after.quant_state_bytes == m["footprint"].quant_state_bytes
+    before, now = m["weights"]
+    assert before.shape == now.shape == (576, 1536)
+    assert bool(((now - before).abs() <= before.abs() * 2.0**-8 * 1.001).all())   # bf16: 8 significant bits
 
 
 @pytest.mark.slow

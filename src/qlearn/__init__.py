@@ -15,6 +15,7 @@ from .quantize import (
     Quantized4bit,
     ZeroPointQuantized,
     absmax_quantize,
+    cpu_blocked_codes,
     int8_vectorwise,
     quantize_4bit,
     quantize_blockwise_8bit,
@@ -30,13 +31,14 @@ _LAZY = {
     "embedded_model_path": "qlearn.models",
     "perplexity": "qlearn.evaluate",
     "compare": "qlearn.evaluate",
+    "backend_info": "qlearn.backend",
 }
-_LAZY_MODULES = ("memory", "models", "evaluate", "plots", "widgets", "sources", "cli")
+_LAZY_MODULES = ("memory", "models", "evaluate", "plots", "widgets", "sources", "cli", "backend")
 
 __all__ = [
     "codebooks", "metrics", "quantize", "error_stats",
     "quantize_4bit", "quantize_blockwise_8bit", "absmax_quantize", "zeropoint_quantize",
-    "int8_vectorwise", "Quantized4bit", "Blockwise8bit", "AbsmaxQuantized", "ZeroPointQuantized",
+    "int8_vectorwise", "cpu_blocked_codes", "Quantized4bit", "Blockwise8bit", "AbsmaxQuantized", "ZeroPointQuantized",
     *_LAZY, *_LAZY_MODULES,
 ]
 

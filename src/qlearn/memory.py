@@ -16,7 +16,7 @@ not for the whole model: the embeddings and lm_head (0.26 B parameters, 0.52 GB)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -223,6 +223,7 @@ class Footprint:
     quant_state_bytes: int       # absmax, nested absmax + offset, SCB: NOT in total_bytes
     quantized_params: int        # logical weights in quantized layers (not packed bytes)
     unquantized_params: int
+    layouts: dict = field(default_factory=dict, compare=False)   # 4-bit layer name -> "flat" / "cpu-blocked"
 
     @property
     def true_bytes(self):
@@ -236,9 +237,16 @@ class Footprint:
             return float("nan")
         return 8 * (self.quantized_weight_bytes + self.quant_state_bytes) / self.quantized_params
 
+    @property
+    def cpu_blocked_layers(self):
+        """How many 4-bit layers are in bitsandbytes' CPU blocked layout (repacked by a forward on an
+        AVX512-BF16 CPU: bfloat16 absmax, double quant undone, so more state bytes)."""
+        return sum(layout == "cpu-blocked" for layout in self.layouts.values())
+
     def as_dict(self):
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        return out | {"true_bytes": self.true_bytes, "bits_per_quantized_weight": self.bits_per_quantized_weight}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "layouts"}
+        return out | {"true_bytes": self.true_bytes, "bits_per_quantized_weight": self.bits_per_quantized_weight,
+                      "four_bit_layers": len(self.layouts), "cpu_blocked_layers": self.cpu_blocked_layers}
 
 
 def _nbytes(t):
@@ -246,7 +254,8 @@ def _nbytes(t):
 
 
 def _quant_state(p):
-    """(logical weights, state bytes) for a bitsandbytes weight, or None for a plain tensor."""
+    """(logical weights, state bytes) for a bitsandbytes weight, or None for a plain tensor.
+    The bytes are those the layer holds now: after a CPU repack the absmax is bfloat16 and not nested."""
     kind = type(p).__name__
     if kind == "Params4bit" and getattr(p, "quant_state", None) is not None:
         qs = p.quant_state
@@ -264,7 +273,9 @@ def footprint(model):
     """Measure ``model``: reported bytes split by kind, plus the quantization state they leave out.
 
     Embedded SmolLM2 nf4: total 109,777,792 bytes (as get_memory_footprint), quant state
-    6,635,520 (float32 absmax, 106,168,320 weights / 64 * 4); with double quant 1,685,880.
+    6,635,520 (float32 absmax, 106,168,320 weights / 64 * 4); with double quant 1,685,880. The state
+    is read as the layers hold it now: on an AVX512-BF16 CPU the first forward repacks every 4-bit
+    layer (``layouts`` says which) and nf4 + double quant then holds 3,317,760 (bfloat16 absmax).
 
     >>> fp = footprint(model)  # doctest: +SKIP
     >>> fp.total_bytes == model.get_memory_footprint()  # doctest: +SKIP
@@ -287,4 +298,7 @@ def footprint(model):
             qparams += found[0]
             state += found[1]
     bufs = sum(_nbytes(b) for b in model.buffers())
-    return Footprint(qbytes + ubytes + bufs, lbytes, qbytes, ubytes, bufs, state, qparams, uparams)
+    layouts = {name: "cpu-blocked" if getattr(m.weight.quant_state, "packing_format_for_cpu", False) else "flat"
+               for name, m in model.named_modules()
+               if type(getattr(m, "weight", None)).__name__ == "Params4bit" and m.weight.quant_state is not None}
+    return Footprint(qbytes + ubytes + bufs, lbytes, qbytes, ubytes, bufs, state, qparams, uparams, layouts)

@@ -7,6 +7,7 @@ to dequantize. `quantize_4bit` and `int8_vectorwise` are bit-exact with bitsandb
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 
@@ -24,7 +25,8 @@ from .intquant import (
 )
 
 __all__ = [
-    "Quantized4bit", "Blockwise8bit", "quantize_4bit", "quantize_blockwise_8bit", "BLOCKSIZES_4BIT", "BLOCKSIZES_8BIT",
+    "Quantized4bit", "Blockwise8bit", "quantize_4bit", "cpu_blocked_codes", "quantize_blockwise_8bit",
+    "BLOCKSIZES_4BIT", "BLOCKSIZES_8BIT",
     # re-exported from qlearn.intquant so that every quantizer is reachable as qlearn.quantize.<name>
     "AbsmaxQuantized", "ZeroPointQuantized", "Int8Vectorwise", "absmax_quantize", "zeropoint_quantize",
     "int8_vectorwise",
@@ -34,15 +36,6 @@ BLOCKSIZES_4BIT = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 BLOCKSIZES_8BIT = (64, 128, 256, 512, 1024, 2048, 4096)
 DQ_BLOCKSIZE = 256   # double quantization: 8-bit blocks of 256 absmax values
 DQ_RULES = ("nearest", "bnb_cpu")
-
-
-@cache
-def _table(name: str, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(code book, sorted midpoints, sort order) for "nf4" / "fp4" / "dynamic" on `device`."""
-    code = codebooks.dynamic_map() if name == "dynamic" else codebooks.get_codebook(name)
-    order = torch.argsort(code)   # NF4 and the dynamic map are sorted already; FP4 is in bit order
-    bounds = codebooks.midpoints(code[order])
-    return code.to(device), bounds.to(device), order.to(device)
 
 
 def _block_absmax(flat: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,6 +56,24 @@ def _block_absmax(flat: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, tor
         scaled = torch.cat([scaled, flat[full:] / am])
     check_finite(absmax)
     return scaled.clamp_(-1, 1), absmax
+
+
+def cpu_blocked_codes(data: torch.Tensor, rows: int, cols: int, block_rows: int = 32) -> torch.Tensor:
+    """uint8 (rows, cols) 4-bit codes of a weight in bitsandbytes' CPU blocked layout.
+
+    data: uint8 (rows, cols / 2). Layout: the rows go in groups of `block_rows` (32); for each group
+    and each pair of columns (2j, 2j + 1), 32 bytes hold its 64 codes in the order
+    (row 0 col 2j, row 0 col 2j+1, row 1 col 2j, ...): the LOW nibbles of the 32 bytes carry codes
+    0..31 and the HIGH nibbles codes 32..63. Worked: a group's first byte 0x5A holds code 10 (row 0,
+    column 2j) and code 5 (row 16, column 2j).
+
+    >>> cpu_blocked_codes(torch.full((32, 1), 0x5A, dtype=torch.uint8), 32, 2)[[0, 16], 0].tolist()
+    [10, 5]
+    """
+    groups = data.reshape(-1, 32)                                   # (rows/32 * cols/2, 32)
+    tile = torch.cat([groups & 0xF, groups >> 4], dim=1)            # (rows/32 * cols/2, 64) codes in order
+    tile = tile.view(rows // block_rows, cols // 2, block_rows, 2)  # (row group, column pair, row, 2)
+    return tile.transpose(1, 2).reshape(rows, cols)
 
 
 @dataclass(frozen=True)
@@ -95,9 +106,19 @@ class Quantized4bit:
         """Read a bitsandbytes 4-bit weight (``Linear4bit.weight.data`` and its ``quant_state``)
         into this form, so qlearn's own decoder can dequantize a loaded model's real bytes.
 
-        No bitsandbytes import: the QuantState is read by attribute (absmax, shape, dtype,
-        blocksize, quant_type, and offset / state2.absmax when nested).
+        Both layouts are read exactly: the flat one bitsandbytes quantizes into, and the CPU blocked
+        one a ``Linear4bit`` switches to on its first forward on an AVX512-BF16 CPU
+        (``quant_state.packing_format_for_cpu``; see `cpu_blocked_codes`). The latter keeps a
+        bfloat16 absmax (double quant undone), which this record then holds as it is.
+        No bitsandbytes import: the QuantState is read by attribute.
         """
+        if getattr(quant_state, "packing_format_for_cpu", False):
+            rows, cols = quant_state.shape
+            codes = cpu_blocked_codes(packed.view(torch.uint8), rows, cols)     # (rows, cols)
+            absmax = quant_state.absmax.T.reshape(-1)                         # (cols / blocksize, rows) -> flat
+            dtype = getattr(quant_state, "original_dtype", quant_state.dtype)
+            return cls(_pack(codes.reshape(-1)), absmax, torch.Size(quant_state.shape), dtype,
+                       quant_state.quant_type, quant_state.blocksize)
         nested = getattr(quant_state, "nested", False) or getattr(quant_state, "state2", None) is not None
         return cls(packed.reshape(-1).view(torch.uint8), quant_state.absmax, torch.Size(quant_state.shape),
                    quant_state.dtype, quant_state.quant_type, quant_state.blocksize,
@@ -114,7 +135,7 @@ class Quantized4bit:
         """float32 (blocks,) absmax per block; with double quant the reconstructed one
         ``dynamic[q] * nested_absmax + offset``."""
         if not self.double_quant:
-            return self.absmax
+            return self.absmax.float()   # float32 already, or the bfloat16 absmax of the CPU blocked layout
         nested = Blockwise8bit(self.absmax, self.nested_absmax, torch.Size([self.absmax.numel()]),
                                torch.float32, DQ_BLOCKSIZE, self.dq_rule)
         return nested.dequantize() + self.offset
@@ -147,29 +168,49 @@ class Quantized4bit:
         return 8 * sum(self.nbytes.values()) / self.shape.numel()
 
 
-CHUNK = 1 << 20   # elements scaled and coded at a time: 4 MB of float32, near the CPU cache, few ops
+@cache
+def _table(name: str, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(code book, sorted midpoints, sort order) for "nf4" / "fp4" / "dynamic" on `device`."""
+    code = codebooks.dynamic_map() if name == "dynamic" else codebooks.get_codebook(name)
+    order = torch.argsort(code)   # NF4 and the dynamic map are sorted already; FP4 is in bit order
+    bounds = codebooks.midpoints(code[order])
+    return code.to(device), bounds.to(device), order.to(device)
 
 
-def _count_below(v: torch.Tensor, bounds: list[float], out: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
-    """out = the number of `bounds` strictly below each value of v, as uint8 (n,).
-
-    Equal to ``torch.bucketize(v, bounds)`` (a value on a midpoint takes the lower code), but branch
-    free: 15 vectorized comparisons on a cache-sized chunk beat a binary search per element.
-    """
-    torch.gt(v, bounds[0], out=out)
-    for b in bounds[1:]:
-        out += torch.gt(v, b, out=tmp)
-    return out
+# The nearest 4-bit code by table look-up. torch.bucketize(v, midpoints) is the plain rule (a value on a
+# midpoint takes the lower code); it is a binary search per element. The fast path cuts [-1, 1] into
+# CELLS equal cells, each holding at most one midpoint: the code of v is (midpoints in the cells
+# before v's cell) + (1 if v is above the midpoint in its own cell). Both are tables of CELLS entries.
+CELLS = 1 << 13
 
 
-def _codes(v: torch.Tensor, bounds: list[float], order: torch.Tensor | None,
-           out: torch.Tensor | None = None, tmp: torch.Tensor | None = None) -> torch.Tensor:
-    """4-bit codes (uint8) of values scaled to [-1, 1]: the rank among the sorted code book, then, for
-    FP4 (`order` given), the bit pattern of that rank."""
-    out = torch.empty(v.shape, dtype=torch.uint8, device=v.device) if out is None else out
-    tmp = torch.empty(v.shape, dtype=torch.bool, device=v.device) if tmp is None else tmp
-    rank = _count_below(v, bounds, out, tmp)
-    return rank if order is None else order[rank.long()].to(torch.uint8)
+def _cell(v: torch.Tensor) -> torch.Tensor:
+    """int32 cell index 0..CELLS-1 of values in [-1, 1]; monotone, so a cell's order is the values' order."""
+    return torch.mul(v, CELLS / 2).add_(CELLS / 2).to(torch.int32).clamp_(0, CELLS - 1)
+
+
+@cache
+def _cell_tables(quant_type: str, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(below, midpoint, order): uint8 (CELLS,) midpoints in earlier cells; float32 (CELLS,) the midpoint
+    inside each cell (+inf where none); uint8 (16,) code of each rank for FP4 (None for sorted NF4)."""
+    _, bounds, order = _table(quant_type, "cpu")
+    cells = _cell(bounds)                                              # (15,) the cell of each midpoint
+    if cells.unique().numel() != cells.numel():
+        raise RuntimeError(f"two {quant_type} midpoints share a cell; raise CELLS")   # never for NF4/FP4
+    below = torch.searchsorted(cells, torch.arange(CELLS, dtype=torch.int32)).to(torch.uint8)
+    midpoint = torch.full((CELLS,), float("inf")).index_put_((cells.long(),), bounds)
+    sorted_already = torch.equal(order, torch.arange(16))
+    return below.to(device), midpoint.to(device), None if sorted_already else order.to(torch.uint8).to(device)
+
+
+def _nearest_codes(v: torch.Tensor, quant_type: str) -> torch.Tensor:
+    """uint8 codes (v's shape) of float32 values already scaled to [-1, 1]; equal to the rank
+    ``torch.bucketize(v, midpoints)`` (mapped to FP4's bit pattern for "fp4")."""
+    below, midpoint, order = _cell_tables(quant_type, str(v.device))
+    cell = _cell(v).view(-1)
+    rank = below.index_select(0, cell).add_(v.reshape(-1) > midpoint.index_select(0, cell))
+    codes = rank if order is None else order.index_select(0, rank.int())
+    return codes.view(v.shape)
 
 
 def _pack(codes: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -178,32 +219,47 @@ def _pack(codes: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     return torch.bitwise_or(pairs[:, 0] << 4, pairs[:, 1], out=out)
 
 
+@contextmanager
+def _one_thread(device: torch.device):
+    """Run CPU torch ops on one thread, then give back the caller's thread count.
+
+    The quantizer is many short element-wise ops; with 2 threads on a 2-core machine where another
+    process holds a core, each op waits for the descheduled thread (measured in
+    benchmarks/bench_quantize.py: seconds instead of milliseconds). One thread keeps its speed.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+CHUNK = 1 << 18   # elements scaled and coded at a time (1 MB of float32: stays in cache)
+
+
 def _quantize_4bit_packed(flat: torch.Tensor, quant_type: str, blocksize: int):
     """Packed codes (ceil(n / 2),) and float32 absmax (blocks,) of a flat float tensor."""
-    _, bounds_t, order = _table(quant_type, str(flat.device))
-    bounds, order = bounds_t.tolist(), (order if quant_type == "fp4" else None)   # NF4 is sorted already
     n = flat.numel()
     full = n - n % blocksize
     blocks = flat[:full].view(-1, blocksize)                     # (blocks, blocksize), input dtype
-    lo, hi = torch.aminmax(blocks, dim=1)
-    absmax = torch.maximum(hi.float(), -lo.float())              # exact: the max of |x| per block
+    absmax = blocks.abs().amax(dim=1).float()                    # (blocks,) exact in any float dtype
     check_finite(absmax)
     recip = 1.0 / absmax.clamp(min=1e-38)                        # float32 reciprocal, as bitsandbytes
     packed = torch.empty((n + 1) // 2, dtype=torch.uint8, device=flat.device)
     rows = max(1, CHUNK // blocksize)
-    scaled = torch.empty(min(rows, blocks.shape[0]), blocksize, device=flat.device)
-    codes = torch.empty(scaled.numel(), dtype=torch.uint8, device=flat.device)
-    tmp = torch.empty(scaled.numel(), dtype=torch.bool, device=flat.device)
-    for i in range(0, blocks.shape[0], rows):
-        k = min(rows, blocks.shape[0] - i)
-        v = torch.mul(blocks[i:i + k], recip[i:i + k, None], out=scaled[:k]).view(-1)   # (k * blocksize,)
-        c = _codes(v, bounds, order, codes[: v.numel()], tmp[: v.numel()])
-        _pack(c, out=packed[i * blocksize // 2:(i + k) * blocksize // 2])
+    for i in range(0, blocks.shape[0], rows):                    # a chunk of `rows` blocks at a time
+        j = min(i + rows, blocks.shape[0])
+        scaled = (blocks[i:j] * recip[i:j, None]).clamp_(-1, 1)  # (j - i, blocksize) float32
+        _pack(_nearest_codes(scaled, quant_type), out=packed[i * blocksize // 2:j * blocksize // 2])
     if full < n:   # a partial last block: its own absmax and a true division, as in _block_absmax
         tail, am = _block_absmax(flat[full:].float(), blocksize)
         absmax = torch.cat([absmax, am])
         v = torch.cat([tail, torch.zeros((n - full) % 2, device=flat.device)])   # odd count: pad with 0.0
-        packed[full // 2:] = _pack(_codes(v, bounds, order))
+        packed[full // 2:] = _pack(_nearest_codes(v, quant_type))
     return packed, absmax
 
 
@@ -229,7 +285,8 @@ def quantize_4bit(x: torch.Tensor, quant_type: str = "nf4", blocksize: int = 64,
     check_blocksize(blocksize, "blocksize", BLOCKSIZES_4BIT)
     check_choice(dq_rule, "dq_rule", DQ_RULES)
     flat = x.reshape(-1) if x.dtype != torch.float64 else x.reshape(-1).float()   # float64: coded in float32
-    packed, absmax = _quantize_4bit_packed(flat, quant_type, blocksize)
+    with _one_thread(flat.device):
+        packed, absmax = _quantize_4bit_packed(flat, quant_type, blocksize)
     if not double_quant:
         return Quantized4bit(packed, absmax, x.shape, x.dtype, quant_type, blocksize)
     offset = absmax.mean()

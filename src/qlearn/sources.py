@@ -4,7 +4,8 @@ Three kinds: seeded synthetic samples shaped like LLM weights (`synthetic`), one
 loaded model (`layer_weight`), and every linear layer of a model (`linear_layers`). `layer_inputs`
 captures what a layer receives on a prompt (a forward hook), for the outlier view.
 Weights come back as float32 tensors on the model's device; a bitsandbytes layer (LLM.int8 or
-4-bit) is dequantized first, so a quantized model can be looked at like any other.
+4-bit) is dequantized first (4-bit: code * absmax in float32, before or after bitsandbytes' CPU
+repack), so a quantized model can be looked at like any other.
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ def linear_layers(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
 def _dequantized(module: nn.Linear) -> torch.Tensor:
     w = module.weight
     if hasattr(w, "quant_state") and w.quant_state is not None:   # bitsandbytes Linear4bit: decoded by qlearn
-        return Quantized4bit.from_bitsandbytes(w.data, w.quant_state).dequantize().float()   # as the model sees it
+        # code * absmax in float32, from either layout (flat, or CPU blocked after a forward on AVX512-BF16)
+        return Quantized4bit.from_bitsandbytes(w.data, w.quant_state).dequantize(torch.float32)
     scb = getattr(w, "SCB", None)
     if scb is None:
         scb = getattr(module, "state", None) and getattr(module.state, "SCB", None)
