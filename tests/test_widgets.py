@@ -2,10 +2,14 @@
 
 Every explorer's default figure is also written to tests/_artifacts/<name>.png for a person to
 look at. Tests marked slow use the embedded SmolLM2 (bf16, loaded once for this module).
+Tests marked ipywidgets7 (every explorer built, each control moved, messages, the display path)
+also run under ipywidgets 7.7.1, Colab's, from tests/test_ipywidgets7.py: they use only what both
+ipywidgets 7.7 and 8.x offer. The others check math and plots, the same under either.
 """
 
 from pathlib import Path
 
+import ipywidgets
 import pytest
 import torch
 from torch import nn
@@ -14,6 +18,7 @@ import qlearn as ql
 from qlearn import sources, widgets
 
 ARTIFACTS = Path(__file__).parent / "_artifacts"
+ipywidgets7 = pytest.mark.ipywidgets7   # also run under ipywidgets 7.7.1 (tests/test_ipywidgets7.py)
 
 
 def _save(w, name):
@@ -40,6 +45,7 @@ def hist():
     return widgets.histogram_explorer()
 
 
+@ipywidgets7
 def test_histogram_explorer_defaults(hist):
     _assert_explorer(hist, "histogram_explorer")
     _save(hist, "histogram_explorer")
@@ -61,14 +67,50 @@ def test_histogram_explorer_levels_shown_per_block(hist, scheme, bits, expected)
         assert all(d == 2 ** bits for d in distinct) if bits <= 3 else max(distinct) <= 2 ** bits
 
 
-def test_explorer_mimebundle_carries_a_png_fallback(hist):
+@pytest.fixture
+def ipython():
+    """An IPython shell (no kernel) to display into; what it changes globally is put back after."""
+    import builtins
+    import sys
+
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    if InteractiveShell.initialized():
+        yield InteractiveShell.instance()
+        return
+    main, added = sys.modules["__main__"], {"display", "__IPYTHON__"} - set(vars(builtins))
+    config = Config()
+    config.HistoryManager.enabled = False
+    try:
+        yield InteractiveShell.instance(config=config)
+    finally:
+        InteractiveShell.clear_instance()
+        sys.modules["__main__"] = main
+        for name in added:
+            vars(builtins).pop(name, None)
+
+
+@ipywidgets7
+def test_explorer_display_carries_a_png_fallback(hist, ipython):
     import base64
 
-    bundle = hist._repr_mimebundle_()
-    assert "application/vnd.jupyter.widget-view+json" in bundle
-    assert base64.b64decode(bundle["image/png"]) == hist.image.value
+    from IPython.display import display
+    from IPython.utils.capture import capture_output
+
+    displayed = []
+    if hasattr(hist, "on_displayed"):                      # ipywidgets 7.x only (8.0 dropped it)
+        hist.on_displayed(lambda widget, **kwargs: displayed.append(widget))
+    with capture_output() as shown:                        # the path a notebook cell takes
+        display(hist)
+    assert len(shown.outputs) == 1 and len(displayed) == hasattr(hist, "on_displayed")
+    for bundle in (shown.outputs[0].data, hist._repr_mimebundle_()):
+        assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == hist.model_id
+        assert base64.b64decode(bundle["image/png"]) == hist.image.value
+        assert bundle["text/plain"].startswith("HistogramExplorer(")
 
 
+@ipywidgets7
 def test_histogram_explorer_dict_of_tensors():
     named = {"normal": sources.synthetic("normal", 4096, shape=(64, 64)),
              "laplace": sources.synthetic("laplace", 8192, shape=(64, 128))}
@@ -78,6 +120,7 @@ def test_histogram_explorer_dict_of_tensors():
     assert w.error is None and w.result.shape == (64, 128)
 
 
+@ipywidgets7
 def test_histogram_explorer_controls_drive_the_figure(hist):
     hist.update(scheme="zeropoint", bits=4, granularity="tensor")
     png = hist.image.value
@@ -92,6 +135,7 @@ def test_histogram_explorer_controls_drive_the_figure(hist):
     assert hist.controls["group"].value == hist.controls["group"].max == 1023
 
 
+@ipywidgets7
 def test_histogram_explorer_bad_input_is_a_message(hist):
     hist.update(bits=99)
     assert hist.error is None and hist.controls["bits"].value == 8
@@ -104,6 +148,7 @@ def test_histogram_explorer_bad_input_is_a_message(hist):
     assert hist.error is None and hist.message.value == ""
 
 
+@ipywidgets7
 def test_histogram_explorer_nan_and_1d_messages():
     x = torch.randn(64, 64)
     x[3, 3] = float("nan")
@@ -113,6 +158,7 @@ def test_histogram_explorer_nan_and_1d_messages():
     assert "per-row scales need a 2-D weight" in w1.error
 
 
+@ipywidgets7
 def test_histogram_explorer_model_layer_names():
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
     w = widgets.histogram_explorer(model, layer="2")
@@ -194,6 +240,7 @@ class _Tok:
         return {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids}
 
 
+@ipywidgets7
 def test_outlier_explorer_share_falls_as_the_threshold_rises():
     w = widgets.outlier_explorer(_Embedder(), _Tok(), layer="proj", prompt="some prompt text")
     _assert_explorer(w, "outlier_explorer")
@@ -228,6 +275,7 @@ def _fake_loader(model_id, mode):
     return _FakeModel(mode), _Tok()
 
 
+@ipywidgets7
 def test_generation_explorer_with_a_fake_loader():
     calls = []
 
@@ -241,16 +289,75 @@ def test_generation_explorer_with_a_fake_loader():
                                     footprint=lambda m: _FakeFootprint(sizes[m.mode], 6.6e6))
     _assert_explorer(w, "generation_explorer")
     assert calls == [] and w.rows == []                    # nothing runs before the button
+    png = bytes(w.image.value)
     w.controls["prompt"].value = "Changed?"
-    assert calls == [] and "press <b>Generate</b>" in w.status.value
+    w.controls["max_new_tokens"].value = 12
+    w.controls["mode_int8"].value = True
+    w.controls["mode_int8"].value = False
+    assert calls == [] and "press <b>Generate</b>" in w.status.value and bytes(w.image.value) == png
     w.controls["generate"].click()
-    assert [c[0] for c in calls] == ["bf16", "nf4"] and calls[0][1:] == ("Changed?", 30)
+    assert [c[0] for c in calls] == ["bf16", "nf4"] and calls[0][1:] == ("Changed?", 12)
+    assert bytes(w.image.value) != png and w.error is None
     assert [r["mode"] for r in w.rows] == ["bf16", "nf4", "fp4"]
     assert w.rows[2]["answer"].startswith("error: RuntimeError: fp4 needs bitsandbytes")
     assert "nf4 says hi" in w.table.value and w.progress.value == w.progress.max == 3
     assert [p.get_width() for p in w.figure.axes[0].patches] == [269.0, 110.0, 0.0]
     w.update(mode_bf16=False, mode_nf4=False, mode_fp4=False)
     assert "no mode selected" in w.error
+
+
+# --- every control, moved the way a user moves it -------------------------------------------------
+
+class _TwoLayers(_Embedder):
+    """_Embedder with a second linear layer, so the layer box has two names to switch between."""
+
+    def __init__(self):
+        super().__init__()
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, input_ids):
+        return self.out(super().forward(input_ids))
+
+
+def _other_value(control):
+    """A value the control offers, other than its current one."""
+    options = getattr(control, "options", None)
+    if options is not None:                                 # Dropdown, SelectionSlider, Combobox
+        values = [o[1] if isinstance(o, tuple) else o for o in options]
+        return values[(values.index(control.value) + 1) % len(values)]
+    if isinstance(control.value, bool):                     # Checkbox
+        return not control.value
+    if isinstance(control, ipywidgets.FloatLogSlider):      # min / max are exponents there
+        return control.base ** (control.max if control.value != control.base ** control.max else control.min)
+    if hasattr(control, "max"):                             # IntSlider, FloatSlider
+        return control.max if control.value != control.max else control.min
+    return control.value + " Edited."                       # Text
+
+
+FIGURE_EXPLORERS = {
+    "histogram": lambda: widgets.histogram_explorer(n=16384),
+    "histogram_layers": lambda: widgets.histogram_explorer(_TwoLayers(), layer="proj"),
+    "nf4": lambda: widgets.nf4_explorer(n=16384),
+    "zeropoint": lambda: widgets.zeropoint_explorer(n=16384),
+    "double_quant": widgets.double_quant_explorer,
+    "outlier": lambda: widgets.outlier_explorer(_TwoLayers(), _Tok(), layer="proj", prompt="some prompt text"),
+}
+
+
+@ipywidgets7
+@pytest.mark.parametrize("make", FIGURE_EXPLORERS.values(), ids=FIGURE_EXPLORERS.keys())
+def test_every_control_redraws_the_figure(make):
+    w = make()
+    start = bytes(w.image.value)
+    assert w.error is None and start[:4] == b"\x89PNG"
+    for key, control in w.controls.items():
+        old, new = control.value, _other_value(control)
+        control.value = new                                 # what a click, a drag or typing does
+        assert w.error is None and w.message.value == "", f"{key}={new!r}: {w.message.value}"
+        moved = bytes(w.image.value)
+        assert control.value == new and moved != start, f"{key}: {old!r} -> {new!r} left the figure as it was"
+        control.value = old                                 # and back
+        assert w.error is None and bytes(w.image.value) != moved, f"{key}: back to {old!r} left the figure as it was"
 
 
 # --- the real embedded model -----------------------------------------------------------------------
@@ -324,6 +431,7 @@ def test_weight_explorers_reject_integer_tensors_with_a_message():
     assert "dtype torch.int64" in w.error and "x.float()" in w.error
 
 
+@ipywidgets7
 def test_canvas_option_png_default_ipympl_optional():
     with pytest.raises(ValueError, match="canvas must be 'png'"):
         widgets.zeropoint_explorer(canvas="svg")

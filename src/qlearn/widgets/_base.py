@@ -26,6 +26,10 @@ from ..plots._base import FastRenderer
 __all__ = ["Explorer", "SourceControls"]
 
 _WIDE = {"description_width": "initial"}
+_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+# ipywidgets 7.x (Colab) has no Widget._repr_mimebundle_: widgets display themselves through
+# _ipython_display_, which IPython prefers to any _repr_mimebundle_ a subclass defines.
+_IPYWIDGETS_7 = not hasattr(widgets.Widget, "_repr_mimebundle_")
 
 
 def slider_layout(width: str = "260px") -> widgets.Layout:
@@ -180,11 +184,25 @@ class Explorer(widgets.VBox):
     def _repr_mimebundle_(self, **kwargs):
         """The widget view plus the current figure as image/png: a notebook saved after running
         shows the figure where no widget can be drawn (GitHub, nbconvert, a closed kernel)."""
-        parent = getattr(super(), "_repr_mimebundle_", None)   # ipywidgets 8; 7.x displays itself
-        data = parent(**kwargs) if parent is not None else None
+        parent = getattr(super(), "_repr_mimebundle_", None)
+        data = parent(**kwargs) if parent is not None else self._widget_bundle_7()
         if isinstance(data, dict) and self.image.value:
             data["image/png"] = base64.b64encode(self.image.value).decode("ascii")
         return data
+
+    if _IPYWIDGETS_7:
+        def _ipython_display_(self, **kwargs):
+            """ipywidgets 7.x shows a widget through `_ipython_display_` (IPython calls it before
+            `_repr_mimebundle_`); publish the same bundle as 8.x does, PNG fallback included."""
+            from IPython.display import display
+            display(self._repr_mimebundle_(), raw=True)
+            self._handle_displayed(**kwargs)
+
+    def _widget_bundle_7(self) -> dict:
+        """What ipywidgets 7.x's own `_ipython_display_` publishes: text/plain + the widget view."""
+        plaintext = repr(self)
+        return {"text/plain": plaintext[:110] + "…" if len(plaintext) > 110 else plaintext,
+                _WIDGET_VIEW: {"version_major": 2, "version_minor": 0, "model_id": self._model_id}}
 
     def png(self) -> bytes:
         """The figure as PNG bytes, fully re-rendered (what `image` shows, without the caching)."""
