@@ -180,3 +180,34 @@ def test_math_docstring_examples():
     for module in (codebooks, quantize, intquant, metrics, _checks):
         result = doctest.testmod(module)
         assert result.failed == 0, module.__name__
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_the_callers_thread_count_is_unchanged(threads):
+    """The quantizers run on one CPU thread inside (speed under load) and give the setting back, also on error."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.randn(4096, generator=torch.Generator().manual_seed(12))
+        ql.quantize_4bit(x, double_quant=True)
+        ql.quantize_blockwise_8bit(x)
+        assert torch.get_num_threads() == threads
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            ql.quantize_4bit(torch.tensor([1.0, float("nan")] * 64))
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_nearest_code_by_cells_equals_bucketize():
+    """The cell look-up gives the rank torch.bucketize gives, on every midpoint, its float neighbours,
+    the cell edges and random values (the plain rule is a binary search; docs/formats.md)."""
+    from qlearn.quantize import CELLS, _nearest_codes, _table
+    for quant_type in ("nf4", "fp4"):
+        _, mids, order = _table(quant_type, "cpu")
+        edges = torch.arange(CELLS + 1) / (CELLS / 2) - 1
+        near = [torch.nextafter(t, t + d).clamp(-1, 1) for t in (mids, edges) for d in (1, -1)]
+        uniform = torch.rand(100_000, generator=torch.Generator().manual_seed(13)) * 2 - 1
+        probes = torch.cat([mids, edges, *near, uniform])
+        rank = torch.bucketize(probes, mids)
+        assert torch.equal(_nearest_codes(probes, quant_type), order[rank].to(torch.uint8))

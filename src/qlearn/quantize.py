@@ -287,10 +287,10 @@ def quantize_4bit(x: torch.Tensor, quant_type: str = "nf4", blocksize: int = 64,
     flat = x.reshape(-1) if x.dtype != torch.float64 else x.reshape(-1).float()   # float64: coded in float32
     with _one_thread(flat.device):
         packed, absmax = _quantize_4bit_packed(flat, quant_type, blocksize)
-    if not double_quant:
-        return Quantized4bit(packed, absmax, x.shape, x.dtype, quant_type, blocksize)
-    offset = absmax.mean()
-    nested = quantize_blockwise_8bit(absmax - offset, blocksize=DQ_BLOCKSIZE, rule=dq_rule)
+        if not double_quant:
+            return Quantized4bit(packed, absmax, x.shape, x.dtype, quant_type, blocksize)
+        offset = absmax.mean()
+        nested = quantize_blockwise_8bit(absmax - offset, blocksize=DQ_BLOCKSIZE, rule=dq_rule)
     return Quantized4bit(packed, nested.codes, x.shape, x.dtype, quant_type, blocksize,
                          offset=offset, nested_absmax=nested.absmax, dq_rule=dq_rule)
 
@@ -346,8 +346,9 @@ def quantize_blockwise_8bit(x: torch.Tensor, blocksize: int = 4096, rule: str = 
     if blocksize != DQ_BLOCKSIZE:
         check_blocksize(blocksize, "blocksize", BLOCKSIZES_8BIT)
     check_choice(rule, "rule", DQ_RULES)
-    scaled, absmax = _block_absmax(x.reshape(-1).float(), blocksize)
-    codes = _codes_8bit(scaled, rule)
+    with _one_thread(x.device):
+        scaled, absmax = _block_absmax(x.reshape(-1).float(), blocksize)
+        codes = _codes_8bit(scaled, rule)
     if rule == "bnb_cpu":   # the C++ kernel stores absmax 0 for an all-zero block, and code 0 for its values
         zero = absmax <= 1e-38
         if bool(zero.any()):
