@@ -267,6 +267,8 @@ def test_tour_writes_report(embedded_path, tmp_path, capsys):
     assert (out / "memory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "report.md").read_text()
     assert "![memory per mode](memory.png)" in md and "Llama-2-7B" in md
+    info = str(ql.backend_info())
+    assert info in printed and info in md   # which bitsandbytes paths produced these numbers
 
 
 def test_tour_bad_mode_is_a_clear_error(capsys):

@@ -118,6 +118,8 @@ def write_report(df, out, model_id="embedded", prompt=PROMPT, n_tokens=None, win
 
     import torch
 
+    from .backend import backend_info
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     figures = {"memory.png": memory_figure(df), "perplexity.png": perplexity_figure(df, n_tokens, window),
@@ -143,6 +145,9 @@ def write_report(df, out, model_id="embedded", prompt=PROMPT, n_tokens=None, win
         f"## Answers (greedy): {prompt}", "", "| mode | answer |", "|---|---|", answers, "",
         "![answers](answers.png)", "",
         "## Memory at 7B", "", _estimate_note(), "",
+        "## Which bitsandbytes paths this machine took (`ql.backend_info()`)", "",
+        "Speeds and state bytes above hold for this machine: bitsandbytes runs different kernels on different "
+        "CPUs (docs/formats.md, \"CPU paths\").", "", "```", str(backend_info()), "```", "",
         "Note: the embedded SmolLM2-135M was stored as Q4_1 (4-bit, blocks of 32) in its GGUF file: the "
         "bf16 weights here are that file dequantized, so it was already quantized once before this tour.", "",
     ]
@@ -187,6 +192,9 @@ def tour(model_id="embedded", modes=TOUR_MODES, out="report", max_new_tokens=32,
     df = compare(modes, model_id=model_id, prompt=prompt, max_new_tokens=max_new_tokens,
                  ppl_tokens=ppl_tokens, window=window)
     wall = time.perf_counter() - start
+    from .backend import backend_info
+
+    print(backend_info(), end="\n\n")
     print(_table(df))
     print()
     for mode, answer in df.answer.items():
