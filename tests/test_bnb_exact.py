@@ -237,7 +237,7 @@ def test_the_cpu_blocked_layout_is_read_exactly(quant_type, double_quant):
     assert bool(((after - before).abs() <= before.abs() * 2.0**-8 * 1.001).all())
     # a bf16 weight's absmax is a bf16 value already; the double-quant reconstruction is not, and gets rounded
     assert torch.equal(after, before) == (not double_quant)
-    assert blocked.nbytes["absmax"] == 2 * 64 * 192 // 64     # one bfloat16 a block
+    assert blocked.nbytes_by_part["absmax"] == 2 * 64 * 192 // 64     # one bfloat16 a block
     back, _ = bnbf._convert_weight_packed_for_cpu_inverse(data, state)
     assert torch.equal(blocked.packed, back.view(-1))         # bitsandbytes' own inverse gives the same flat bytes
 

@@ -50,7 +50,7 @@ def test_absmax_and_zeropoint_error_within_half_a_step(values, bits, blocksize):
     x = torch.tensor(values)
     a = ql.absmax_quantize(x, bits=bits, blocksize=blocksize)
     z = ql.zeropoint_quantize(x, bits=bits, blocksize=blocksize)
-    assert int(a.q.abs().max()) <= 2 ** (bits - 1) - 1 and int(z.q.max()) <= 2 ** bits - 1
+    assert int(a.codes.abs().max()) <= 2 ** (bits - 1) - 1 and int(z.codes.max()) <= 2 ** bits - 1
     for qt in (a, z):
         step = qt.scale if blocksize is None else qt.scale.repeat_interleave(blocksize)[: x.numel()]
         err = (qt.dequantize() - x).abs()
@@ -66,15 +66,15 @@ def test_granularities_give_the_expected_scales():
     for axis in (0, 1, -1):
         assert ql.absmax_quantize(x, axis=axis).dequantize().shape == x.shape
     z = ql.zeropoint_quantize(torch.tensor([0.0, 1.0, 2.0, 3.0]), bits=2)
-    assert z.q.tolist() == [0, 1, 2, 3] and z.dequantize().tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert z.codes.tolist() == [0, 1, 2, 3] and z.dequantize().tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
 def test_zeropoint_uses_all_levels_on_a_shifted_tensor_where_absmax_wastes_half():
     x = torch.linspace(0.0, 1.0, 1000)           # a post-ReLU-like, all positive tensor
     a = ql.absmax_quantize(x, bits=4)
     z = ql.zeropoint_quantize(x, bits=4)
-    assert a.q.unique().numel() == 8              # only 0..7 of -7..7 are used
-    assert z.q.unique().numel() == 16
+    assert a.codes.unique().numel() == 8              # only 0..7 of -7..7 are used
+    assert z.codes.unique().numel() == 16
     assert ql.error_stats(x, z.dequantize())["sqnr_db"] > ql.error_stats(x, a.dequantize())["sqnr_db"] + 5
 
 
@@ -85,7 +85,7 @@ def test_float_zero_point_reproduces_a_q4_1_style_block():
     q[0], q[1] = 0, 15
     x = d * q + m
     zq = ql.zeropoint_quantize(x, bits=4, blocksize=32, zero_point_domain="float")
-    assert torch.equal(zq.q.float(), q)
+    assert torch.equal(zq.codes.float(), q)
     assert float((zq.dequantize() - x).abs().max()) < 1e-6
 
 
@@ -93,7 +93,7 @@ def test_packed_layout_first_element_high_nibble():
     q = ql.quantize_4bit(torch.tensor([-1.0, 1.0, 0.0]), "nf4", 32)
     assert q.codes.tolist() == [0, 15, 7]
     assert q.packed.tolist() == [0x0F, 0x77]       # odd count: padded with the code of 0.0 (7)
-    assert q.nbytes == {"codes": 2, "absmax": 4, "nested": 0}
+    assert q.nbytes_by_part == {"codes": 2, "absmax": 4, "nested": 0} and q.nbytes == 6
 
 
 def test_bits_per_param_measured():
@@ -101,6 +101,33 @@ def test_bits_per_param_measured():
     assert ql.quantize_4bit(x).bits_per_param == pytest.approx(4.5)
     # 4 + 8/64 + 32/(64*256), plus the one float32 offset spread over the tensor
     assert ql.quantize_4bit(x, double_quant=True).bits_per_param == 4.126953125 + 32 / x.numel()
+
+
+def test_every_record_speaks_one_protocol():
+    """.codes in the input's shape, .dequantize() back to its shape and dtype, .nbytes (int) and
+    .bits_per_param = 8 * nbytes / elements, with the number each format's layout gives."""
+    x = torch.randn(6, 128, generator=torch.Generator().manual_seed(14), dtype=torch.float32).to(torch.bfloat16)
+    expected_bits = {   # (6 * 128 = 768 elements)
+        "nf4": 4 + 32 / 64, "nf4+dq": (384 + 12 + 4 + 4) * 8 / 768, "8-bit blockwise": 8 + 32 / 256,
+        "absmax int4 per row": 4 + 32 / 128, "zero-point int4 blocks of 32": 4 + 32 / 32 + 4 / 32,
+        "zero-point float blocks of 32": 4 + 32 / 32 + 32 / 32, "int8 rows": 8 + 32 / 128,
+    }
+    records = {
+        "nf4": ql.quantize_4bit(x), "nf4+dq": ql.quantize_4bit(x, double_quant=True),
+        "8-bit blockwise": ql.quantize_blockwise_8bit(x, blocksize=256),
+        "absmax int4 per row": ql.absmax_quantize(x, bits=4, axis=0),
+        "zero-point int4 blocks of 32": ql.zeropoint_quantize(x, bits=4, blocksize=32),
+        "zero-point float blocks of 32": ql.zeropoint_quantize(x, bits=4, blocksize=32, zero_point_domain="float"),
+        "int8 rows": ql.int8_vectorwise(x),
+    }
+    for name, record in records.items():
+        assert record.codes.shape == x.shape, name
+        assert not record.codes.dtype.is_floating_point, name
+        back = record.dequantize()
+        assert back.shape == x.shape and back.dtype == x.dtype, name
+        assert record.dequantize(torch.float32).dtype == torch.float32, name
+        assert isinstance(record.nbytes, int), name
+        assert record.bits_per_param == pytest.approx(expected_bits[name]), name
 
 
 def test_device_and_dtype_are_kept():
@@ -177,7 +204,7 @@ def test_math_docstring_examples():
     import doctest
 
     from qlearn import _checks, codebooks, intquant, metrics, quantize
-    for module in (codebooks, quantize, intquant, metrics, _checks):
+    for module in (codebooks, quantize, intquant, metrics, _checks, ql.reference):
         result = doctest.testmod(module)
         assert result.failed == 0, module.__name__
 

@@ -32,8 +32,8 @@ pd.options.display.float_format = "{:,.4g}".format
 x = torch.tensor([-0.31, -0.02, 0.0, 0.04, 0.11, 0.27, 0.58, 1.20])
 qa = ql.absmax_quantize(x, bits=8)
 qz = ql.zeropoint_quantize(x, bits=8)
-pd.DataFrame({"x": x, "absmax code": qa.q, "absmax x̂": qa.dequantize(),
-              "zero-point code": qz.q, "zero-point x̂": qz.dequantize()})
+pd.DataFrame({"x": x, "absmax code": qa.codes, "absmax x̂": qa.dequantize(),
+              "zero-point code": qz.codes, "zero-point x̂": qz.dequantize()})
 
 # %%
 print(f"absmax:     scale = {qa.scale.item():.6f} (= 1.20 / 127)")

@@ -41,7 +41,7 @@ stored = pd.DataFrame({
 stored
 
 # %%
-nbytes = pd.DataFrame({"plain NF4": plain.nbytes, "NF4 + double quant": dq.nbytes}).fillna(0).astype(float)
+nbytes = pd.DataFrame({"plain NF4": plain.nbytes_by_part, "NF4 + double quant": dq.nbytes_by_part}).fillna(0).astype(float)
 nbytes.loc["bits per weight"] = [plain.bits_per_param, dq.bits_per_param]
 err_plain, err_dq = ql.error_stats(w, plain.dequantize()), ql.error_stats(w, dq.dequantize())
 nbytes.loc["SQNR dB"] = [err_plain["sqnr_db"], err_dq["sqnr_db"]]

@@ -6,8 +6,8 @@ Codes are integers on a uniform grid (`qlearn.codebooks.int_grid`), unlike NF4/F
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 
@@ -19,10 +19,10 @@ __all__ = ["AbsmaxQuantized", "ZeroPointQuantized", "Int8Vectorwise", "absmax_qu
 
 @dataclass(frozen=True)
 class _GroupQuantized:
-    """Integer codes q in x's shape with float32 scales per group (one group per tensor, per index
-    of `axis`, or per block of `blocksize` flattened elements): x ~= (q - zero_point) * scale."""
+    """Integer codes in x's shape with float32 scales per group (one group per tensor, per index
+    of `axis`, or per block of `blocksize` flattened elements): x ~= (codes - zero_point) * scale."""
 
-    q: torch.Tensor
+    codes: torch.Tensor
     scale: torch.Tensor
     shape: torch.Size
     dtype: torch.dtype
@@ -34,24 +34,43 @@ class _GroupQuantized:
         return g
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        g = group(self.q.float(), self.axis, self.blocksize)           # (groups, group_size)
+        """(codes - zero_point) * scale in float32, cast to `dtype` (default: the input's), input's shape."""
+        g = group(self.codes.float(), self.axis, self.blocksize)       # (groups, group_size)
         return ungroup(self._centered(g) * self.scale[:, None], self.shape, self.axis).to(dtype or self.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes when stored packed: `bits` bits a code, one float32 scale a group (+ zero points)."""
+        return math.ceil(self.codes.numel() * self.bits / 8) + 4 * self.scale.numel()
+
+    @property
+    def bits_per_param(self) -> float:
+        """bits + 32 / group size (+ the zero point's): 4.5 for 4-bit absmax in blocks of 64."""
+        return 8 * self.nbytes / self.shape.numel()
 
 
 @dataclass(frozen=True)
 class AbsmaxQuantized(_GroupQuantized):
-    """Symmetric (absmax) quantization: q int8, x ~= q * scale (0 is always exactly 0)."""
+    """Symmetric (absmax) quantization: codes int8, x ~= codes * scale (0 is always exactly 0)."""
 
 
 @dataclass(frozen=True)
 class ZeroPointQuantized(_GroupQuantized):
-    """Asymmetric (zero-point) quantization: q uint8, zero_point float32 per group,
-    x ~= (q - zero_point) * scale. zero_point is an integer unless zero_point_domain="float"."""
+    """Asymmetric (zero-point) quantization: codes uint8, zero_point float32 per group,
+    x ~= (codes - zero_point) * scale. zero_point is an integer unless zero_point_domain="float"."""
 
     zero_point: torch.Tensor
+    zero_point_domain: str = "int"
 
     def _centered(self, g: torch.Tensor) -> torch.Tensor:
         return g - self.zero_point[:, None]
+
+    @property
+    def nbytes(self) -> int:
+        """As absmax, plus a zero point a group: `bits` bits when an integer, float32 when "float"."""
+        groups = self.zero_point.numel()
+        zero_points = math.ceil(groups * self.bits / 8) if self.zero_point_domain == "int" else 4 * groups
+        return super().nbytes + zero_points
 
 
 def absmax_quantize(x: torch.Tensor, bits: int = 8, axis: int | None = None,
@@ -63,7 +82,7 @@ def absmax_quantize(x: torch.Tensor, bits: int = 8, axis: int | None = None,
     scale = absmax / qmax; q = round(x / scale) (half to even). Worked number: 8 bits, absmax 2.54
     -> scale 0.02, x = 1.0 -> q = 50.
 
-    >>> absmax_quantize(torch.tensor([1.0, -2.54])).q.tolist()
+    >>> absmax_quantize(torch.tensor([1.0, -2.54])).codes.tolist()
     [50, -127]
     """
     x = check_tensor(x, "x")
@@ -106,20 +125,38 @@ def zeropoint_quantize(x: torch.Tensor, bits: int = 8, axis: int | None = None, 
         zp = zp.round().clamp_(0, qmax)
     q = torch.round(g / safe[:, None] + zp[:, None]).clamp_(0, qmax)
     return ZeroPointQuantized(ungroup(q, x.shape, axis).to(torch.uint8), scale, x.shape, x.dtype, bits, axis,
-                              blocksize, zero_point=zp)
+                              blocksize, zero_point=zp, zero_point_domain=zero_point_domain)
 
 
-class Int8Vectorwise(NamedTuple):
-    """LLM.int8 row-wise quantization: codes int8 (rows, cols), row_absmax float32 (rows,),
-    outlier_cols int64 (k,) indices of columns with any |x| >= threshold (empty when none)."""
+@dataclass(frozen=True)
+class Int8Vectorwise:
+    """LLM.int8 row-wise quantization: codes int8 (the input's shape; rows are all but the last dim),
+    row_absmax float32 (rows,),
+    outlier_cols int64 (k,) indices of columns with any |x| >= threshold (empty when none);
+    shape and dtype of the input."""
 
     codes: torch.Tensor
     row_absmax: torch.Tensor
     outlier_cols: torch.Tensor
+    shape: torch.Size
+    dtype: torch.dtype
 
-    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """codes * row_absmax / 127; outlier columns come back as 0 (they are kept in 16-bit)."""
-        return (self.codes.float() * (self.row_absmax[:, None] / 127)).to(dtype)
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """codes * row_absmax / 127 in float32, cast to `dtype` (default: the input's), input's shape.
+        Outlier columns come back as 0: LLM.int8 keeps them in 16-bit, outside these codes."""
+        rows = self.codes.reshape(-1, self.shape[-1]).float()          # (rows, cols)
+        return (rows * (self.row_absmax[:, None] / 127)).view(self.shape).to(dtype or self.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """One byte a code, one float32 absmax a row, and the outlier columns' values in 16-bit."""
+        rows = self.row_absmax.numel()
+        return self.codes.numel() + 4 * rows + 2 * rows * self.outlier_cols.numel()
+
+    @property
+    def bits_per_param(self) -> float:
+        """8 + 32 / cols without outliers: 8.0078 for rows of 4096."""
+        return 8 * self.nbytes / self.shape.numel()
 
 
 def int8_vectorwise(x: torch.Tensor, threshold: float = 0.0) -> Int8Vectorwise:
@@ -150,4 +187,4 @@ def int8_vectorwise(x: torch.Tensor, threshold: float = 0.0) -> Int8Vectorwise:
     codes = torch.round(a * (127.0 / row_absmax).unsqueeze(1)).nan_to_num_(0).to(torch.int8)
     if a.shape[0] > 1 and outlier_cols.numel():
         codes[:, outlier_cols] = 0
-    return Int8Vectorwise(codes, row_absmax, outlier_cols)
+    return Int8Vectorwise(codes.view(x.shape), row_absmax, outlier_cols, x.shape, x.dtype)

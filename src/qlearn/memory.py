@@ -253,9 +253,10 @@ def _nbytes(t):
     return t.nelement() * t.element_size() if isinstance(t, torch.Tensor) else 0
 
 
-def _quant_state(p):
+def _quant_state(p, module=None):
     """(logical weights, state bytes) for a bitsandbytes weight, or None for a plain tensor.
-    The bytes are those the layer holds now: after a CPU repack the absmax is bfloat16 and not nested."""
+    The bytes are those the layer holds now: after a CPU repack the absmax is bfloat16 and not nested;
+    after LLM.int8's first forward the row scales SCB live on the layer's ``state``, not the weight."""
     kind = type(p).__name__
     if kind == "Params4bit" and getattr(p, "quant_state", None) is not None:
         qs = p.quant_state
@@ -265,7 +266,10 @@ def _quant_state(p):
             state += _nbytes(qs.offset) + _nbytes(qs.state2.absmax)
         return n, state
     if kind == "Int8Params" and p.dtype == torch.int8:
-        return p.nelement(), _nbytes(getattr(p, "SCB", None))
+        scb = getattr(p, "SCB", None)
+        if scb is None:
+            scb = getattr(getattr(module, "state", None), "SCB", None)
+        return p.nelement(), _nbytes(scb)
     return None
 
 
@@ -286,10 +290,11 @@ def footprint(model):
     out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     linear = {id(m.weight) for m in model.modules()
               if isinstance(m, torch.nn.Linear) and m is not out_emb}   # bnb layers subclass Linear
+    owner = {id(m.weight): m for m in model.modules() if isinstance(getattr(m, "weight", None), torch.Tensor)}
     qbytes = ubytes = lbytes = state = qparams = uparams = 0
     for p in model.parameters():   # parameters() skips tied duplicates, as get_memory_footprint does
         lbytes += _nbytes(p) if id(p) in linear else 0
-        found = _quant_state(p)
+        found = _quant_state(p, owner.get(id(p)))
         if found is None:
             ubytes += _nbytes(p)
             uparams += p.nelement()

@@ -128,8 +128,9 @@ class Quantized4bit:
 
     @property
     def codes(self) -> torch.Tensor:
-        """uint8 (n,), one 4-bit code per element of the flattened input (the packed bytes unpacked)."""
-        return torch.stack([self.packed >> 4, self.packed & 0xF], dim=1).view(-1)[: self.shape.numel()]
+        """uint8 codes 0..15 in the input's shape: the packed bytes unpacked (high nibble first)."""
+        codes = torch.stack([self.packed >> 4, self.packed & 0xF], dim=1).view(-1)[: self.shape.numel()]
+        return codes.view(self.shape)
 
     def block_absmax(self) -> torch.Tensor:
         """float32 (blocks,) absmax per block; with double quant the reconstructed one
@@ -143,7 +144,7 @@ class Quantized4bit:
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """code[q] * absmax in float32, cast to `dtype` (default: the input's), in the input's shape."""
         code = _table(self.quant_type, str(self.packed.device))[0]
-        values = code[self.codes.long()]                       # (n,) float32
+        values = code[self.codes.reshape(-1).long()]           # (n,) float32
         absmax = self.block_absmax()
         full = values.numel() - values.numel() % self.blocksize
         out = torch.empty_like(values)
@@ -152,9 +153,9 @@ class Quantized4bit:
         return out.view(self.shape).to(dtype or self.dtype)
 
     @property
-    def nbytes(self) -> dict[str, int]:
-        """Storage in bytes: packed codes, absmax (float32 or uint8), nested state (offset +
-        nested absmax). Code books are shared constants and not counted."""
+    def nbytes_by_part(self) -> dict[str, int]:
+        """Storage in bytes by part: packed codes, absmax (float32, bfloat16 or uint8 codes), nested state
+        (offset + nested absmax). Code books are shared constants and not counted."""
         nested = 0
         if self.double_quant:
             nested = self.offset.numel() * 4 + self.nested_absmax.numel() * 4
@@ -162,10 +163,15 @@ class Quantized4bit:
                 "nested": nested}
 
     @property
+    def nbytes(self) -> int:
+        """Bytes stored, everything included (the sum of `nbytes_by_part`)."""
+        return sum(self.nbytes_by_part.values())
+
+    @property
     def bits_per_param(self) -> float:
         """Measured bits per element, everything included: 4.5 for NF4 with blocks of 64,
         ~4.127 with double quant (plus a hair for a partial block and the offset)."""
-        return 8 * sum(self.nbytes.values()) / self.shape.numel()
+        return 8 * self.nbytes / self.shape.numel()
 
 
 @cache
@@ -312,6 +318,16 @@ class Blockwise8bit:
         values = code[self.codes.reshape(-1).long()]
         absmax = self.absmax.repeat_interleave(self.blocksize)[: values.numel()]
         return (values * absmax).view(self.shape).to(dtype or self.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes stored: one uint8 code an element plus one float32 absmax a block."""
+        return self.codes.numel() + 4 * self.absmax.numel()
+
+    @property
+    def bits_per_param(self) -> float:
+        """8 + 32 / blocksize (8.0078 for blocks of 4096), plus a hair for a partial block."""
+        return 8 * self.nbytes / self.shape.numel()
 
 
 @cache

@@ -207,7 +207,7 @@ class ZeroPointView:
         xlo, xhi = value_range(x)
         for name, res in results.items():
             levels = levels_of(res)                                      # (2**bits or 2**bits - 1,)
-            q = res.q.reshape(-1).long()
+            q = res.codes.reshape(-1).long()
             grid_lo = int(codebooks.int_grid(res.bits, signed=isinstance(res, AbsmaxQuantized))[0])
             used = torch.bincount(q - grid_lo, minlength=levels.numel())[: levels.numel()] > 0
             y0, y1 = self.rugs[name]._band

@@ -56,7 +56,7 @@ def occupancy(result) -> tuple[np.ndarray, np.ndarray]:
         merged = torch.zeros(values.numel(), dtype=torch.float64).index_add_(0, inverse, counts)
     elif isinstance(result, AbsmaxQuantized):
         qmax = 2 ** (result.bits - 1) - 1
-        merged = torch.bincount(result.q.reshape(-1).long().cpu() + qmax, minlength=2 * qmax + 1).double()
+        merged = torch.bincount(result.codes.reshape(-1).long().cpu() + qmax, minlength=2 * qmax + 1).double()
         values = torch.arange(-qmax, qmax + 1, dtype=torch.float32) / qmax
     else:
         raise TypeError(f"result must be a Quantized4bit or AbsmaxQuantized, got {type(result).__name__}")

@@ -1,6 +1,6 @@
 """The double-quant explorer: bytes of codes, absmax and nested state against blocksize and
 model size. Bits per parameter come from `qlearn.memory.bits_per_param`; the split into codes /
-absmax / nested comes from `Quantized4bit.nbytes` of a real quantization (2**20 values)."""
+absmax / nested comes from `Quantized4bit.nbytes_by_part` of a real quantization (2**20 values)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ def _bytes_per_param(quant_type: str) -> dict:
     """{(blocksize, double_quant): {"codes", "absmax", "nested"} bytes per parameter}, measured
     on 2**20 values (a whole number of blocks and of nested blocks at every blocksize)."""
     x = sources.synthetic("normal", 2 ** 20, seed=0)
-    return {(bs, dq): {k: v / x.numel() for k, v in quantize_4bit(x, quant_type, bs, double_quant=dq).nbytes.items()}
-            for bs in BLOCKSIZES_4BIT for dq in (False, True)}
+    parts = {(bs, dq): quantize_4bit(x, quant_type, bs, double_quant=dq).nbytes_by_part
+             for bs in BLOCKSIZES_4BIT for dq in (False, True)}
+    return {key: {k: v / x.numel() for k, v in part.items()} for key, part in parts.items()}
 
 
 class DoubleQuantExplorer(Explorer):
