@@ -1,6 +1,10 @@
 """A real browser: JupyterLab on 127.0.0.1 with a token, a lesson notebook opened in headless
 Chromium through Playwright, all cells run, an explorer's slider dragged with the mouse, and the
 figure's image must change. Screenshots go to tests/_artifacts/browser/.
+The same with ipywidgets 7.7.1 in the classic Notebook front end (nbclassic, widgetsnbextension
+3.6), the pair Colab's ipywidgets 7.7 was made for, on a two-cell notebook that shows an explorer
+(tests/_artifacts/browser/classic_*.png): the kernel and server take ipywidgets 7.7.1 and nbclassic
+from <venv>/ipywidgets7 (see tests/test_ipywidgets7.py).
 
 Needs Debian's chromium (/usr/bin/chromium) and the playwright Python package (no `playwright
 install`: the system Chromium is used); skips with the reason when either is missing.
@@ -212,5 +216,120 @@ def test_slider_moves_the_figure_in_jupyterlab(lab):
         finally:
             browser.close()
     assert readout != "4", f"the bits slider did not move (readout {readout!r})"
+    assert after_png != before_png, "the figure's pixels did not change after moving the slider"
+    assert "⚠" not in message, f"the explorer showed an error: {message}"
+
+
+# --- ipywidgets 7.7.1 in the classic Notebook (nbclassic + widgetsnbextension 3.6) -------------------
+
+CLASSIC_CELLS = ("import ipywidgets\nimport qlearn as ql\nprint('ipywidgets', ipywidgets.__version__)",
+                 "zp = ql.widgets.zeropoint_explorer(bits=4)\nzp")
+
+
+@pytest.fixture
+def classic(tmp_path):
+    """nbclassic on a free port with a random token; its kernels import ipywidgets 7.7.1 and the
+    page loads widgetsnbextension 3.6's front end, both from <venv>/ipywidgets7."""
+    import nbformat
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+    from test_ipywidgets7 import ensure_built
+
+    target = ensure_built()
+    root = tmp_path / "classic"
+    root.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CLASSIC_CELLS])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, root / "explorer.ipynb")
+    port, token = _free_port(), secrets.token_hex(16)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")])),
+               JUPYTER_PATH=str(target / "share" / "jupyter"),           # widgetsnbextension 3.6's JavaScript
+               JUPYTER_CONFIG_PATH=str(target / "etc" / "jupyter"),       # ... enabled there
+               JUPYTER_CONFIG_DIR=str(tmp_path / "config"), JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"))
+    log = (tmp_path / "classic.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nbclassic", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--NotebookApp.show_banner=False",
+         *(f"--ServerApp.jpserver_extensions={name}=False"            # not needed here: starts ~4 s sooner
+           for name in ("jupyterlab", "jupyter_lsp", "jupyter_server_terminals"))],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/api/status?token={token}", 90, proc)
+        yield f"http://127.0.0.1:{port}", token
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
+        log.close()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tmp_path / "classic.log", ARTIFACTS / "classic_notebook.log")
+
+
+def test_slider_moves_the_figure_in_classic_notebook_ipywidgets7(classic):
+    from importlib.metadata import PackageNotFoundError, version
+
+    from playwright.sync_api import sync_playwright
+
+    base, token = classic
+    try:   # nbclassic moves under /nbclassic where Notebook 7 is installed beside it
+        prefix = "/nbclassic" if int(version("notebook").split(".")[0]) >= 7 else ""
+    except PackageNotFoundError:
+        prefix = ""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ARTIFACTS.glob("classic_*.png"):
+        old.unlink()
+    figure_ready = (f"(old) => {{ const i = document.querySelector('{EXPLORER} img.qlearn-figure');"
+                    " return i && i.src && i.src !== old && i.complete && i.naturalWidth > 0; }")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(f"{base}{prefix}/notebooks/explorer.ipynb?token={token}", wait_until="domcontentloaded")
+            page.wait_for_function("() => window.Jupyter && Jupyter.notebook && Jupyter.notebook.kernel"
+                                   " && Jupyter.notebook.kernel.is_connected()", timeout=120_000)
+            page.locator("#kernel_indicator_icon.kernel_idle_icon").wait_for(state="attached", timeout=120_000)
+            page.evaluate("() => Jupyter.notebook.execute_all_cells()")
+            page.wait_for_function(
+                "() => Jupyter.notebook.get_cells().every(c => /^\\d+$/.test(String(c.input_prompt_number)))"
+                " && document.querySelector('#kernel_indicator_icon.kernel_idle_icon')", timeout=300_000, polling=500)
+            printed = page.locator(".output_area .output_text").first.inner_text()
+            page.wait_for_function(figure_ready, arg="", timeout=120_000)
+            figure = page.locator(f"{EXPLORER} img.qlearn-figure").first
+            explorer = page.locator(EXPLORER).first
+            before_src = figure.get_attribute("src")
+            before_png = figure.screenshot(path=str(ARTIFACTS / "classic_01_figure_before.png"))
+            explorer.screenshot(path=str(ARTIFACTS / "classic_02_explorer_before.png"))
+
+            # ipywidgets 7 draws sliders with jQuery UI: drag the handle from 4 towards the low end
+            slider = page.locator(f"{EXPLORER} .qlearn-control-bits").first
+            handle, track = slider.locator(".ui-slider-handle").first, slider.locator(".ui-slider").first
+            hb, tb = handle.bounding_box(), track.bounding_box()
+            page.mouse.move(hb["x"] + hb["width"] / 2, hb["y"] + hb["height"] / 2)
+            page.mouse.down()
+            page.mouse.move(tb["x"] + 0.02 * tb["width"], hb["y"] + hb["height"] / 2, steps=12)
+            page.mouse.up()
+            readout = slider.locator(".widget-readout").first.inner_text().strip()
+
+            page.wait_for_function(figure_ready, arg=before_src, timeout=60_000)
+            page.wait_for_timeout(300)
+            after_png = figure.screenshot(path=str(ARTIFACTS / "classic_03_figure_after.png"))
+            explorer.screenshot(path=str(ARTIFACTS / "classic_04_explorer_after.png"))
+            message = explorer.locator(".qlearn-message").first.inner_text()
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "classic_99_failure.png"))
+            raise
+        finally:
+            browser.close()
+    assert printed.strip() == "ipywidgets 7.7.1", f"the kernel did not run ipywidgets 7.7.1: {printed!r}"
+    assert readout == "2", f"the bits slider did not reach 2 (readout {readout!r})"
     assert after_png != before_png, "the figure's pixels did not change after moving the slider"
     assert "⚠" not in message, f"the explorer showed an error: {message}"

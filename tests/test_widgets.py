@@ -9,7 +9,6 @@ ipywidgets 7.7 and 8.x offer. The others check math and plots, the same under ei
 
 from pathlib import Path
 
-import ipywidgets
 import pytest
 import torch
 from torch import nn
@@ -110,7 +109,6 @@ def test_explorer_display_carries_a_png_fallback(hist, ipython):
         assert bundle["text/plain"].startswith("HistogramExplorer(")
 
 
-@ipywidgets7
 def test_histogram_explorer_dict_of_tensors():
     named = {"normal": sources.synthetic("normal", 4096, shape=(64, 64)),
              "laplace": sources.synthetic("laplace", 8192, shape=(64, 128))}
@@ -240,7 +238,6 @@ class _Tok:
         return {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids}
 
 
-@ipywidgets7
 def test_outlier_explorer_share_falls_as_the_threshold_rises():
     w = widgets.outlier_explorer(_Embedder(), _Tok(), layer="proj", prompt="some prompt text")
     _assert_explorer(w, "outlier_explorer")
@@ -319,45 +316,34 @@ class _TwoLayers(_Embedder):
         return self.out(super().forward(input_ids))
 
 
-def _other_value(control):
-    """A value the control offers, other than its current one."""
-    options = getattr(control, "options", None)
-    if options is not None:                                 # Dropdown, SelectionSlider, Combobox
-        values = [o[1] if isinstance(o, tuple) else o for o in options]
-        return values[(values.index(control.value) + 1) % len(values)]
-    if isinstance(control.value, bool):                     # Checkbox
-        return not control.value
-    if isinstance(control, ipywidgets.FloatLogSlider):      # min / max are exponents there
-        return control.base ** (control.max if control.value != control.base ** control.max else control.min)
-    if hasattr(control, "max"):                             # IntSlider, FloatSlider
-        return control.max if control.value != control.max else control.min
-    return control.value + " Edited."                       # Text
-
-
+# explorer -> (factory, a new value for each control, in an order where every move shows: e.g. the
+# blocksize before "per row" scales, which ignore it)
 FIGURE_EXPLORERS = {
-    "histogram": lambda: widgets.histogram_explorer(n=16384),
-    "histogram_layers": lambda: widgets.histogram_explorer(_TwoLayers(), layer="proj"),
-    "nf4": lambda: widgets.nf4_explorer(n=16384),
-    "zeropoint": lambda: widgets.zeropoint_explorer(n=16384),
-    "double_quant": widgets.double_quant_explorer,
-    "outlier": lambda: widgets.outlier_explorer(_TwoLayers(), _Tok(), layer="proj", prompt="some prompt text"),
+    "histogram": (lambda: widgets.histogram_explorer(n=16384), dict(
+        source="laplace", scheme="zeropoint", bits=3, blocksize=256, group=5, log=True, granularity="row")),
+    "histogram_layers": (lambda: widgets.histogram_explorer(_TwoLayers(), layer="proj"), dict(
+        scheme="zeropoint", bits=3, blocksize=32, group=5, log=True, granularity="row", layer="out")),
+    "nf4": (lambda: widgets.nf4_explorer(n=16384), dict(source="laplace", blocksize=256, offset=0.99)),
+    "zeropoint": (lambda: widgets.zeropoint_explorer(n=16384), dict(source="normal", shift=1.5, bits=3)),
+    "double_quant": (widgets.double_quant_explorer, dict(blocksize=256, model_size=70e9)),
+    "outlier": (lambda: widgets.outlier_explorer(_TwoLayers(), _Tok(), layer="proj", prompt="some prompt text"),
+                dict(threshold=2.0, prompt="another prompt", layer="out")),
 }
 
 
 @ipywidgets7
-@pytest.mark.parametrize("make", FIGURE_EXPLORERS.values(), ids=FIGURE_EXPLORERS.keys())
-def test_every_control_redraws_the_figure(make):
+@pytest.mark.parametrize("make, moves", FIGURE_EXPLORERS.values(), ids=FIGURE_EXPLORERS.keys())
+def test_every_control_redraws_the_figure(make, moves):
     w = make()
-    start = bytes(w.image.value)
-    assert w.error is None and start[:4] == b"\x89PNG"
-    for key, control in w.controls.items():
-        old, new = control.value, _other_value(control)
-        control.value = new                                 # what a click, a drag or typing does
-        assert w.error is None and w.message.value == "", f"{key}={new!r}: {w.message.value}"
-        moved = bytes(w.image.value)
-        assert control.value == new and moved != start, f"{key}: {old!r} -> {new!r} left the figure as it was"
-        control.value = old                                 # and back
-        assert w.error is None and bytes(w.image.value) != moved, f"{key}: back to {old!r} left the figure as it was"
+    png = bytes(w.image.value)
+    assert w.error is None and png[:4] == b"\x89PNG" and set(moves) == set(w.controls)
+    for key, value in moves.items():
+        control = w.controls[key]
+        assert not control.disabled and control.value != value, key
+        control.value = value                               # what a click, a drag or typing does
+        assert w.error is None and w.message.value == "", f"{key}={value!r}: {w.message.value}"
+        assert control.value == value and bytes(w.image.value) != png, f"{key}={value!r} left the figure as it was"
+        png = bytes(w.image.value)
 
 
 # --- the real embedded model -----------------------------------------------------------------------
