@@ -33,7 +33,7 @@ _LAZY = {
     "compare": "qlearn.evaluate",
     "backend_info": "qlearn.backend",
 }
-_LAZY_MODULES = ("memory", "models", "evaluate", "plots", "widgets", "sources", "cli", "backend")
+_LAZY_MODULES = ("memory", "models", "evaluate", "plots", "widgets", "sources", "cli", "backend", "reference")
 
 __all__ = [
     "codebooks", "metrics", "quantize", "error_stats",
