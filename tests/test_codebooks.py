@@ -1,4 +1,4 @@
-"""Code books against FACTS.md, and the NF4 construction from normal quantiles."""
+"""Code books against docs/formats.md, and the NF4 construction from normal quantiles."""
 
 import torch
 
@@ -25,8 +25,13 @@ def test_nf4_construction_depends_on_the_offset():
 
 
 def test_fp4_is_bitsandbytes_table_not_e2m1():
-    raw = [0, 0.0625, 8, 12, 4, 6, 2, 3, 0, -0.0625, -8, -12, -4, -6, -2, -3]
-    assert torch.equal(ql.codebooks.FP4, torch.tensor(raw) / 12)
+    # bitsandbytes' FP4 from its bit rule: bit 3 the sign, bits 2-1 an exponent e, bit 0 a mantissa m;
+    # magnitude 2**(4 - e) * (1 + m / 2) for e > 0, the pattern 001 is 0.0625, 000 is 0; all divided by 12
+    for code in range(16):
+        sign = -1.0 if code & 8 else 1.0
+        e, m = (code >> 1) & 3, code & 1
+        magnitude = (2.0 ** (4 - e) * (1 + m / 2)) if e else (0.0625 if m else 0.0)
+        assert ql.codebooks.FP4[code] == torch.tensor(sign * magnitude / 12, dtype=torch.float32), code
     e2m1 = {0, 0.5, 1, 1.5, 2, 3, 4, 6}
     assert {abs(v) * 12 for v in ql.codebooks.FP4.tolist()} != e2m1
     assert all(ql.codebooks.FP4[i] <= 0 for i in range(8, 16))   # bit 3 is the sign

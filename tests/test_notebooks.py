@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import time
 from pathlib import Path
 
@@ -97,4 +96,3 @@ def test_notebook_executes(path, embedded_path, monkeypatch):
         record[path.name] = round(seconds, 1)
         times.write_text(json.dumps(record, indent=1, sort_keys=True))
     assert not _explorer_errors(nb), f"{path.name}: an explorer showed an error: {_explorer_errors(nb)}"
-    assert os.environ["QLEARN_FAST"] == "1"
