@@ -74,7 +74,8 @@ def quantize_4bit(x: torch.Tensor, quant_type: str = "nf4", blocksize: int = 64,
                          offset=offset, nested_absmax=nested_absmax, dq_rule=dq_rule)
 
 
-def double_quantize_absmax(absmax: torch.Tensor, rule: str = "nearest"):
+def double_quantize_absmax(absmax: torch.Tensor,
+                           rule: str = "nearest") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Quantize the float32 absmax of a 4-bit tensor once more, to 8 bits (QLoRA's double quantization).
 
     absmax: float32 (blocks,). Returns (codes uint8 (blocks,), offset float32 scalar, nested_absmax
@@ -87,7 +88,7 @@ def double_quantize_absmax(absmax: torch.Tensor, rule: str = "nearest"):
     >>> codes.tolist(), float(offset), nested.tolist()
     ([0, 127, 255], 2.0, [1.0])
     """
-    check_choice(rule, "dq_rule", DQ_RULES)
+    check_choice(rule, "rule", DQ_RULES)
     offset = absmax.mean()                                       # float32 scalar
     nested = quantize_blockwise_8bit(absmax - offset, blocksize=DQ_BLOCKSIZE, rule=rule)
     return nested.codes, offset, nested.absmax
@@ -116,10 +117,10 @@ def quantize_blockwise_8bit(x: torch.Tensor, blocksize: int = 4096, rule: str = 
         scaled, absmax = _scale_blocks(flat, blocksize)
         codes = torch.bucketize(scaled, bounds)
     else:
-        n = flat.numel()
+        n = flat.numel()                                                 # padding with zeros leaves each absmax alone
         absmax = torch.nn.functional.pad(flat.abs(), (0, -n % blocksize)).view(-1, blocksize).amax(dim=1)
-        check_finite(absmax)                                             # (zero padding leaves each absmax alone)
-        scaled = flat * (1.0 / absmax).repeat_interleave(blocksize)[:n]  # 1/0 = inf
+        check_finite(absmax)
+        scaled = flat * (1.0 / absmax).repeat_interleave(blocksize)[:n]  # no clamp: 1/0 = inf
         scaled = scaled.nan_to_num(nan=-1.0).clamp(-1, 1)                # 0 * inf = NaN -> -1 -> code 0
         point = ((scaled + 1) * 0.5 * 65535 + 0.5).to(torch.int64)       # the nearest point, 0..65535
         codes = torch.bucketize(-1 + 2 * point.double() / 65535, bounds.double())
