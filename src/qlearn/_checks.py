@@ -1,5 +1,7 @@
-"""Input checks with messages that name the argument, the value and what is allowed, and the
-grouping helpers that give absmax / zero-point their per-tensor, per-axis and blockwise scales."""
+"""Input checks with messages that name the argument, the value and what is allowed.
+
+Only checks live here; the grouping that gives absmax / zero-point their per-tensor, per-axis and
+blockwise scales is `qlearn.granularity`."""
 
 from __future__ import annotations
 
@@ -49,31 +51,3 @@ def _check_axis(axis, ndim: int) -> int:
         raise ValueError(f"axis must be an integer in {-ndim}..{ndim - 1} for a {ndim}-d tensor; got {axis!r}")
     return axis % ndim
 
-
-def group(x: torch.Tensor, axis: int | None, blocksize: int | None) -> torch.Tensor:
-    """View `x` as (groups, group_size): one group per tensor, per index of `axis`, or per block of
-    `blocksize` flattened elements (a partial last block is padded by repeating its last value,
-    which changes neither its min, max nor absmax)."""
-    if axis is not None and blocksize is not None:
-        raise ValueError(f"give axis or blocksize, not both; got axis={axis!r}, blocksize={blocksize!r}")
-    if axis is not None:
-        return x.movedim(_check_axis(axis, x.dim()), 0).reshape(x.shape[axis], -1)
-    if blocksize is None:
-        return x.reshape(1, -1)
-    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:
-        raise ValueError(f"blocksize must be a positive integer or None; got {blocksize!r}")
-    flat = x.reshape(-1)
-    pad = -flat.numel() % blocksize
-    if pad:
-        flat = torch.cat([flat, flat[-1:].expand(pad)])
-    return flat.view(-1, blocksize)
-
-
-def ungroup(g: torch.Tensor, shape: torch.Size, axis: int | None) -> torch.Tensor:
-    """Inverse of `group`: back to `shape` (dropping block padding)."""
-    if axis is None:
-        n = shape.numel()
-        return g.reshape(-1)[:n].view(shape)
-    axis = axis % len(shape)
-    moved = (shape[axis],) + tuple(s for i, s in enumerate(shape) if i != axis)
-    return g.reshape(moved).movedim(0, axis)

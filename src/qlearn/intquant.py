@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import check_bits, check_choice, check_finite, check_tensor, group, ungroup
+from ._checks import check_bits, check_choice, check_finite, check_tensor
+from .granularity import group, ungroup
 
 __all__ = ["AbsmaxQuantized", "ZeroPointQuantized", "Int8Vectorwise", "absmax_quantize", "zeropoint_quantize",
            "int8_vectorwise"]
