@@ -34,3 +34,12 @@ def _quiet_bitsandbytes():
     """LLM.int8 logs "inputs will be cast ... to float16" on every matmul: keep test logs readable."""
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _replayable_random():
+    """Every test starts from torch seed 0, so a tensor drawn without an explicit generator replays too."""
+    import torch
+
+    torch.manual_seed(0)
+    yield

@@ -166,7 +166,7 @@ def int8_vectorwise(x: torch.Tensor, threshold: float = 0.0) -> Int8Vectorwise:
     x: float tensor (rows, cols) (more dims are flattened into rows). With threshold > 0, every
     |x| >= threshold is an outlier: it is left out of its row's absmax, and its whole column is
     zeroed in the codes (LLM.int8 multiplies those columns in 16-bit). codes = round(x * scale),
-    half to even, with scale = float32(127 * float32(1 / row_absmax)) exactly as bitsandbytes.
+    half to even, with scale = float32(127 / row_absmax) (one float32 division), exactly as bitsandbytes.
     Worked number: row [0.5, -1.27] -> absmax 1.27, codes [50, -127].
 
     >>> int8_vectorwise(torch.tensor([[0.5, -1.27]])).codes.tolist()

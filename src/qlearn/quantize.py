@@ -363,11 +363,13 @@ def quantize_blockwise_8bit(x: torch.Tensor, blocksize: int = 4096, rule: str = 
         check_blocksize(blocksize, "blocksize", BLOCKSIZES_8BIT)
     check_choice(rule, "rule", DQ_RULES)
     with _one_thread(x.device):
-        scaled, absmax = _block_absmax(x.reshape(-1).float(), blocksize)
+        flat = x.reshape(-1).float()
+        if rule == "nearest":
+            scaled, absmax = _block_absmax(flat, blocksize)
+        else:   # the C++ kernel: every block, the partial one too, times the unclamped float32 1/absmax
+            absmax = torch.nn.functional.pad(flat.abs(), (0, -flat.numel() % blocksize)).view(-1, blocksize).amax(1)
+            check_finite(absmax)
+            scaled = flat * (1.0 / absmax).repeat_interleave(blocksize)[: flat.numel()]
+            scaled = scaled.nan_to_num_(nan=-1.0).clamp_(-1, 1)   # all-zero block: 0 * inf = NaN -> code 0
         codes = _codes_8bit(scaled, rule)
-    if rule == "bnb_cpu":   # the C++ kernel stores absmax 0 for an all-zero block, and code 0 for its values
-        zero = absmax <= 1e-38
-        if bool(zero.any()):
-            absmax = absmax.masked_fill(zero, 0)
-            codes = codes.masked_fill(zero.repeat_interleave(blocksize)[: codes.numel()], 0)
     return Blockwise8bit(codes.view(x.shape), absmax, x.shape, x.dtype, blocksize, rule)
