@@ -260,7 +260,7 @@ def test_reference_blockwise_8bit_table_rule_matches_bitsandbytes(dtype, blocksi
 
 
 def test_reference_table_rule_on_the_kernels_edge_cases():
-    for y, blocksize in ((torch.cat([torch.randn(64, generator=torch.Generator().manual_seed(16)), PARTIAL_BLOCK]), 64), (TINY_BLOCKS, 64)):
+    for y, blocksize in ((torch.cat([_randn((64,), torch.float32, seed=16), PARTIAL_BLOCK]), 64), (TINY_BLOCKS, 64)):
         theirs, state = bnbf.quantize_blockwise(y, blocksize=blocksize)
         ours = ref.quantize_blockwise_8bit(y, blocksize, rule="bnb_cpu")
         assert torch.equal(ours.codes, theirs) and torch.equal(ours.absmax, state.absmax)
@@ -279,7 +279,7 @@ def test_fast_path_table_rule_edge_cases_equal_reference(case):
         assert_same(ql.quantize_4bit(x, "nf4", blocksize, double_quant=True, dq_rule="bnb_cpu"),
                     ref.quantize_4bit(x, "nf4", blocksize, double_quant=True, dq_rule="bnb_cpu"), FIELDS_4BIT)
         return
-    y = torch.cat([torch.randn(64, generator=torch.Generator().manual_seed(15)), PARTIAL_BLOCK]) if case == "8-bit partial block" else TINY_BLOCKS
+    y = torch.cat([_randn((64,), torch.float32, seed=15), PARTIAL_BLOCK]) if case == "8-bit partial block" else TINY_BLOCKS
     assert_same(ql.quantize_blockwise_8bit(y, 64, rule="bnb_cpu"), ref.quantize_blockwise_8bit(y, 64, rule="bnb_cpu"),
                 FIELDS_8BIT)
 
