@@ -279,7 +279,8 @@ def test_fast_path_table_rule_edge_cases_equal_reference(case):
         assert_same(ql.quantize_4bit(x, "nf4", blocksize, double_quant=True, dq_rule="bnb_cpu"),
                     ref.quantize_4bit(x, "nf4", blocksize, double_quant=True, dq_rule="bnb_cpu"), FIELDS_4BIT)
         return
-    y = torch.cat([_randn((64,), torch.float32, seed=15), PARTIAL_BLOCK]) if case == "8-bit partial block" else TINY_BLOCKS
+    partial = torch.cat([_randn((64,), torch.float32, seed=15), PARTIAL_BLOCK])
+    y = partial if case == "8-bit partial block" else TINY_BLOCKS
     assert_same(ql.quantize_blockwise_8bit(y, 64, rule="bnb_cpu"), ref.quantize_blockwise_8bit(y, 64, rule="bnb_cpu"),
                 FIELDS_8BIT)
 
