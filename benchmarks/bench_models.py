@@ -13,36 +13,24 @@ import argparse
 import json
 import logging
 import sys
-import time
 
 import torch
 
 import qlearn as ql
 from qlearn import memory
-from qlearn.evaluate import parse_mode
-from qlearn.models import _prompt_ids, release_memory
+from qlearn.models import measure_mode, timed_generate
 
 PROMPT = "What is the capital of France?"
 
 
-def bench_mode(label, new_tokens, device_map):
-    mode, dq = parse_mode(label)
-    t0 = time.perf_counter()
-    model, tok = ql.load("embedded", mode=mode, double_quant=dq, device_map=device_map, verbose=False)
-    load_s = time.perf_counter() - t0
-    fp = memory.footprint(model)
-    inputs = _prompt_ids(tok, PROMPT, model.device)
-    greedy = dict(do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=tok.eos_token_id)
-    with torch.inference_mode():
-        model.generate(**inputs, max_new_tokens=1, **greedy)   # warm-up
-        t0 = time.perf_counter()
-        out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **greedy)
-        gen_s = time.perf_counter() - t0
-    n_new = out.shape[1] - inputs["input_ids"].shape[1]
-    del model, tok
-    release_memory()
-    return dict(mode=label, load_s=load_s, tokens_per_s=n_new / gen_s, reported_bytes=fp.total_bytes,
-                true_bytes=fp.true_bytes)
+def bench_mode(mode, new_tokens, device_map):
+    """Load, time the answer (``timed_generate``: after a one-token warm-up), read the footprint, free."""
+    def measure(model, tok):
+        fp = memory.footprint(model)
+        answer = timed_generate(model, tok, PROMPT, new_tokens)
+        return dict(tokens_per_s=answer.tokens_per_s, reported_bytes=fp.reported_bytes, true_bytes=fp.true_bytes)
+
+    return measure_mode("embedded", mode, measure, device_map=device_map)
 
 
 def main(argv=None):

@@ -78,40 +78,26 @@ def check_int8(dtype, threshold):
 def check_models(modes, new_tokens, ppl_tokens):
     import qlearn as ql
     from qlearn import memory
-    from qlearn.evaluate import parse_mode, perplexity
-    from qlearn.models import _prompt_ids, release_memory
+    from qlearn.evaluate import perplexity
+    from qlearn.models import measure_mode, timed_generate
 
     t0 = time.perf_counter()
     ql.embedded_model_path()
     rows = [dict(conversion_s=time.perf_counter() - t0)]
-    for label in modes:
-        mode, dq = parse_mode(label)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        model, tok = ql.load("embedded", mode=mode, double_quant=dq, device_map="auto", verbose=False)
-        load_s = time.perf_counter() - t0
+
+    def measure(model, tok):
         fp = memory.footprint(model)
         after_load = torch.cuda.max_memory_allocated()
-        inputs = _prompt_ids(tok, "What is the capital of France?", model.device)
-        greedy = dict(do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=tok.eos_token_id)
-        with torch.inference_mode():
-            model.generate(**inputs, max_new_tokens=2, **greedy)
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **greedy)
-            torch.cuda.synchronize()
-            gen_s = time.perf_counter() - t0
-        ppl = perplexity(model, tok, max_tokens=ppl_tokens, progress=False).perplexity
-        rows.append(dict(mode=label, device=str(model.device), load_s=load_s,
-                         tokens_per_s=(out.shape[1] - inputs["input_ids"].shape[1]) / gen_s,
-                         max_memory_allocated_after_load=after_load,
-                         max_memory_allocated=torch.cuda.max_memory_allocated(),
-                         reported_bytes=fp.total_bytes, quant_state_bytes=fp.quant_state_bytes,
-                         answer=ql.generate(model, tok, "What is the capital of France?", max_new_tokens=12),
-                         perplexity=ppl))
-        del model, tok
-        release_memory()
+        answer = timed_generate(model, tok, "What is the capital of France?", new_tokens)
+        return dict(device=str(model.device), tokens_per_s=answer.tokens_per_s, answer=answer.text,
+                    max_memory_allocated_after_load=after_load, max_memory_allocated=torch.cuda.max_memory_allocated(),
+                    reported_bytes=fp.reported_bytes, quant_state_bytes=fp.quant_state_bytes,
+                    perplexity=float(perplexity(model, tok, max_tokens=ppl_tokens, progress=False)))
+
+    for mode in modes:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        rows.append(measure_mode("embedded", mode, measure, device_map="auto"))
     return rows
 
 

@@ -16,7 +16,7 @@ import torch
 
 import qlearn as ql
 from qlearn import memory
-from qlearn.evaluate import parse_mode, perplexity
+from qlearn.evaluate import perplexity
 from qlearn.models import INSTALL_EMBEDDED, release_memory
 from qlearn.sources import layer_weight
 
@@ -64,20 +64,19 @@ def measured(embedded_path):
     """mode -> dict of measurements, one model loaded at a time."""
     results = {}
     for label in MODES:
-        mode, dq = parse_mode(label)
         with _NoNetwork(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", "fp16 on CPU is slow")
-            model, tok = ql.load("embedded", mode=mode, double_quant=dq, device_map="cpu", verbose=False)
+            model, tok = ql.load("embedded", mode=label, device_map="cpu", verbose=False)
         fp = memory.footprint(model)
         weight_before = layer_weight(model, LAYER)
         results[label] = dict(
             footprint=fp, reported=model.get_memory_footprint(), state_read=quant_state_bytes_read_from(model),
-            estimate=memory.estimate(model.config, mode, double_quant=dq),
+            estimate=memory.estimate(model.config, label),
             answer=ql.generate(model, tok, QUESTION, max_new_tokens=12),
             # after the first forward: an AVX512-BF16 CPU has repacked every 4-bit layer by now
             footprint_after=memory.footprint(model), state_read_after=quant_state_bytes_read_from(model),
             weights=(weight_before, layer_weight(model, LAYER)),
-            ppl=perplexity(model, tok, max_tokens=PPL_TOKENS, window=512, progress=False).perplexity
+            ppl=perplexity(model, tok, max_tokens=PPL_TOKENS, window=512, progress=False)
             if label in PPL_MODES else None,
             weight_dtype=next(p for n, p in model.named_parameters() if "q_proj" in n).dtype)
         del model, tok
@@ -89,7 +88,7 @@ def measured(embedded_path):
 @pytest.mark.parametrize("label", MODES)
 def test_footprint_equals_get_memory_footprint(measured, label):
     m = measured[label]
-    assert m["footprint"].total_bytes == m["reported"]
+    assert m["footprint"].reported_bytes == m["reported"]
     assert m["footprint"].quant_state_bytes == m["state_read"]
     assert (m["state_read"] > 0) == (label in ("int8", "nf4", "nf4+dq", "fp4"))
 
@@ -109,7 +108,7 @@ def test_four_bit_layers_after_the_first_forward(measured, label):
     m = measured[label]
     after = m["footprint_after"]
     assert after.quant_state_bytes == m["state_read_after"]
-    assert after.total_bytes == m["reported"]                          # get_memory_footprint() does not move
+    assert after.reported_bytes == m["reported"]                          # get_memory_footprint() does not move
     repacks = ql.backend_info().linear4bit_repacks
     assert set(after.layouts.values()) == {"cpu-blocked" if repacks else "flat"}
     assert len(after.layouts) == 7 * 30                                # 30 blocks of 7 linear layers
@@ -161,14 +160,36 @@ def test_perplexity(measured):
 # ---- bad input: each a clear error, before any model is loaded ----
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(mode="int4"), "unknown mode 'int4'"),
-    (dict(mode="bf16", double_quant=True), "double_quant=True is a 4-bit option"),
+    (dict(mode="int4"), "unknown mode 'int4'; allowed: fp32, bf16, fp16, int8, nf4, nf4\\+dq, fp4, fp4\\+dq"),
+    (dict(mode="nf4+fp4"), "unknown mode 'nf4\\+fp4'"),
     (dict(mode="int8", compute_dtype=torch.float16), "compute_dtype"),
     (dict(model_id=""), "model_id"),
 ])
 def test_load_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ql.load(**kwargs)
+
+
+def test_one_vocabulary_of_modes():
+    """Every function that takes a mode takes exactly ql.MODES, and "nf4" is plain NF4 everywhere."""
+    from qlearn.cli import main
+    from qlearn.models import quantization_config
+
+    assert ql.MODES == ("fp32", "bf16", "fp16", "int8", "nf4", "nf4+dq", "fp4", "fp4+dq")
+    for mode in ql.MODES:
+        memory.estimate("llama-2-7b", mode)
+        memory.bits_per_param(mode, in_features=4096)
+        config = quantization_config(mode)
+        if mode.startswith(("nf4", "fp4")):
+            assert config.bnb_4bit_quant_type == mode[:3]
+            assert config.bnb_4bit_use_double_quant == mode.endswith("+dq")
+    assert memory.estimate("llama-2-7b", "nf4").quant_state_bytes == 6_476_005_376 // 64 * 4   # float32 absmax
+    for call in (lambda: memory.estimate("llama-2-7b", "nf4dq"), lambda: memory.bits_per_param("nf4dq"),
+                 lambda: ql.load(mode="nf4dq"), lambda: ql.compare(modes=("nf4dq",)),
+                 lambda: ql.widgets.generation_explorer(modes=("nf4dq",))):
+        with pytest.raises(ValueError, match="nf4dq"):
+            call()
+    assert main(["tour", "--modes", "nf4dq"]) == 2
 
 
 def test_load_bad_compute_dtype_type():
@@ -254,7 +275,7 @@ def test_cuda_nf4_answers_and_footprint(embedded_path):
     model, tok = ql.load("embedded", mode="nf4", device_map="auto", verbose=False)
     assert model.device.type == "cuda"
     fp = memory.footprint(model)
-    assert fp.total_bytes == model.get_memory_footprint()
+    assert fp.reported_bytes == model.get_memory_footprint()
     assert fp.quant_state_bytes == quant_state_bytes_read_from(model)
     assert "Paris" in ql.generate(model, tok, QUESTION, max_new_tokens=12)
 

@@ -30,19 +30,19 @@ pd.options.display.float_format = "{:,.2f}".format
 # %%
 rows = []
 for preset in ("llama-2-7b", "llama-2-13b", "llama-2-70b"):
-    for mode in ("fp32", "fp16", "int8", "nf4"):
+    for mode in ("fp32", "fp16", "int8", "nf4", "nf4+dq"):
         e = ql.memory.estimate(preset, mode)
         rows.append({"model": preset, "mode": mode, "parameters (B)": e.n_params / 1e9,
                      "GB": e.true_bytes / 1e9, "of which scales (GB)": e.quant_state_bytes / 1e9,
-                     "kept 16-bit (GB)": e.unquantized_bytes / 1e9 if mode in ("int8", "nf4") else 0.0})
+                     "kept 16-bit (GB)": e.unquantized_bytes / 1e9 if mode in ("int8", "nf4", "nf4+dq") else 0.0})
 sizes = pd.DataFrame(rows)
 sizes.pivot(index="model", columns="mode", values="GB").loc[["llama-2-7b", "llama-2-13b", "llama-2-70b"],
-                                                          ["fp32", "fp16", "int8", "nf4"]]
+                                                          ["fp32", "fp16", "int8", "nf4", "nf4+dq"]]
 
 # %% [markdown]
-# A 70B model needs about 138 GB in fp16 (two 80 GB GPUs) and about 36 GB in NF4 (one). That is the
-# whole reason for quantizing: **memory**. The full table, with the scales and the layers that
-# stay 16-bit (embeddings, `lm_head`, norms):
+# Read the 70B row: in fp16 it needs two 80 GB GPUs, in NF4 one ("nf4+dq" adds double quantization,
+# notebook 05, which shrinks the scales). That is the whole reason for quantizing: **memory**. The full
+# table, with the scales and the layers that stay 16-bit (embeddings, `lm_head`, norms):
 
 # %%
 sizes

@@ -90,7 +90,7 @@ with torch.no_grad():
     for name in all_names:   # every linear layer except lm_head (tied to the embedding; bitsandbytes skips it too)
         layer = int4_model.get_submodule(name)
         layer.weight.copy_(ql.absmax_quantize(layer.weight.float(), 4, blocksize=64).dequantize().to(layer.weight.dtype))
-ppl_int4 = ql.perplexity(int4_model, tok, max_tokens=PPL_TOKENS, progress=False).perplexity
+ppl_int4 = ql.perplexity(int4_model, tok, max_tokens=PPL_TOKENS, progress=False)
 del model, int4_model, tok
 gc.collect()
 

@@ -57,13 +57,13 @@ nbytes
 rows = []
 for preset in ("llama-2-7b", "llama-2-70b"):
     for flag in (False, True):
-        e = ql.memory.estimate(preset, "nf4", double_quant=flag)
+        e = ql.memory.estimate(preset, "nf4+dq" if flag else "nf4")
         rows.append({"model": preset, "double quant": flag, "scales (GB)": e.quant_state_bytes / 1e9,
                      "total (GB)": e.true_bytes / 1e9})
 saving = pd.DataFrame(rows).set_index(["model", "double quant"])
 saving_gb = {p: saving.loc[(p, False), "scales (GB)"] - saving.loc[(p, True), "scales (GB)"]
              for p in ("llama-2-7b", "llama-2-70b")}
-saving_bits = ql.memory.bits_per_param("nf4", 64) - ql.memory.bits_per_param("nf4", 64, double_quant=True)
+saving_bits = ql.memory.bits_per_param("nf4", 64) - ql.memory.bits_per_param("nf4+dq", 64)
 print(f"saving: {saving_bits:.4f} bit/param -> 7B {saving_gb['llama-2-7b']:.3f} GB, 70B {saving_gb['llama-2-70b']:.2f} GB")
 saving
 
@@ -80,27 +80,54 @@ dqx
 # ## 3. On a real model
 #
 # Load NF4 without, then with double quant (one at a time), and measure what `get_memory_footprint()`
-# reports and what `ql.memory.footprint` finds beside it.
+# reports and what `ql.memory.footprint` finds beside it: once as loaded, and again after **one forward
+# pass**, because on some CPUs bitsandbytes rewrites the 4-bit layers the first time they run. Which path
+# this machine takes:
 
 # %%
+info = ql.backend_info()
+print(info)
+
+# %%
+def before_and_after_one_forward(model, tok):
+    loaded = ql.memory.footprint(model)
+    ql.generate(model, tok, "Hi", max_new_tokens=1)              # one forward pass
+    after = ql.memory.footprint(model)
+    return {"get_memory_footprint (MB)": loaded.reported_bytes / 1e6,
+            "scales it leaves out (MB)": loaded.quant_state_bytes / 1e6,
+            "true total (MB)": loaded.true_bytes / 1e6,
+            "bits per quantized weight": loaded.bits_per_quantized_weight,
+            "scales after one forward (MB)": after.quant_state_bytes / 1e6,
+            "layers repacked by the forward": after.cpu_blocked_layers}
+
+
 rows = {}
-for flag in (False, True):
-    model, tok = ql.load(MODEL_ID, mode="nf4", double_quant=flag)
-    fp = ql.memory.footprint(model)
-    rows["NF4 + double quant" if flag else "plain NF4"] = {
-        "get_memory_footprint (MB)": model.get_memory_footprint() / 1e6,
-        "scales it leaves out (MB)": fp.quant_state_bytes / 1e6,
-        "true total (MB)": fp.true_bytes / 1e6,
-        "bits per quantized weight": fp.bits_per_quantized_weight}
-    del model, tok
-    gc.collect()
-real = pd.DataFrame(rows).T
+for mode in ("nf4", "nf4+dq"):                                    # load, measure, free: one model at a time
+    rows[mode] = ql.models.measure_mode(MODEL_ID, mode, before_and_after_one_forward)
+real = pd.DataFrame(rows).T.drop(columns=["mode", "load_s"])
 real
+
+# %%
+repacked = int(real.loc["nf4+dq", "layers repacked by the forward"])
+if repacked:
+    display(Markdown(
+        f"On this CPU (AVX512-BF16: `{info.avx512bf16}`) the first forward **repacked {repacked} layers**: "
+        "bitsandbytes undid double quantization and keeps each block's absmax as a bfloat16, so the scales "
+        f"grew from {real.loc['nf4+dq', 'scales it leaves out (MB)']:.2f} to "
+        f"{real.loc['nf4+dq', 'scales after one forward (MB)']:.2f} MB. Double quantization saves memory on this "
+        "machine only until the model runs; it still saves it on disk and on GPUs."))
+else:
+    display(Markdown(
+        "On this machine a forward pass leaves the 4-bit layers as they were loaded (no repack: "
+        f"AVX512-BF16 is `{info.avx512bf16}`), so the scales stay at "
+        f"{real.loc['nf4+dq', 'scales after one forward (MB)']:.2f} MB with double quant. On a CPU with "
+        "AVX512-BF16, bitsandbytes would repack them on the first forward, undo double quantization and keep "
+        "bfloat16 scales (docs/formats.md)."))
 
 # %% [markdown]
 # `get_memory_footprint()` is **the same** with and without double quant: it counts parameters and
-# buffers, and the scales are attributes of each weight's `quant_state`. The saving is real; that number
-# just does not see it.
+# buffers, and the scales are attributes of each weight's `quant_state`. The saving is real as loaded; that
+# number just does not see it.
 #
 # ## 4. Exact rule vs bitsandbytes' CPU kernel
 #
@@ -121,7 +148,7 @@ print(f"{n_differ} of {n_blocks:,} absmax codes differ ({n_differ / n_blocks:.4%
 # %% [markdown]
 # ## Try this
 # - In the explorer, set **blocksize** to 32: how many bits per parameter do the scales cost without double quant?
-# - `ql.memory.bits_per_param("nf4", 64, double_quant=True, dq_blocksize=64)`: what if the nested blocks were 64?
+# - `ql.memory.bits_per_param("nf4+dq", 64, dq_blocksize=64)`: what if the nested blocks were 64?
 # - Is double quant worth it for the 135M model here? Compare the MB saved with its total size.
 
 # %%
@@ -131,6 +158,7 @@ display(Markdown(f"""## Summary (measured in this run)
 - Saved at Llama-2-7B: **{saving_gb['llama-2-7b']:.3f} GB**; at Llama-2-70B: **{saving_gb['llama-2-70b']:.2f} GB**.
 - {MODEL_ID}: `get_memory_footprint()` {real.iloc[0, 0]:.1f} MB both ways; scales
   {real.iloc[0, 1]:.2f} MB → {real.iloc[1, 1]:.2f} MB with double quant
-  ({real.iloc[0, 3]:.3f} → {real.iloc[1, 3]:.3f} bits per quantized weight).
+  ({real.iloc[0, 3]:.3f} → {real.iloc[1, 3]:.3f} bits per quantized weight); after one forward on this machine
+  {real.iloc[1, 4]:.2f} MB ({repacked} layers repacked; CPU capability {info.cpu_capability}).
 - Exact vs bitsandbytes-CPU rule: {n_differ} of {n_blocks:,} nested absmax codes differ (by ≤ {max_step}).
 """))

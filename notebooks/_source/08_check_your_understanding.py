@@ -66,7 +66,7 @@ check("Q4 bits/param nf4/128", q4, ql.memory.bits_per_param("nf4", 128), tol=1e-
 
 # %%
 q5 = ...
-check("Q5 bits/param nf4/128 + DQ", q5, ql.memory.bits_per_param("nf4", 128, double_quant=True), tol=1e-6,
+check("Q5 bits/param nf4/128 + DQ", q5, ql.memory.bits_per_param("nf4+dq", 128), tol=1e-6,
       hint="4 + 8/128 + 32/(128 * 256).")
 
 # %% [markdown]
@@ -91,7 +91,7 @@ check("Q7 zero point?", q7, False, hint="They are symmetric absmax per block (no
 
 # %%
 q8 = ...
-check("Q8 Llama-2-7B nf4+DQ GB", q8, ql.memory.estimate("llama-2-7b", "nf4", double_quant=True).true_bytes / 1e9,
+check("Q8 Llama-2-7B nf4+DQ GB", q8, ql.memory.estimate("llama-2-7b", "nf4+dq").true_bytes / 1e9,
       tol=0.05, hint="6.48 B linear weights at 4.127 bits, plus 0.26 B parameters kept 16-bit (notebook 01).")
 
 # %% [markdown]
@@ -105,6 +105,6 @@ right = sum(answered.values())
 display(Markdown(f"""## Summary (measured in this run)
 - Answered **{len(answered)}** of 8 questions, **{right}** right.
 - The expected values were computed in this run by qlearn: int8/fp16 = 0.5; codes {ql.int8_vectorwise(torch.tensor([[0.5, -1.27]])).codes[0].tolist()};
-  packed byte {int(pair.packed[0])}; NF4/128 {ql.memory.bits_per_param('nf4', 128)} bits, with DQ {ql.memory.bits_per_param('nf4', 128, double_quant=True):.6g};
-  Llama-2-7B nf4+DQ {ql.memory.estimate('llama-2-7b', 'nf4', double_quant=True).true_bytes / 1e9:.2f} GB.
+  packed byte {int(pair.packed[0])}; NF4/128 {ql.memory.bits_per_param('nf4', 128)} bits, with DQ {ql.memory.bits_per_param('nf4+dq', 128):.6g};
+  Llama-2-7B nf4+DQ {ql.memory.estimate('llama-2-7b', 'nf4+dq').true_bytes / 1e9:.2f} GB.
 """ if answered else "## Summary (measured in this run)\n- Answered **0** of 8 questions: fill in `q1` … `q8`, rerun them, then this cell."))

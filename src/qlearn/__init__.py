@@ -32,8 +32,10 @@ _LAZY = {
     "perplexity": "qlearn.evaluate",
     "compare": "qlearn.evaluate",
     "backend_info": "qlearn.backend",
+    "MODES": "qlearn.memory",
 }
-_LAZY_MODULES = ("memory", "models", "evaluate", "plots", "widgets", "sources", "cli", "backend", "reference")
+_LAZY_MODULES = ("memory", "models", "evaluate", "plots", "widgets", "sources", "cli", "backend", "reference",
+                 "granularity", "levels", "codeusage", "distribution", "outliers")
 
 __all__ = [
     "codebooks", "metrics", "quantize", "error_stats",

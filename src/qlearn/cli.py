@@ -5,7 +5,7 @@
 
 Writes ``<out>/report.md`` with three PNG figures (memory per mode split into linear weights /
 quant state / layers kept in 16-bit; perplexity per mode; the answers side by side) and
-``results.csv``. Figures use matplotlib's object API (``Figure``, Agg), never pyplot.
+``results.csv``. The figures are built in `qlearn.plots.report` (matplotlib's object API, never pyplot).
 """
 
 from __future__ import annotations
@@ -15,79 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["main", "tour", "write_report", "memory_figure", "perplexity_figure", "answers_figure"]
+__all__ = ["main", "tour", "write_report"]
 
 TOUR_MODES = ("bf16", "int8", "nf4", "nf4+dq", "fp4")
 PROMPT = "What is the capital of France?"
 MB = 1e6
-_COLORS = {"weights": "#4C72B0", "state": "#DD8452", "other": "#8C8C8C"}
-
-
-def memory_figure(df):
-    """Stacked bars per mode (MB): linear weights, quant state (absmax/SCB), layers kept in 16-bit."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4), dpi=110, layout="constrained")
-    ax = fig.add_subplot()
-    x = range(len(df))
-    weights, state, other = df.linear_weight_bytes / MB, df.quant_state_bytes / MB, df.other_bytes / MB
-    ax.bar(x, other, color=_COLORS["other"], label="embeddings, norms (16-bit, never quantized)")
-    ax.bar(x, weights, bottom=other, color=_COLORS["weights"], label="linear weights (as stored)")
-    ax.bar(x, state, bottom=other + weights, color=_COLORS["state"],
-           label="quant state: absmax / SCB (not in get_memory_footprint)")
-    for i, (rep, true) in enumerate(zip(df.reported_bytes / MB, df.true_bytes / MB, strict=True)):
-        ax.text(i, true + 3, f"{true:.1f}", ha="center", va="bottom", fontsize=8)
-        ax.hlines(rep, i - 0.4, i + 0.4, colors="black", linewidth=0.8)
-    ax.set_xticks(list(x), list(df.index))
-    ax.set_ylabel("MB (10^6 bytes)")
-    ax.set_title("Memory per mode (black line: model.get_memory_footprint())")
-    ax.legend(fontsize=7, loc="upper right")
-    ax.set_ylim(0, (df.true_bytes / MB).max() * 1.25)
-    return fig
-
-
-def perplexity_figure(df, n_tokens=None, window=None):
-    """Bars of perplexity per mode, with the first mode as the reference line."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 3.6), dpi=110, layout="constrained")
-    ax = fig.add_subplot()
-    ppl = df.perplexity
-    if ppl.isna().all():
-        ax.text(0.5, 0.5, "perplexity not measured (--ppl-tokens 0)", ha="center", transform=ax.transAxes)
-        return fig
-    ax.bar(range(len(df)), ppl, color="#55A868")
-    ax.axhline(ppl.iloc[0], color="black", linewidth=0.8, linestyle="--", label=f"{df.index[0]} reference")
-    for i, v in enumerate(ppl):
-        ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(df)), list(df.index))
-    ax.set_ylabel("perplexity (lower is better)")
-    where = f" ({n_tokens} tokens of pydoc_data.topics, windows of {window})" if n_tokens else ""
-    ax.set_title("Perplexity per mode" + where, fontsize=9)
-    ax.set_ylim(0, ppl.max() * 1.2)
-    ax.legend(fontsize=8, loc="upper left")
-    return fig
-
-
-def answers_figure(df, prompt=PROMPT, width=70):
-    """The answers side by side: one row per mode, the text wrapped."""
-    import textwrap
-
-    from matplotlib.figure import Figure
-
-    wrapped = [textwrap.fill(str(a), width) or "(empty)" for a in df.answer]
-    lines = [w.count("\n") + 1 for w in wrapped]
-    line, gap, top = 0.17, 0.14, 0.45                                # inches
-    height = top + line * sum(lines) + gap * len(df) + 0.1
-    fig = Figure(figsize=(8, height), dpi=110)
-    fig.text(0.01, 1 - 0.12 / height, f"Q: {prompt}  (greedy)", va="top", fontsize=10, weight="bold")
-    y = 1 - top / height
-    for mode, text, n in zip(df.index, wrapped, lines, strict=True):
-        fig.text(0.01, y, mode, va="top", fontsize=9, weight="bold", family="monospace")
-        fig.text(0.13, y, text, va="top", fontsize=9, family="monospace", linespacing=1.25,
-                 color="black" if "Paris" in text else "#C44E52")
-        y -= (line * n + gap) / height
-    return fig
 
 
 def _table(df):
@@ -102,9 +34,8 @@ def _table(df):
 def _estimate_note():
     from . import memory
 
-    gb = {m: memory.estimate("llama-2-7b", m, **({"double_quant": True} if m == "nf4" else {}))
-          for m in ("fp16", "int8", "nf4")}
-    f, i, n = (gb[m].true_bytes / 1e9 for m in ("fp16", "int8", "nf4"))
+    gb = {m: memory.estimate("llama-2-7b", m) for m in ("fp16", "int8", "nf4+dq")}
+    f, i, n = (gb[m].true_bytes / 1e9 for m in ("fp16", "int8", "nf4+dq"))
     return (f"Estimate for Llama-2-7B (`ql.memory.estimate(\"llama-2-7b\", mode)`, weights only): fp16 {f:.2f} GB, "
             f"int8 {i:.2f} GB, nf4 + double quant {n:.2f} GB. int8 is {i / f:.2f} of fp16, not \"roughly 1/4\" "
             f"(int8 is 1/4 of *fp32*, and only for the linear weights); nf4 is {n / i:.2f} of int8: it \"halves "
@@ -119,6 +50,7 @@ def write_report(df, out, model_id="embedded", prompt=PROMPT, n_tokens=None, win
     import torch
 
     from .backend import backend_info
+    from .plots.report import answers_figure, memory_figure, perplexity_figure
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -177,13 +109,14 @@ def tour(model_id="embedded", modes=TOUR_MODES, out="report", max_new_tokens=32,
     """
     import torch
 
-    from .evaluate import compare, parse_mode
+    from .evaluate import compare
+    from .memory import split_mode
     from .models import embedded_model_path
 
     if not modes:
         raise ValueError(f"modes is empty; give one or more of {', '.join(TOUR_MODES)}")
     for label in modes:
-        parse_mode(label)   # a typo fails now, not after minutes of loading
+        split_mode(label)   # a typo fails now, not after minutes of loading
     if ppl_tokens is None:
         ppl_tokens = 4096 if torch.cuda.is_available() else 1024
     start = time.perf_counter()
@@ -205,12 +138,14 @@ def tour(model_id="embedded", modes=TOUR_MODES, out="report", max_new_tokens=32,
 
 
 def _parser():
+    from .memory import MODES
+
     p = argparse.ArgumentParser(prog="qlearn", description="Learn LLM weight quantization on a real model.")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("tour", help="every mode on one model: table + report folder")
     t.add_argument("--model", default="embedded", help="'embedded' (offline SmolLM2-135M), a hub id or a folder")
     t.add_argument("--modes", default=",".join(TOUR_MODES),
-                   help="comma-separated: fp32,bf16,fp16,int8,nf4,fp4 and nf4+dq,fp4+dq (default: %(default)s)")
+                   help="comma-separated, from " + ",".join(MODES) + " (default: %(default)s)")
     t.add_argument("--out", default="report", help="report folder (default: %(default)s)")
     t.add_argument("--max-new-tokens", type=int, default=32, help="answer length (default: %(default)s)")
     t.add_argument("--ppl-tokens", type=int, default=None,

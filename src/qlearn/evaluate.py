@@ -14,12 +14,10 @@ default of ``qlearn tour``): bf16 14.24, int8 14.58, nf4 18.66, nf4+dq 18.65, fp
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Perplexity", "offline_text", "eval_tokens", "perplexity", "compare", "parse_mode"]
+__all__ = ["Perplexity", "offline_text", "eval_tokens", "perplexity", "summed_nll", "compare"]
 
 WIKITEXT2 = "wikitext-2"
 
@@ -70,19 +68,26 @@ def eval_tokens(tok, text=None, max_tokens=4096, dataset=None):
     return ids[:, :max_tokens]
 
 
-@dataclass(frozen=True)
-class Perplexity:
-    """exp(mean negative log-likelihood per predicted token). ``float(result)`` gives the number."""
+class Perplexity(float):
+    """A perplexity, exp(mean negative log-likelihood per predicted token): a float (compare it, format
+    it, do arithmetic), that also carries how it was measured.
 
-    perplexity: float
-    nll: float            # mean NLL in nats per predicted token
-    n_tokens: int         # tokens of text used
-    n_predicted: int      # tokens scored (the first token of the text has no context)
-    window: int
-    stride: int
+    >>> p = Perplexity(14.71, nll=2.6885, n_tokens=4096, n_predicted=4088, window=512, stride=512)
+    >>> p < 20, f"{p:.1f}", p.window
+    (True, '14.7', 512)
+    """
 
-    def __float__(self):
-        return self.perplexity
+    def __new__(cls, value, nll, n_tokens, n_predicted, window, stride):
+        self = super().__new__(cls, value)
+        self.nll = nll                    # mean NLL in nats per predicted token
+        self.n_tokens = n_tokens          # tokens of text used
+        self.n_predicted = n_predicted    # tokens scored (the first token of the text has no context)
+        self.window, self.stride = window, stride
+        return self
+
+    def __repr__(self):
+        return (f"Perplexity({float(self):.4f}, nll={self.nll:.4f}, n_tokens={self.n_tokens}, "
+                f"n_predicted={self.n_predicted}, window={self.window}, stride={self.stride})")
 
 
 def perplexity(model, tok, text=None, max_tokens=4096, window=512, stride=None, dataset=None,
@@ -93,8 +98,8 @@ def perplexity(model, tok, text=None, max_tokens=4096, window=512, stride=None, 
     each window scores only the tokens the previous one did not, with the rest as context.
     Embedded SmolLM2, 4,096 tokens, window 512: bf16 14.71, int8 14.97, nf4 18.76, fp4 22.00.
 
-    >>> perplexity(model, tok).perplexity  # doctest: +SKIP
-    14.71...
+    >>> perplexity(model, tok)  # doctest: +SKIP
+    Perplexity(14.7100, nll=2.6885, n_tokens=4096, n_predicted=4088, window=512, stride=512)
     """
     from tqdm.auto import tqdm
 
@@ -114,11 +119,10 @@ def perplexity(model, tok, text=None, max_tokens=4096, window=512, stride=None, 
         labels = chunk.clone()
         labels[:, : max(prev_end - begin, 0)] = -100       # context only: scored by an earlier window
         with torch.inference_mode():
-            logits = model(chunk).logits[:, :-1].float()   # (1, len-1, vocab)
-        target = labels[:, 1:]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                                 ignore_index=-100, reduction="sum")
-        nll_sum += loss.item()
+            logits = model(chunk, use_cache=False).logits[0, :-1]   # (len-1, vocab), the model's dtype
+            target = labels[0, 1:]                                  # (len-1,)
+            nll_sum += summed_nll(logits, target)
+        del logits
         scored += int((target != -100).sum())
         prev_end = end
         if end == n:
@@ -127,69 +131,68 @@ def perplexity(model, tok, text=None, max_tokens=4096, window=512, stride=None, 
     return Perplexity(math.exp(nll), nll, n, scored, window, stride)
 
 
-def parse_mode(label):
-    """A comparison row label -> (mode, double_quant): "nf4" is plain NF4, "nf4+dq" adds double quant.
+def summed_nll(logits, target, rows=64):
+    """Sum of -log p(target) over the scored positions (target -100 = not scored), as a float.
 
-    >>> parse_mode("nf4+dq"), parse_mode("nf4"), parse_mode("int8")
-    (('nf4', True), ('nf4', False), ('int8', None))
+    logits: (positions, vocab), any float dtype; target: (positions,) int64. The softmax runs in
+    float32 on ``rows`` positions at a time, so the float32 copy is (rows, vocab): for SmolLM2's
+    vocabulary of 49,152, 64 x 49,152 x 4 B = 12.6 MB, where a whole 512-token window would take
+    511 x 49,152 x 4 B = 100 MB (and as much again for the log-softmax). Same sum, up to float rounding.
+
+    >>> round(summed_nll(torch.zeros(3, 4), torch.tensor([0, -100, 2])), 4)   # 2 x log(4)
+    2.7726
     """
-    from .models import FOUR_BIT_MODES, MODES
-
-    if not isinstance(label, str):
-        raise TypeError(f"a mode label must be a str; got {type(label).__name__} {label!r}")
-    mode, _, extra = label.partition("+")
-    allowed = f"{', '.join(MODES)}, or nf4+dq / fp4+dq"
-    if mode not in MODES or extra not in ("", "dq") or (extra and mode not in FOUR_BIT_MODES):
-        raise ValueError(f"unknown mode {label!r}; allowed: {allowed}")
-    return mode, (extra == "dq") if mode in FOUR_BIT_MODES else None
+    total = 0.0
+    for i in range(0, target.shape[0], rows):
+        part = logits[i:i + rows].float()                      # (<=rows, vocab) float32
+        total += torch.nn.functional.cross_entropy(part, target[i:i + rows], ignore_index=-100,
+                                                   reduction="sum").item()
+    return total
 
 
-def _measure(label, model_id, prompt, max_new_tokens, ppl_tokens, window, device_map):
-    """Load one mode, measure it, free it; returns one row (dict)."""
+def _measure(mode, model_id, prompt, max_new_tokens, ppl_tokens, window, device_map):
+    """One row of ``compare``: load ``mode``, measure it, free it (``models.measure_mode``)."""
     from . import memory
-    from .models import _generate_ids, load, release_memory
+    from .models import measure_mode, timed_generate
 
-    mode, dq = parse_mode(label)
-    t0 = time.perf_counter()
-    model, tok = load(model_id, mode=mode, double_quant=dq, device_map=device_map, verbose=False)
-    load_s = time.perf_counter() - t0
-    fp = memory.footprint(model)
-    t0 = time.perf_counter()
-    new_ids, answer = _generate_ids(model, tok, prompt, max_new_tokens)
-    gen_s = time.perf_counter() - t0
-    ppl = perplexity(model, tok, max_tokens=ppl_tokens, window=window) if ppl_tokens else None
-    row = dict(mode=label, reported_bytes=fp.total_bytes, quant_state_bytes=fp.quant_state_bytes,
-               true_bytes=fp.true_bytes, linear_weight_bytes=fp.linear_weight_bytes,
-               other_bytes=fp.total_bytes - fp.linear_weight_bytes,
-               bits_per_weight=fp.bits_per_quantized_weight, load_s=load_s,
-               tokens_per_s=len(new_ids) / gen_s, perplexity=ppl.perplexity if ppl else float("nan"),
-               answer=answer)
-    del model, tok
-    release_memory()
-    return row
+    def measure(model, tok):
+        before = memory.footprint(model)                  # as loaded
+        answer = timed_generate(model, tok, prompt, max_new_tokens)
+        after = memory.footprint(model)                   # after forwards: a CPU repack shows here
+        ppl = perplexity(model, tok, max_tokens=ppl_tokens, window=window, progress=False) if ppl_tokens else None
+        return dict(reported_bytes=before.reported_bytes, quant_state_bytes=before.quant_state_bytes,
+                    quant_state_bytes_after_forward=after.quant_state_bytes, true_bytes=before.true_bytes,
+                    linear_weight_bytes=before.linear_weight_bytes,
+                    other_bytes=before.reported_bytes - before.linear_weight_bytes,
+                    bits_per_weight=before.bits_per_quantized_weight, tokens_per_s=answer.tokens_per_s,
+                    perplexity=float(ppl) if ppl is not None else float("nan"), answer=answer.text)
+
+    return measure_mode(model_id, mode, measure, device_map=device_map)
 
 
-
-def compare(modes=("bf16", "int8", "nf4", "fp4"), model_id="embedded",
+def compare(modes=("bf16", "int8", "nf4", "nf4+dq", "fp4"), model_id="embedded",
             prompt="What is the capital of France?", max_new_tokens=50, ppl_tokens=4096, window=512,
             device_map="auto", progress=True):
     """One row per mode: footprint (reported and true bytes), bits per weight, speed, perplexity, answer.
 
-    Modes are loaded one at a time (one model in memory). Labels: fp32, bf16, fp16, int8, nf4, fp4,
-    and nf4+dq / fp4+dq for double quant ("nf4" alone is plain NF4 here). ``ppl_tokens=0`` skips
-    perplexity. Returns a pandas DataFrame indexed by mode.
+    Modes (``MODES``) are loaded one at a time (one model in memory). Footprints are read as loaded;
+    ``quant_state_bytes_after_forward`` is the state after generating (it grows where bitsandbytes
+    repacks 4-bit layers on the CPU: ``backend_info()``). tokens/s: ``models.timed_generate``.
+    ``ppl_tokens=0`` skips perplexity. Returns a pandas DataFrame indexed by mode.
 
     >>> compare(("bf16", "nf4"), max_new_tokens=12, ppl_tokens=1024)  # doctest: +SKIP
     """
     import pandas as pd
     from tqdm.auto import tqdm
 
+    from .memory import split_mode
+
     if isinstance(modes, str):
         modes = (modes,)
-    for label in modes:
-        parse_mode(label)   # fail before loading anything
+    for mode in modes:
+        split_mode(mode)   # fail before loading anything
     if isinstance(prompt, str) and not prompt.strip():
         raise ValueError(f"prompt is empty ({prompt!r}); give the model a question")
-    rows = [_measure(label, model_id, prompt, max_new_tokens, ppl_tokens, window, device_map)
-            for label in tqdm(modes, desc="compare", unit="mode", disable=not progress)]
+    rows = [_measure(mode, model_id, prompt, max_new_tokens, ppl_tokens, window, device_map)
+            for mode in tqdm(modes, desc="compare", unit="mode", disable=not progress)]
     return pd.DataFrame(rows).set_index("mode")

@@ -6,7 +6,7 @@ Imports torch only. What ``model.get_memory_footprint()`` reports is the sum of
 (4-bit absmax and its nested double-quant state, LLM.int8's per-row ``SCB``) are attributes, not
 parameters, so that figure leaves them out. ``footprint`` measures both; ``estimate`` predicts both.
 
-The seed's claims, checked with ``estimate("llama-2-7b", ...)`` (6.74 B parameters):
+A typical tutorial's claims, checked with ``estimate("llama-2-7b", ...)`` (6.74 B parameters):
 fp16 13.48 GB; int8 7.00 GB reported + 0.005 GB SCB = 0.52 of fp16, not "roughly 1/4" (that is int8
 vs fp32, and only for the linear weights); nf4 3.76 GB reported + 0.10 GB absmax with double quant
 (0.40 GB without) = 0.55 of int8, so "halves again" holds for the linear weights (4 vs 8 bits) but
@@ -23,10 +23,10 @@ import torch
 from ._checks import check_blocksize, check_choice
 from .quantize import BLOCKSIZES_4BIT
 
-__all__ = ["MODES", "PRESETS", "ModelShape", "Estimate", "Footprint", "bits_per_param", "model_shape",
+__all__ = ["MODES", "PRESETS", "ModelShape", "Estimate", "Footprint", "split_mode", "bits_per_param", "model_shape",
            "estimate", "footprint"]
 
-MODES = ("fp32", "bf16", "fp16", "int8", "nf4", "fp4")
+MODES = ("fp32", "bf16", "fp16", "int8", "nf4", "nf4+dq", "fp4", "fp4+dq")   # the only mode names in qlearn
 _FLOAT_BITS = {"fp32": 32, "bf16": 16, "fp16": 16}
 
 # Llama-2 shapes from their published configs (hidden, intermediate, layers, vocab, heads, kv heads).
@@ -40,24 +40,42 @@ PRESETS = {
 }
 
 
-def bits_per_param(quant_type="nf4", blocksize=64, double_quant=False, dq_blocksize=256, in_features=None):
-    """Stored bits per quantized weight, scales included (float).
+def split_mode(mode):
+    """A mode name -> (format, double_quant): "nf4+dq" -> ("nf4", True), "nf4" -> ("nf4", False).
 
-    4-bit (nf4/fp4): 4 + 32/blocksize (one float32 absmax a block); with double quant the absmax
-    is 8-bit with one float32 scale per ``dq_blocksize`` blocks: 4 + 8/blocksize + 32/(blocksize*dq_blocksize)
-    (the one float32 offset per tensor is left out). int8 (LLM.int8, row-wise): 8 + 32/in_features,
-    one float32 absmax (``SCB``) per output row, so ``in_features`` is required. fp32/bf16/fp16: 32/16/16.
-    Worked: nf4/64 = 4 + 0.5 = 4.5; with double quant 4 + 0.125 + 0.001953125 = 4.126953125.
+    ``MODES`` lists the names; "+dq" adds double quantization to a 4-bit format. Anything else is a
+    ValueError that lists them.
 
-    >>> bits_per_param("nf4", 64), bits_per_param("nf4", 64, double_quant=True)
+    >>> split_mode("nf4+dq"), split_mode("int8")
+    (('nf4', True), ('int8', False))
+    """
+    if not isinstance(mode, str):
+        raise TypeError(f"mode must be a str, one of {', '.join(MODES)}; got {type(mode).__name__} {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
+    fmt, _, extra = mode.partition("+")
+    return fmt, extra == "dq"
+
+
+def bits_per_param(mode="nf4", blocksize=64, in_features=None, dq_blocksize=256):
+    """Stored bits per quantized weight in ``mode`` (one of ``MODES``), scales included (float).
+
+    nf4 / fp4: 4 + 32/blocksize (one float32 absmax a block). nf4+dq / fp4+dq (double quant): the
+    absmax is 8-bit with one float32 scale per ``dq_blocksize`` blocks: 4 + 8/blocksize +
+    32/(blocksize*dq_blocksize) (the one float32 offset per tensor is left out). int8 (LLM.int8,
+    row-wise): 8 + 32/in_features, one float32 absmax (``SCB``) per output row, so ``in_features`` is
+    required. fp32/bf16/fp16: 32/16/16.
+    Worked: nf4/64 = 4 + 0.5 = 4.5; nf4+dq/64 = 4 + 0.125 + 0.001953125 = 4.126953125.
+
+    >>> bits_per_param("nf4", 64), bits_per_param("nf4+dq", 64)
     (4.5, 4.126953125)
     >>> bits_per_param("int8", in_features=4096)
     8.0078125
     """
-    check_choice(quant_type, "quant_type", MODES)
-    if quant_type in _FLOAT_BITS:
-        return float(_FLOAT_BITS[quant_type])
-    if quant_type == "int8":
+    fmt, double_quant = split_mode(mode)
+    if fmt in _FLOAT_BITS:
+        return float(_FLOAT_BITS[fmt])
+    if fmt == "int8":
         if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
             raise ValueError(f"int8 (one float32 scale per row) needs in_features, a positive int; "
                              f"got {in_features!r}")
@@ -122,10 +140,10 @@ def model_shape(config):
 
 @dataclass(frozen=True)
 class Estimate:
-    """Predicted bytes of a whole model in one mode (all ints, bytes)."""
+    """Predicted bytes of a whole model in one mode (all ints, bytes). The KV cache is its own field,
+    never folded into another."""
 
     mode: str
-    double_quant: bool
     quantized_params: int     # linear weights inside the blocks
     unquantized_params: int   # embeddings, lm_head, norms: 16-bit in int8/4-bit modes
     weight_bytes: int         # the quantized linear weights as stored (codes only)
@@ -144,11 +162,8 @@ class Estimate:
 
     @property
     def true_bytes(self):
+        """The weights as they really sit in memory: reported + quantization state."""
         return self.reported_bytes + self.quant_state_bytes
-
-    @property
-    def total_bytes(self):
-        return self.true_bytes + self.kv_cache_bytes
 
 
 def _state_bytes(mode, shape_list, blocksize, double_quant, dq_blocksize):
@@ -162,27 +177,23 @@ def _state_bytes(mode, shape_list, blocksize, double_quant, dq_blocksize):
     return total
 
 
-def estimate(n_params_or_config, mode="nf4", double_quant=None, blocksize=64, dq_blocksize=256,
-             unquantized_bits=16, batch_size=1, context_length=0, kv_bits=16, in_features=4096):
-    """Predict a model's memory in ``mode``, split into quantized weights, their scales and the rest.
+def estimate(n_params_or_config, mode="nf4", blocksize=64, dq_blocksize=256, unquantized_bits=16,
+             batch_size=1, context_length=0, kv_bits=16, in_features=4096):
+    """Predict a model's memory in ``mode`` (one of ``MODES``), split into quantized weights, their
+    scales and the rest.
 
     ``n_params_or_config``: a transformers config / dict / preset name (exact split), or a bare
     parameter count such as ``7e9`` (then everything is counted as quantized linear weights, with
-    ``in_features`` rows for int8 scales). ``double_quant`` None means True for nf4/fp4 (as
-    ``qlearn.load``). Layers left unquantized (embeddings, lm_head, norms) take ``unquantized_bits``
-    (16; the mode's own width for fp32/bf16/fp16). ``context_length`` > 0 adds a KV cache of
-    2 * layers * kv_heads * head_dim * batch * context * kv_bits / 8 bytes.
-    Worked: Llama-2-7B nf4+DQ = 3.238 GB codes + 0.103 GB absmax + 0.525 GB 16-bit layers.
+    ``in_features`` rows for int8 scales). Layers left unquantized (embeddings, lm_head, norms) take
+    ``unquantized_bits`` (16; the mode's own width for fp32/bf16/fp16). ``context_length`` > 0 fills
+    ``kv_cache_bytes``: 2 * layers * kv_heads * head_dim * batch * context * kv_bits / 8.
+    Worked: Llama-2-7B nf4+dq = 3.238 GB codes + 0.103 GB absmax + 0.525 GB 16-bit layers.
 
-    >>> round(estimate("llama-2-7b", "fp16").total_bytes / 1e9, 2)
-    13.48
+    >>> [round(estimate("llama-2-7b", mode).true_bytes / 1e9, 2) for mode in ("fp16", "int8", "nf4+dq")]
+    [13.48, 7.01, 3.87]
     """
-    check_choice(mode, "mode", MODES)
-    four_bit = mode in ("nf4", "fp4")
-    if double_quant is not None and not four_bit:
-        raise ValueError(f"double_quant={double_quant!r} applies only to nf4/fp4, not mode={mode!r}")
-    dq = bool(four_bit and (True if double_quant is None else double_quant))
-    if four_bit:
+    fmt, dq = split_mode(mode)
+    if fmt in ("nf4", "fp4"):
         check_blocksize(blocksize, "blocksize", BLOCKSIZES_4BIT)
         check_blocksize(dq_blocksize, "dq_blocksize", BLOCKSIZES_4BIT)
     if isinstance(n_params_or_config, (int, float)) and not isinstance(n_params_or_config, bool):
@@ -192,35 +203,33 @@ def estimate(n_params_or_config, mode="nf4", double_quant=None, blocksize=64, dq
             raise ValueError("a KV cache estimate needs a config (layers, heads), not a bare parameter count")
         n = int(n_params_or_config)
         rows = n // in_features
-        linears, scale, kv = [(rows, in_features)], 1, 0
+        linears, layers, kv = [(rows, in_features)], 1, 0
         n_linear = rows * in_features
         unquantized = n - n_linear   # the remainder (< in_features)
     else:
         shape = model_shape(n_params_or_config)
-        linears, scale = shape.linear_shapes(), shape.num_hidden_layers
+        linears, layers = shape.linear_shapes(), shape.num_hidden_layers
         n_linear, unquantized = shape.linear_params, shape.unquantized_params
         kv = 2 * shape.num_hidden_layers * shape.num_key_value_heads * shape.head_dim
         kv = kv * batch_size * context_length * kv_bits // 8
-    if mode in _FLOAT_BITS:
-        bits = _FLOAT_BITS[mode]
-        return Estimate(mode, False, n_linear, unquantized, n_linear * bits // 8, 0,
-                        unquantized * bits // 8, kv)
-    weight_bytes = n_linear if mode == "int8" else math.ceil(n_linear / 2)
-    state = scale * _state_bytes(mode, linears, blocksize, dq, dq_blocksize)
-    return Estimate(mode, dq, n_linear, unquantized, weight_bytes, state,
-                    unquantized * unquantized_bits // 8, kv)
+    if fmt in _FLOAT_BITS:
+        bits = _FLOAT_BITS[fmt]
+        return Estimate(mode, n_linear, unquantized, n_linear * bits // 8, 0, unquantized * bits // 8, kv)
+    weight_bytes = n_linear if fmt == "int8" else math.ceil(n_linear / 2)
+    state = layers * _state_bytes(fmt, linears, blocksize, dq, dq_blocksize)
+    return Estimate(mode, n_linear, unquantized, weight_bytes, state, unquantized * unquantized_bits // 8, kv)
 
 
 @dataclass(frozen=True)
 class Footprint:
-    """Measured bytes of a loaded model (ints). ``total_bytes == model.get_memory_footprint()``."""
+    """Measured bytes of a loaded model (ints). ``reported_bytes == model.get_memory_footprint()``."""
 
-    total_bytes: int             # parameters + buffers, as get_memory_footprint counts them
+    reported_bytes: int          # parameters + buffers, as get_memory_footprint counts them
     linear_weight_bytes: int     # weights of the linear layers in the blocks (lm_head excluded)
     quantized_weight_bytes: int  # of those, Params4bit (packed uint8) and Int8Params (int8) data
     unquantized_bytes: int       # every parameter not quantized: embeddings, lm_head, norms, biases
     buffer_bytes: int            # e.g. rotary inv_freq
-    quant_state_bytes: int       # absmax, nested absmax + offset, SCB: NOT in total_bytes
+    quant_state_bytes: int       # absmax, nested absmax + offset, SCB: NOT in reported_bytes
     quantized_params: int        # logical weights in quantized layers (not packed bytes)
     unquantized_params: int
     layouts: dict = field(default_factory=dict, compare=False)   # 4-bit layer name -> "flat" / "cpu-blocked"
@@ -228,7 +237,7 @@ class Footprint:
     @property
     def true_bytes(self):
         """What the weights really occupy: the reported figure plus the quantization state."""
-        return self.total_bytes + self.quant_state_bytes
+        return self.reported_bytes + self.quant_state_bytes
 
     @property
     def bits_per_quantized_weight(self):
@@ -276,13 +285,13 @@ def _quant_state(p, module=None):
 def footprint(model):
     """Measure ``model``: reported bytes split by kind, plus the quantization state they leave out.
 
-    Embedded SmolLM2 nf4: total 109,777,792 bytes (as get_memory_footprint), quant state
+    Embedded SmolLM2 nf4: reported 109,777,792 bytes (as get_memory_footprint), quant state
     6,635,520 (float32 absmax, 106,168,320 weights / 64 * 4); with double quant 1,685,880. The state
     is read as the layers hold it now: on an AVX512-BF16 CPU the first forward repacks every 4-bit
     layer (``layouts`` says which) and nf4 + double quant then holds 3,317,760 (bfloat16 absmax).
 
     >>> fp = footprint(model)  # doctest: +SKIP
-    >>> fp.total_bytes == model.get_memory_footprint()  # doctest: +SKIP
+    >>> fp.reported_bytes == model.get_memory_footprint()  # doctest: +SKIP
     True
     """
     if not isinstance(model, torch.nn.Module):

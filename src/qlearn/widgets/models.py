@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import html
-import time
 
 import ipywidgets as widgets
 
@@ -69,16 +68,16 @@ class GenerationExplorer(Explorer):
     Controls: prompt, one checkbox per mode (mode_bf16, mode_int8, ...), max_new_tokens, and the
     generate button. Editing a control does not start a run (a run loads one model per mode):
     the button does, and so does `update(**params)`. One model is in memory at a time.
-    `loader(model_id, mode=...) -> (model, tok)`, `generator(model, tok, prompt, max_new_tokens)`
-    and `footprint(model)` default to ql.load, ql.generate and ql.memory.footprint; tests inject
-    fakes. After a run: `rows` [{mode, answer, footprint_mb, quant_state_mb, tokens_per_s, seconds}].
+    `loader(model_id, mode=...) -> (model, tok)`, `timer(model, tok, prompt, max_new_tokens) -> Generation`
+    and `footprint(model)` default to ql.load, ql.models.timed_generate and ql.memory.footprint; tests
+    inject fakes. After a run: `rows` [{mode, answer, footprint_mb, quant_state_mb, tokens_per_s, seconds}].
     """
 
     name = "generation_explorer"
-    MODES = ("fp32", "bf16", "int8", "nf4", "fp4")
+    MODES = ("fp32", "bf16", "int8", "nf4", "nf4+dq", "fp4")   # a choice among qlearn.MODES
 
-    def __init__(self, prompt: str = "What is the capital of France?", modes=("bf16", "int8", "nf4", "fp4"),
-                 max_new_tokens: int = 30, model_id: str = "embedded", loader=None, generator=None,
+    def __init__(self, prompt: str = "What is the capital of France?", modes=("bf16", "int8", "nf4+dq", "fp4"),
+                 max_new_tokens: int = 30, model_id: str = "embedded", loader=None, timer=None,
                  footprint=None, run: bool = False, canvas: str = "png"):
         unknown = [m for m in modes if m not in self.MODES]
         if unknown:
@@ -86,7 +85,7 @@ class GenerationExplorer(Explorer):
         controls = {"prompt": widgets.Textarea(value=prompt, description="prompt", continuous_update=False,
                                                layout=widgets.Layout(width="98%", height="56px"))}
         for mode in self.MODES:
-            controls[f"mode_{mode}"] = widgets.Checkbox(value=mode in modes, description=mode, indent=False,
+            controls[_checkbox(mode)] = widgets.Checkbox(value=mode in modes, description=mode, indent=False,
                                                         layout=slider_layout("70px"))
         controls["max_new_tokens"] = widgets.IntSlider(value=max_new_tokens, min=1, max=200, description="new tokens",
                                                        continuous_update=False, style=_WIDE,
@@ -96,7 +95,7 @@ class GenerationExplorer(Explorer):
         self.status = widgets.HTML(value="Press <b>Generate</b> to load each mode and answer.")
         self.table = widgets.HTML(value="")
         self.model_name, self.rows = model_id, []
-        self._loader, self._generator, self._footprint = loader, generator, footprint
+        self._loader, self._timer, self._footprint = loader, timer, footprint
         super().__init__(controls, plots.GenerationView(), title="Same prompt, several modes",
                          before=(widgets.HBox([self.progress, self.status]),), after=(self.table,),
                          canvas=canvas)
@@ -115,15 +114,15 @@ class GenerationExplorer(Explorer):
         if not run:
             self.view.update(self.rows)
             return
-        modes = [m for m in self.MODES if v[f"mode_{m}"]]
+        modes = [m for m in self.MODES if v[_checkbox(m)]]
         if not modes:
             raise ValueError("no mode selected: tick at least one of " + ", ".join(self.MODES))
-        loader, generator, footprint = self._defaults()
+        loader, timer, footprint = self._defaults()
         self.rows, self.progress.max, self.progress.value = [], len(modes), 0
         for i, mode in enumerate(modes):
             self.status.value = f"&#8987; {html.escape(mode)}: loading and generating ({i + 1}/{len(modes)})..."
             self.rows.append(_one_run(mode, self.model_name, v["prompt"], v["max_new_tokens"],
-                                      loader, generator, footprint))
+                                      loader, timer, footprint))
             self.progress.value = i + 1
             self.view.update(self.rows)
             self.show_figure()
@@ -133,27 +132,31 @@ class GenerationExplorer(Explorer):
 
     def _defaults(self):
         from .. import memory, models
-        return (self._loader or (lambda mid, mode: models.load(mid, mode=mode, verbose=False)),
-                self._generator or models.generate, self._footprint or memory.footprint)
+        return self._loader, self._timer or models.timed_generate, self._footprint or memory.footprint
 
 
-def _one_run(mode, model_id, prompt, max_new_tokens, loader, generator, footprint) -> dict:
-    """Load, measure, generate, release; an error in one mode becomes that row's answer."""
-    row = {"mode": mode, "answer": "", "footprint_mb": None, "quant_state_mb": None, "tokens_per_s": None}
-    try:
-        model, tok = loader(model_id, mode=mode)
+def _checkbox(mode: str) -> str:
+    """The control name of a mode's checkbox: "nf4+dq" -> "mode_nf4_dq" (a valid keyword for update)."""
+    return "mode_" + mode.replace("+", "_")
+
+
+def _one_run(mode, model_id, prompt, max_new_tokens, loader, timer, footprint) -> dict:
+    """Load, measure, generate, release (``models.measure_mode``); an error in one mode becomes that
+    row's answer. tokens/s the one way qlearn measures it: ``models.timed_generate``."""
+    from ..models import measure_mode
+
+    def measure(model, tok):
         fp = footprint(model)
-        row["footprint_mb"] = fp.total_bytes / 1e6
-        row["quant_state_mb"] = getattr(fp, "quant_state_bytes", 0) / 1e6
-        start = time.perf_counter()
-        row["answer"] = generator(model, tok, prompt, max_new_tokens=max_new_tokens)
-        row["seconds"] = time.perf_counter() - start
-        n_tokens = len(tok(row["answer"], add_special_tokens=False)["input_ids"])
-        row["tokens_per_s"] = n_tokens / max(row["seconds"], 1e-9)
-        del model, tok
+        answer = timer(model, tok, prompt, max_new_tokens)
+        return {"answer": answer.text, "footprint_mb": fp.reported_bytes / 1e6,
+                "quant_state_mb": fp.quant_state_bytes / 1e6, "tokens_per_s": answer.tokens_per_s,
+                "seconds": answer.seconds}
+
+    try:
+        return measure_mode(model_id, mode, measure, loader=loader)
     except Exception as exc:   # e.g. bitsandbytes missing for int8/4-bit: show it, keep the others
-        row["answer"] = f"error: {type(exc).__name__}: {exc}"
-    return row
+        return {"mode": mode, "answer": f"error: {type(exc).__name__}: {exc}", "footprint_mb": None,
+                "quant_state_mb": None, "tokens_per_s": None}
 
 
 def _table(rows: list[dict]) -> str:
@@ -184,8 +187,8 @@ def outlier_explorer(model=None, tokenizer=None, **kwargs) -> OutlierExplorer:
 
 def generation_explorer(prompt: str = "What is the capital of France?", **kwargs) -> GenerationExplorer:
     """Answer one prompt in several modes, side by side; press Generate (or pass run=True).
-    kwargs: modes=("bf16", "int8", "nf4", "fp4"), max_new_tokens=30, model_id="embedded",
-    loader, generator, footprint (injectable), run=False.
+    kwargs: modes=("bf16", "int8", "nf4+dq", "fp4"), max_new_tokens=30, model_id="embedded",
+    loader, timer, footprint (injectable), run=False. A mode's checkbox is ``controls["mode_nf4_dq"]``.
 
     >>> w = generation_explorer(modes=("bf16", "nf4"))  # doctest: +SKIP
     >>> w.update()  # doctest: +SKIP
