@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 __all__ = [
-    "NF4", "FP4", "FP4_RAW", "nf4_from_normal", "dynamic_map", "int_grid", "get_codebook",
-    "midpoints", "NF4_OFFSET",
+    "NF4", "FP4", "FP4_RAW", "nf4_quantiles", "nf4_from_normal", "nf4_construction", "normal_cdf",
+    "dynamic_map", "int_grid", "get_codebook", "midpoints", "NF4_OFFSET",
 ]
 
 NF4_OFFSET = 0.9677083  # QLoRA's choice: the outermost quantile probability, (1 - 1/(2*15) + 1 - 1/(2*16)) / 2
@@ -33,27 +33,63 @@ FP4_RAW = torch.tensor([0, 0.0625, 8, 12, 4, 6, 2, 3, 0, -0.0625, -8, -12, -4, -
 FP4 = FP4_RAW / 12
 
 
-def nf4_from_normal(offset: float = NF4_OFFSET) -> torch.Tensor:
-    """Build the NF4 code book from normal quantiles, step by step.
+def nf4_quantiles(offset: float = NF4_OFFSET) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 15 probabilities p and standard normal quantiles z that NF4 is built from, float32 (15,)
+    each, sorted ascending, so that P(Z <= z[i]) = p[i].
 
-    8 positive values are the standard normal quantiles at ``linspace(offset, 0.5, 9)[:-1]``,
-    7 negative ones are minus the quantiles at ``linspace(offset, 0.5, 8)[:-1]``, plus an exact 0;
-    sorted and divided by the largest so the ends are exactly -1 and +1.
-    The probabilities are float32, the quantile is taken in float64 and stored as float32
-    (as bitsandbytes does with scipy); with the default offset this gives `NF4` bit for bit.
-    Worked number: the largest quantile is ndtri(0.9677083) = 1.8481, which becomes 1.0.
+    8 positive quantiles at the probabilities ``linspace(offset, 0.5, 9)[:-1]`` and 7 negative ones,
+    minus the quantiles at ``linspace(offset, 0.5, 8)[:-1]`` (p = 1 - those). The probabilities are
+    float32, the quantile is taken in float64 and stored as float32, as bitsandbytes does with scipy.
+    Worked number: the top probability is the offset 0.9677083, z = ndtri(0.9677083) = 1.8481.
 
-    >>> torch.equal(nf4_from_normal(), NF4)
-    True
+    >>> p, z = nf4_quantiles(); round(float(p[-1]), 7), round(float(z[-1]), 4)
+    (0.9677083, 1.8481)
     """
     if not 0.5 < offset < 1.0:
         raise ValueError(f"offset must be in (0.5, 1), got {offset!r}")
     pos = torch.linspace(offset, 0.5, 9, dtype=torch.float32)[:-1]   # (8,) probabilities
     neg = torch.linspace(offset, 0.5, 8, dtype=torch.float32)[:-1]   # (7,)
-    v_pos = torch.special.ndtri(pos.double()).float()
-    v_neg = -torch.special.ndtri(neg.double()).float()
-    values = torch.cat([v_pos, torch.zeros(1), v_neg]).sort().values  # (16,)
+    z = torch.cat([torch.special.ndtri(pos.double()).float(), -torch.special.ndtri(neg.double()).float()])
+    p = torch.cat([pos, 1 - neg])
+    order = z.argsort()
+    return p[order], z[order]
+
+
+def nf4_from_normal(offset: float = NF4_OFFSET) -> torch.Tensor:
+    """Build the NF4 code book from normal quantiles, step by step.
+
+    The 15 quantiles of `nf4_quantiles` plus an exact 0, sorted and divided by the largest so the
+    ends are exactly -1 and +1, float32 (16,). With the default offset this gives `NF4` bit for bit.
+    Worked number: the largest quantile is ndtri(0.9677083) = 1.8481, which becomes 1.0.
+
+    >>> torch.equal(nf4_from_normal(), NF4)
+    True
+    """
+    _, z = nf4_quantiles(offset)                                     # (15,)
+    values = torch.cat([z, torch.zeros(1)]).sort().values            # (16,)
     return values / values.max()
+
+
+def nf4_construction(offset: float = NF4_OFFSET) -> dict[str, torch.Tensor]:
+    """Every piece of the NF4 construction at `offset`: "p" and "z" from `nf4_quantiles` (15,) and
+    "values" = `nf4_from_normal(offset)` (16, with the exact 0), all float32 and sorted.
+    Worked number: the top probability 0.9677 has z = 1.848 and becomes the value 1.0.
+
+    >>> parts = nf4_construction(); round(float(parts["z"].max()), 3), float(parts["values"].max())
+    (1.848, 1.0)
+    """
+    p, z = nf4_quantiles(offset)
+    return {"p": p, "z": z, "values": nf4_from_normal(offset)}
+
+
+def normal_cdf(z: torch.Tensor) -> torch.Tensor:
+    """P(Z <= z) for a standard normal Z, elementwise, in z's dtype: the inverse of the quantile
+    (ndtri) that NF4's values come from. Worked number: normal_cdf(1.8481) = 0.9677.
+
+    >>> round(float(normal_cdf(torch.tensor(1.8481))), 4)
+    0.9677
+    """
+    return torch.special.ndtr(torch.as_tensor(z))
 
 
 def dynamic_map(signed: bool = True) -> torch.Tensor:

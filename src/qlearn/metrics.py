@@ -1,4 +1,4 @@
-"""Error statistics between a tensor and its quantize-dequantize round trip."""
+"""Errors between a tensor and its quantize-dequantize round trip: per value, summarized, per layer."""
 
 from __future__ import annotations
 
@@ -6,7 +6,21 @@ import math
 
 import torch
 
-__all__ = ["error_stats"]
+__all__ = ["errors", "error_stats", "sqnr_per_layer"]
+
+
+def errors(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """The error of every value, x_hat - x, float32 in x's shape and on x's device.
+    Worked number: x = [1, -1], x_hat = [0.9, -1] gives [-0.1, 0.0] (to float32 rounding).
+
+    >>> [round(v, 4) for v in errors(torch.tensor([1., -1.]), torch.tensor([.9, -1.])).tolist()]
+    [-0.1, 0.0]
+    """
+    if not isinstance(x, torch.Tensor) or not isinstance(x_hat, torch.Tensor):
+        raise TypeError(f"x and x_hat must be tensors, got {type(x).__name__} and {type(x_hat).__name__}")
+    if x.shape != x_hat.shape:
+        raise ValueError(f"x and x_hat must have the same shape, got {tuple(x.shape)} and {tuple(x_hat.shape)}")
+    return x_hat.detach().to(x.device).float() - x.detach().float()
 
 
 def error_stats(x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, float]:
@@ -19,14 +33,10 @@ def error_stats(x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, float]:
     >>> round(error_stats(torch.tensor([1., -1.]), torch.tensor([.9, -1.]))["sqnr_db"], 2)
     23.01
     """
-    if not isinstance(x, torch.Tensor) or not isinstance(x_hat, torch.Tensor):
-        raise TypeError(f"x and x_hat must be tensors, got {type(x).__name__} and {type(x_hat).__name__}")
-    if x.shape != x_hat.shape:
-        raise ValueError(f"x and x_hat must have the same shape, got {tuple(x.shape)} and {tuple(x_hat.shape)}")
+    d = errors(x, x_hat).flatten()                               # (n,) float32 (checks the input)
     if x.numel() == 0:
         raise ValueError("x is empty: error statistics need at least one element")
     a = x.detach().float().flatten()                            # (n,) float32
-    d = a - x_hat.detach().to(a.device).float().flatten()      # (n,) float32 differences
     signal = float(torch.sum(a * a, dtype=torch.float64))       # sums accumulated in float64
     noise = float(torch.sum(d * d, dtype=torch.float64))
     if noise == 0.0:
@@ -42,3 +52,18 @@ def error_stats(x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, float]:
         "sqnr_db": sqnr,
         "rel_err": math.sqrt(noise / signal) if signal > 0 else math.inf,
     }
+
+
+def sqnr_per_layer(named_weights, quantize) -> dict[str, float]:
+    """SQNR (dB) of every weight after `quantize(w).dequantize(float32)`: {name: dB}, in order.
+
+    named_weights: (name, weight) pairs, e.g. ``ql.sources.linear_layers(model)`` (one weight at
+    a time is held); quantize: weight -> a quantization result, e.g.
+    ``lambda w: ql.quantize_4bit(w, "nf4", 64)``. Worked number: absmax 8-bit of [1, -1] is exact,
+    so its SQNR is inf.
+
+    >>> import qlearn as ql
+    >>> sqnr_per_layer([("fc", torch.tensor([1., -1.]))], lambda w: ql.absmax_quantize(w, 8))
+    {'fc': inf}
+    """
+    return {name: error_stats(w, quantize(w).dequantize(torch.float32))["sqnr_db"] for name, w in named_weights}
