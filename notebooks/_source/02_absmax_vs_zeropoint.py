@@ -115,9 +115,9 @@ hist
 w = weights[picked[0]]
 q41 = ql.zeropoint_quantize(w, 4, blocksize=32, zero_point_domain="float")
 absmax32 = ql.absmax_quantize(w, 4, blocksize=32)
-distinct = ql.plots.distinct_per_block(w, 32)
+distinct = ql.codeusage.distinct_per_block(w, 32)
 fresh = torch.randn_like(w) * w.std()
-distinct_fresh = ql.plots.distinct_per_block(fresh, 32)
+distinct_fresh = ql.codeusage.distinct_per_block(fresh, 32)
 tell = pd.DataFrame({
     "max distinct values per block of 32": [int(distinct.max()), int(distinct_fresh.max())],
     "zero-point int4/32 SQNR dB": [ql.error_stats(w, q41.dequantize())["sqnr_db"],

@@ -28,7 +28,7 @@ pd.options.display.float_format = "{:,.4g}".format
 # negative side, adds an exact 0, and divides by the largest so the ends are ±1:
 
 # %%
-parts = ql.plots.nf4_construction()
+parts = ql.codebooks.nf4_construction()
 built = ql.codebooks.nf4_from_normal()
 construction = pd.DataFrame({"code": range(16), "NF4 (bitsandbytes table)": ql.codebooks.NF4.numpy(),
                              "built from quantiles": built.numpy()})

@@ -37,7 +37,8 @@ def _hub_text(name):
     try:
         import datasets
     except ImportError as err:
-        raise ImportError(f"dataset={name!r} needs the 'datasets' package: pip install 'qlearn[hub]' (or pip install datasets)") from err
+        raise ImportError(f"dataset={name!r} needs the 'datasets' package: pip install 'qlearn[hub]' "
+                          "(or pip install datasets)") from err
     try:
         rows = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")
     except Exception as err:   # offline, hub unreachable, ...: say which and how to stay offline

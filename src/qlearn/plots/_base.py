@@ -1,9 +1,9 @@
-"""Shared plotting helpers: figures from matplotlib's object API, PNG bytes, fast histograms.
+"""Shared plotting helpers: figures from matplotlib's object API, PNG bytes, tensors as arrays.
 
 Figures are `matplotlib.figure.Figure` objects with an Agg canvas, never pyplot's global registry,
 so they work the same in Colab (ipywidgets 7.7, no ipympl), JupyterLab, VS Code, Voila and a
-terminal. Histograms are counted with `torch.histc` on the whole tensor (fast at 1M values) and
-drawn as one `stairs` artist whose data can be swapped in place.
+terminal. Histograms are counted by `qlearn.distribution.histogram` (torch.histc on the whole
+tensor, fast at 1M values) and drawn as one `stairs` artist whose data can be swapped in place.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 from matplotlib.transforms import Bbox, IdentityTransform, ScaledTranslation
 
+from ..distribution import histogram
 from ._text import CachedTextCanvas
 
-__all__ = ["new_figure", "to_png", "histogram", "value_range", "COLORS", "DPI", "FastRenderer"]
+__all__ = ["new_figure", "to_png", "to_numpy", "stairs_data", "COLORS", "DPI", "FastRenderer"]
 
 DPI = 90          # 9.6 in wide -> 864 px: fits a notebook cell (JupyterLab, Colab) without scaling
 COLORS = {"orig": "#4c72b0", "deq": "#dd8452", "err": "#55a868", "level": "#c44e52",
@@ -97,29 +98,24 @@ def to_png(fig: Figure, compress_level: int = 1) -> bytes:
     return buf.getvalue()
 
 
-def value_range(x: torch.Tensor, pad: float = 0.02) -> tuple[float, float]:
-    """(lo, hi) of `x` widened by `pad` of the span (a constant tensor gets +-1e-6 around it)."""
-    lo, hi = (float(v) for v in torch.aminmax(x.detach().float().reshape(-1)))
-    span = hi - lo if hi > lo else 2e-6
-    return lo - pad * span, hi + pad * span
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A tensor as a numpy array to draw: detached, on the CPU, bfloat16 / float16 as float32.
+
+    >>> to_numpy(torch.tensor([1.5], dtype=torch.bfloat16)).dtype
+    dtype('float32')
+    """
+    t = t.detach().cpu()
+    return (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t).numpy()
 
 
-SAMPLE = 2 ** 18   # histograms of bigger tensors count every k-th value (times k)
+def stairs_data(x: torch.Tensor, bins: int, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """`qlearn.distribution.histogram` of `x` as numpy (counts, edges), ready for `Axes.stairs`.
 
-
-def histogram(x: torch.Tensor, bins: int, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
-    """Counts and edges of `x` over [lo, hi] with `torch.histc` (values outside are dropped).
-
-    Past 2**18 values every k-th value is counted and the counts multiplied by k (a 1M-value
-    weight: every 4th), so a redraw stays fast; the shape is the same to the eye.
-
-    >>> histogram(torch.tensor([0., 0.5, 1.]), 2, 0., 1.)[0].tolist()
+    >>> stairs_data(torch.tensor([0., 0.5, 1.]), 2, 0., 1.)[0].tolist()
     [1.0, 2.0]
     """
-    flat = x.detach().reshape(-1)
-    step = -(-flat.numel() // SAMPLE)
-    counts = torch.histc(flat[::step].float(), bins=bins, min=lo, max=hi) * step
-    return counts.cpu().numpy(), np.linspace(lo, hi, bins + 1)
+    counts, edges = histogram(x, bins, lo, hi)
+    return to_numpy(counts), to_numpy(edges)
 
 
 def set_ylim_to(ax: Axes, top: float, log: bool = False, headroom: float = 1.3) -> None:

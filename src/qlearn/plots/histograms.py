@@ -4,8 +4,9 @@
 group's quantization levels, (b) the whole tensor before and after quantize-dequantize, (c) the
 error histogram. `ZeroPointView` compares absmax and zero-point: the levels each actually uses,
 the rounding error per value, and SQNR against bits. Both build their artists once; `update`
-swaps the data in place. `levels_of` / `group_values` read the levels and values of one group
-out of any qlearn quantization result.
+swaps the data in place. What they draw is computed in the math layer: levels in `qlearn.levels`,
+groups in `qlearn.granularity`, code usage in `qlearn.codeusage`, counts in `qlearn.distribution`,
+errors in `qlearn.metrics`.
 """
 
 from __future__ import annotations
@@ -17,54 +18,17 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
-from .. import codebooks
-from ..quantize import AbsmaxQuantized, Quantized4bit, ZeroPointQuantized
-from ._base import COLORS, histogram, new_figure, set_ylim_to, value_range
+from ..codeusage import code_counts
+from ..distribution import sample, value_range
+from ..granularity import group_values, n_groups
+from ..levels import code_values, levels_of
+from ..metrics import error_stats, errors
+from ..quantize import Quantized4bit
+from ._base import COLORS, new_figure, set_ylim_to, stairs_data, to_numpy
 
-__all__ = ["QuantHistogramView", "ZeroPointView", "levels_of", "group_values", "n_groups",
-           "quantization_histograms"]
+__all__ = ["QuantHistogramView", "ZeroPointView", "quantization_histograms"]
 
 BINS = 80
-
-
-def n_groups(result) -> int:
-    """How many groups (scales) a result has: 1 per tensor, one per row, or one per block."""
-    return int(result.absmax.numel() if isinstance(result, Quantized4bit) else result.scale.numel())
-
-
-def group_values(x: torch.Tensor, result, g: int = 0) -> torch.Tensor:
-    """The values of `x` that share group `g`'s scale in `result` (flattened), float32."""
-    blocksize = result.blocksize if isinstance(result, Quantized4bit) else result.blocksize
-    axis = None if isinstance(result, Quantized4bit) else result.axis
-    if axis is not None:
-        return x.movedim(axis, 0).reshape(x.shape[axis], -1)[g].float()
-    flat = x.reshape(-1).float()
-    if blocksize is None:
-        return flat
-    return flat[g * blocksize:(g + 1) * blocksize]
-
-
-def levels_of(result, g: int = 0) -> torch.Tensor:
-    """Sorted distinct values group `g` of `result` can dequantize to, float32.
-
-    Absmax: scale * (-qmax..qmax), 2**bits - 1 values; zero-point: (0..2**bits-1 - zp) * scale,
-    2**bits values; NF4: 16 values; FP4: 15 (its +0 and -0 codes are the same value).
-    Worked number: absmax 4-bit with absmax 0.7 has scale 0.1 and levels -0.7, -0.6, ..., 0.7.
-
-    >>> import qlearn as ql
-    >>> levels_of(ql.absmax_quantize(torch.tensor([0.7, -0.2]), bits=4)).numel()
-    15
-    """
-    if isinstance(result, Quantized4bit):
-        values = codebooks.get_codebook(result.quant_type) * result.block_absmax()[g].cpu()
-    elif isinstance(result, ZeroPointQuantized):
-        grid = codebooks.int_grid(result.bits, signed=False)
-        values = (grid - result.zero_point[g].cpu()) * result.scale[g].cpu()
-    elif isinstance(result, AbsmaxQuantized):
-        values = codebooks.int_grid(result.bits, signed=True) * result.scale[g].cpu()
-    else:
-        raise TypeError(f"result must be a qlearn quantization result, got {type(result).__name__}")
-    return torch.unique(values.float())
 
 
 def _group_name(result, g: int, count: int) -> str:
@@ -110,13 +74,14 @@ class QuantHistogramView:
         group = min(max(int(group), 0), count - 1)
         if x is not self._x:                      # the tensor changed: new range, new histogram
             self._x, self._range = x, value_range(x)
-            self._orig = histogram(x, BINS, *self._range)
+            self._orig = stairs_data(x, BINS, *self._range)
         lo, hi = self._range
         x_hat = result.dequantize(torch.float32) if x_hat is None else x_hat
-        levels = levels_of(result, group).numpy()
-        vals = group_values(x, result, group).cpu()
-        glo, ghi = value_range(torch.cat([vals, torch.from_numpy(levels)]))
-        counts, edges = histogram(vals, BINS if vals.numel() > 512 else 40, glo, ghi)
+        group_levels = levels_of(result, group)                            # (levels,) float32
+        levels = to_numpy(group_levels)
+        vals = group_values(x, result, group)                              # (group_size,) float32
+        glo, ghi = value_range(vals, group_levels)
+        counts, edges = stairs_data(vals, BINS if vals.numel() > 512 else 40, glo, ghi)
         self.group_hist.set_data(counts, edges)
         self.levels.set_segments([[(v, 0), (v, 1)] for v in levels])
         self.levels.set_transform(blended_transform_factory(a.transData, a.transAxes))
@@ -125,26 +90,19 @@ class QuantHistogramView:
         a.set_title(f"{_group_name(result, group, count)}: {vals.numel():,} values\n"
                     f"red: its {len(levels)} levels")
         self.orig_hist.set_data(*self._orig)
-        deq = histogram(x_hat, BINS, lo, hi)
-        self.deq_hist.set_data(*deq)
+        self.deq_hist.set_data(*stairs_data(x_hat, BINS, lo, hi))
         b.set_xlim(lo, hi)
         # dequantized values pile up on the levels: clip those spikes so the original stays readable
         set_ylim_to(b, self._orig[0].max() * (1.0 if log else 1.5), log)
         b.set_title(f"whole tensor, {x.numel():,} values\nbefore and after (spikes clipped)")
-        err = x_hat.float() - x.float()
-        m = max(float(err.abs().max()), 1e-12) * 1.05
-        ecounts, eedges = histogram(err, BINS, -m, m)
+        stats = stats if stats is not None else error_stats(x, x_hat)
+        m = max(stats["max_abs"], 1e-12) * 1.05                           # max |x_hat - x|
+        ecounts, eedges = stairs_data(errors(x, x_hat), BINS, -m, m)
         self.err_hist.set_data(ecounts, eedges)
         c.set_xlim(-m, m)
         set_ylim_to(c, ecounts.max(), log)
-        stats = stats if stats is not None else _stats(x, x_hat)
         c.set_title(f"error of every value\nSQNR {stats['sqnr_db']:.1f} dB, max |error| {stats['max_abs']:.2g}")
         return self
-
-
-def _stats(x, x_hat):
-    from ..metrics import error_stats
-    return error_stats(x, x_hat)
 
 
 def quantization_histograms(x: torch.Tensor, result, group: int = 0, log: bool = False) -> Figure:
@@ -198,27 +156,21 @@ class ZeroPointView:
         a, b, c = self.axes
         if x is not self._x:
             self._x, (lo, hi) = x, value_range(x)
-            self.hist.set_data(*histogram(x, BINS, lo, hi))
-            flat = x.reshape(-1)
-            gen = torch.Generator().manual_seed(0)
-            self._idx = torch.randperm(flat.numel(), generator=gen)[: self.N_POINTS]
-            self._pts = flat[self._idx.to(flat.device)].float().cpu()            # (N_POINTS,)
+            self.hist.set_data(*stairs_data(x, BINS, lo, hi))
+            self._pts = sample(x, self.N_POINTS)                               # (N_POINTS,) float32
         emax = 1e-12
         xlo, xhi = value_range(x)
         for name, res in results.items():
-            levels = levels_of(res)                                      # (2**bits or 2**bits - 1,)
-            q = res.codes.reshape(-1).long()
-            grid_lo = int(codebooks.int_grid(res.bits, signed=isinstance(res, AbsmaxQuantized))[0])
-            used = torch.bincount(q - grid_lo, minlength=levels.numel())[: levels.numel()] > 0
+            levels = to_numpy(code_values(res))                          # (2**bits or 2**bits - 1,)
+            used = to_numpy(code_counts(res)) > 0                        # the same codes, in order
             y0, y1 = self.rugs[name]._band
             self.rugs[name].set_segments([[(v, y0), (v, y1)] for v in levels.tolist()])
             self.rugs[name].set_color([COLORS[name] if u else "#d0d0d0" for u in used.tolist()])
-            self.used[name] = (int(used.sum()), levels.numel())
+            self.used[name] = (int(used.sum()), len(levels))
             xlo, xhi = min(xlo, float(levels[0])), max(xhi, float(levels[-1]))
-            deq = res.dequantize(torch.float32).reshape(-1)
-            err = deq[self._idx.to(deq.device)].cpu() - self._pts
-            emax = max(emax, float(err.abs().max()))
-            self.points[name].set_offsets(np.column_stack([self._pts.numpy(), err.numpy()]))
+            err = to_numpy(sample(errors(x, res.dequantize(torch.float32)), self.N_POINTS))   # same positions
+            emax = max(emax, float(np.abs(err).max()))
+            self.points[name].set_offsets(np.column_stack([to_numpy(self._pts), err]))
             self.curves[name].set_data(np.arange(2, 9), np.asarray(sqnr[name]))
         a.set_xlim(xlo, xhi)
         set_ylim_to(a, self.hist.get_data().values.max() / 0.75)   # room for the level rugs on top

@@ -1,5 +1,7 @@
 """Pictures of real models: LLM.int8 outliers, a per-layer error map, a block zoom that shows a
 model was already quantized, and the generation comparison (footprint, tokens/s).
+The numbers come from the math layer (`qlearn.outliers`, `qlearn.metrics`, `qlearn.codeusage`,
+`qlearn.levels`); these functions draw them.
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ._base import COLORS, axes_or_new, histogram, new_figure
+from ..codeusage import distinct_per_block
+from ..granularity import group
+from ..levels import code_values
+from ..outliers import column_absmax, share_above
+from ._base import COLORS, axes_or_new, new_figure, stairs_data, to_numpy
 
-__all__ = ["OutlierView", "layer_error_map", "model_error_map", "block_zoom", "GenerationView",
-           "distinct_per_block"]
+__all__ = ["OutlierView", "layer_error_map", "model_error_map", "block_zoom", "GenerationView"]
 
 
 class OutlierView:
@@ -53,15 +58,16 @@ class OutlierView:
         a, b = self.axes
         if self._cols is None or inputs is not self._inputs:
             self._inputs = inputs
-            self._cols = inputs.detach().float().abs().amax(dim=0).cpu().numpy()    # (features,)
-            cols, n = self._cols, len(self._cols)
+            col_absmax = column_absmax(inputs)                                     # (features,)
+            self._cols = cols = to_numpy(col_absmax)
+            n = len(cols)
             floor = min(max(cols.min() * 0.5, 1e-3), 0.1)
             top = max(cols.max() * 2, 120.0)           # the threshold slider's 0.1..100 always fits
             self._floor = floor
             a.set_xlim(-1, n)
             a.set_ylim(floor, top)
             t = np.geomspace(floor, top, 160)
-            self.curve.set_data(t, 100 * (cols[None, :] >= t[:, None]).mean(axis=1))
+            self.curve.set_data(t, 100 * to_numpy(share_above(col_absmax, t)))
             b.set_xlim(t[0], t[-1])
             b.set_ylim(-2, 102)
         cols, n = self._cols, len(self._cols)
@@ -129,29 +135,15 @@ def model_error_map(model, quantize=None, ax: Axes | None = None, skip: tuple[st
     names it matches, e.g. ``r"layers\.[0-4]\."``. One layer at a time is in float32.
     Returns the artists plus "sqnr": {layer name: dB}. SmolLM2-135M (211 layers): ~10 s on a CPU.
     """
-    from ..metrics import error_stats
+    from ..metrics import sqnr_per_layer
     from ..quantize import quantize_4bit
     from ..sources import linear_layers
 
     quantize = quantize or (lambda w: quantize_4bit(w, "nf4", blocksize=64))
-    sqnr = {name: error_stats(w, quantize(w).dequantize(torch.float32))["sqnr_db"]
-            for name, w in linear_layers(model)
-            if not any(s in name for s in skip) and (include is None or re.search(include, name))}
+    picked = ((name, w) for name, w in linear_layers(model)
+              if not any(s in name for s in skip) and (include is None or re.search(include, name)))
+    sqnr = sqnr_per_layer(picked, quantize)
     return {**layer_error_map(sqnr, ax=ax, title=title), "sqnr": sqnr}
-
-
-def distinct_per_block(w: torch.Tensor, blocksize: int = 32) -> torch.Tensor:
-    """How many distinct values each block of `blocksize` consecutive elements holds, int64
-    (blocks,). A tensor stored as 4-bit in blocks of 32 (GGUF Q4_1) has at most 16 in every block;
-    ordinary float weights have `blocksize`.
-
-    >>> distinct_per_block(torch.tensor([1., 1., 2., 3.]), 2).tolist()
-    [1, 2]
-    """
-    flat = w.detach().reshape(-1)
-    blocks = flat[: flat.numel() - flat.numel() % blocksize].view(-1, blocksize)   # (blocks, blocksize)
-    ordered = blocks.sort(dim=1).values
-    return 1 + (ordered[:, 1:] != ordered[:, :-1]).sum(dim=1)
 
 
 def block_zoom(w: torch.Tensor, block: int = 0, blocksize: int = 32, result=None,
@@ -167,29 +159,28 @@ def block_zoom(w: torch.Tensor, block: int = 0, blocksize: int = 32, result=None
     if axes is None:
         _, axes = new_figure(2)
     a, b = axes
-    flat = w.detach().float().reshape(-1)
-    n_blocks = flat.numel() // blocksize
+    n_blocks = w.numel() // blocksize
     if not 0 <= block < n_blocks:
-        raise ValueError(f"block must be in 0..{n_blocks - 1} for {flat.numel()} values in blocks of "
+        raise ValueError(f"block must be in 0..{n_blocks - 1} for {w.numel()} values in blocks of "
                          f"{blocksize}; got {block!r}")
-    vals = flat[block * blocksize:(block + 1) * blocksize].cpu().numpy()
+    vals = to_numpy(group(w.detach(), None, blocksize)[block])                 # (blocksize,)
     points = a.scatter(np.arange(blocksize), vals, s=14, color=COLORS["orig"], zorder=3)
     lines = None
-    if result is not None:
-        levels = (torch.arange(2 ** result.bits, dtype=torch.float32) - result.zero_point[block].cpu()) \
-            * result.scale[block].cpu()
-        lines = a.hlines(levels.numpy(), -0.5, blocksize - 0.5, colors=COLORS["level"], lw=0.6)
-    distinct = distinct_per_block(flat, blocksize)
+    if result is not None:                                                      # its 2**bits levels
+        lines = a.hlines(to_numpy(code_values(result, block)), -0.5, blocksize - 0.5,
+                         colors=COLORS["level"], lw=0.6)
+    per_block = distinct_per_block(w, blocksize)                                # (blocks,) int64
+    distinct = to_numpy(per_block)
     a.set_xlabel("index in block")
     a.set_ylabel("weight value")
     a.set_title(f"block {block}: {blocksize} values, {int(distinct[block])} distinct\n"
                 "red: 16 levels min + k * scale")
-    counts, edges = histogram(distinct.float(), blocksize, 0.5, blocksize + 0.5)
+    counts, edges = stairs_data(per_block, blocksize, 0.5, blocksize + 0.5)
     bars = b.stairs(counts, edges, fill=True, color=COLORS["orig"], alpha=0.7)
     b.axvline(16.5, color=COLORS["level"], ls="--", lw=1)
     b.set_xlabel(f"distinct values in a block of {blocksize}")
     b.set_ylabel("blocks")
-    share = float((distinct <= 16).float().mean())
+    share = float((distinct <= 16).mean())
     b.set_title(f"{share:.1%} of {len(distinct):,} blocks hold <= 16 values\n"
                 + ("-> stored as 4-bit before" if share > 0.99 else "-> ordinary float weights"))
     return {"points": points, "levels": lines, "distinct": bars}

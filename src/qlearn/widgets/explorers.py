@@ -10,6 +10,9 @@ from __future__ import annotations
 import ipywidgets as widgets
 
 from .. import codebooks, plots, sources
+from ..codeusage import entropy_bits
+from ..granularity import n_groups
+from ..levels import levels_of
 from ..metrics import error_stats
 from ..quantize import BLOCKSIZES_4BIT, absmax_quantize, quantize_4bit, zeropoint_quantize
 from ._base import _WIDE, Explorer, ResultCache, SourceControls, slider_layout
@@ -91,10 +94,10 @@ class HistogramExplorer(Explorer):
             return result, x_hat, error_stats(x, x_hat)
 
         self.result, x_hat, self.stats = self._results.get_or(key, compute)
-        c["group"].max = plots.n_groups(self.result) - 1      # clamps the value if it was beyond
+        c["group"].max = n_groups(self.result) - 1      # clamps the value if it was beyond
         c["group"].disabled = c["group"].max == 0
         self.view.update(x, self.result, group=c["group"].value, log=v["log"], stats=self.stats, x_hat=x_hat)
-        self.levels = plots.levels_of(self.result, c["group"].value)
+        self.levels = levels_of(self.result, c["group"].value)
 
 
 class NF4Explorer(Explorer):
@@ -128,7 +131,7 @@ class NF4Explorer(Explorer):
             "fp4": quantize_4bit(x, "fp4", blocksize=bs)})
         self.view.update(x, results, offset=v["offset"])
         self.shares = self.view.shares
-        self.entropy = {k: plots.entropy_bits(s) for k, (_, s) in self.shares.items()}
+        self.entropy = {k: entropy_bits(s) for k, (_, s) in self.shares.items()}
 
 
 class ZeroPointExplorer(Explorer):
