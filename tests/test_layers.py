@@ -153,7 +153,8 @@ def test_nothing_math_is_left_in_plots_public_names():
     assert not moved & set(plots.__all__)
 
 
-@pytest.mark.parametrize("name", ["granularity", "levels", "codeusage", "distribution", "outliers", "plots._base"])
+@pytest.mark.parametrize("name", ["granularity", "levels", "codeusage", "distribution", "outliers", "plots._base",
+                                  "plots.histograms", "plots.models", "plots.memory"])
 def test_docstring_examples(name):
     module = importlib.import_module(f"qlearn.{name}")
     result = doctest.testmod(module)
