@@ -112,7 +112,7 @@ else:
     path = ("on this CPU (no AVX512-BF16) every forward dequantizes each whole 4-bit weight to 16 bits and then "
             "runs an ordinary matrix multiply, so each token pays for unpacking and scaling every weight")
 display(Markdown(f"Measured here: a one-token step in nf4+dq is **{step:.2f}×** the bf16 time ({direction}); "
-                 f"{path}. What 4-bit always buys is **memory** (the footprint column above)."))
+                 f"{path}. What 4-bit always buys is **memory** (the footprint in the explorer's table above)."))
 
 # %% [markdown]
 # ## Try this
