@@ -1,8 +1,10 @@
 """qlearn: learn LLM weight quantization on real weights, checked bit-for-bit against bitsandbytes.
 
-The math layer (codebooks, quantize, memory, metrics) imports torch only. Model helpers
-(load, generate, perplexity, compare) and the picture/interaction layers (plots, widgets)
-are imported lazily on first use, so ``import qlearn`` stays fast.
+The math layer imports torch only: codebooks, quantize (the fast paths), reference (the textbook
+version of every format, tested byte-equal to them), intquant, granularity, levels, codeusage,
+distribution, outliers, memory, metrics. Model helpers (load, generate, perplexity, compare,
+backend_info) and the picture/interaction layers (plots, widgets) are imported lazily on first use,
+so ``import qlearn`` stays fast. ``MODES`` names every mode the model functions take.
 """
 
 import importlib
