@@ -145,7 +145,7 @@ def test_fast_renderer_keeps_a_neighbours_label_that_reaches_into_a_redrawn_cell
     w = ql.widgets.zeropoint_explorer()
     for bits in (2, 5, 3):
         w.update(bits=bits)
-        fast, full = _pixels(w.renderer.png()), _pixels(plots.to_png(w.figure))
+        fast, full = _pixels(w._render_png()), _pixels(plots.to_png(w.figure))
         assert int((np.abs(fast - full).sum(axis=-1) > 60).sum()) < 100   # measured: 28 (anti-aliasing); 500+ erased
 
 

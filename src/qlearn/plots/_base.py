@@ -84,6 +84,12 @@ def axes_or_new(ax: Axes | None, figsize=(5.0, 3.2)) -> Axes:
     return ax if ax is not None else new_figure(1, figsize=figsize)[1][0]
 
 
+def plain_agg(fig: Figure) -> None:
+    """Give `fig` a plain FigureCanvasAgg unless it has one (or an interactive Agg canvas)."""
+    if type(fig.canvas) is CachedTextCanvas or not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)
+
+
 def to_png(fig: Figure, compress_level: int = 1) -> bytes:
     """Render `fig` to PNG bytes (Agg). compress_level 1 encodes ~5x faster than the default 6
     for ~20% more bytes, which is what an interactive redraw wants.

@@ -21,7 +21,7 @@ from torch import nn
 
 from .. import sources
 from ..plots import to_png
-from ..plots._base import FastRenderer
+from ..plots._base import FastRenderer, plain_agg
 
 __all__ = ["Explorer", "SourceControls"]
 
@@ -65,6 +65,7 @@ class Explorer(widgets.VBox):
 
     name = "explorer"
     threads: int | None = 1   # torch threads during a redraw (see torch_threads); None = leave as is
+    renderer: str = "fast"    # "fast": FastRenderer; "agg": plain Agg (see show_figure)
 
     def __init__(self, controls: dict, view, title: str = "", before: tuple = (), after: tuple = (),
                  canvas: str = "png"):
@@ -74,7 +75,7 @@ class Explorer(widgets.VBox):
         self.controls = dict(controls)
         self.view = view
         self.figure = view.fig
-        self.renderer = FastRenderer(self.figure)   # re-renders only the panels that changed
+        self._fast: FastRenderer | None = None
         self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%", height="auto"))
         self.canvas = _ipympl_canvas(self.figure) if canvas == "ipympl" else None
         self.message = widgets.HTML(value="")
@@ -144,7 +145,17 @@ class Explorer(widgets.VBox):
         if self.canvas is not None:
             self.canvas.draw_idle()
         else:
-            self.image.value = self.renderer.png()
+            self.image.value = self._render_png()
+
+    def _render_png(self) -> bytes:
+        if self.renderer == "fast":
+            if self._fast is None:
+                self._fast = FastRenderer(self.figure)   # re-renders only the panels that changed
+            return self._fast.png()
+        if self.renderer != "agg":
+            raise ValueError(f"renderer must be 'agg' or 'fast'; got {self.renderer!r}")
+        plain_agg(self.figure)
+        return to_png(self.figure)
 
     def _on_change(self, change) -> None:
         if not self._busy:
