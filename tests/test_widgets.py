@@ -421,6 +421,35 @@ def test_weight_explorers_reject_integer_tensors_with_a_message():
 
 
 @ipywidgets7
+@pytest.mark.parametrize("renderer", ["agg", "fast"])
+def test_renderer_switch_shows_the_full_render(renderer, monkeypatch):
+    import io
+
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    def pixels(png):
+        return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+
+    monkeypatch.setattr(widgets.Explorer, "renderer", renderer)
+    w = widgets.zeropoint_explorer(n=16384)
+    assert (type(w.figure.canvas) is FigureCanvasAgg) == (renderer == "agg")   # agg: matplotlib's own canvas
+    for bits in (5, 2):
+        png = bytes(w.image.value)
+        w.update(bits=bits)
+        assert w.error is None and bytes(w.image.value) != png
+        shown, full = pixels(w.image.value), pixels(w.png())
+        assert (np.abs(shown - full).sum(axis=-1) > 60).mean() < 0.002      # anti-aliasing only
+    w.renderer = "agg" if renderer == "fast" else "fast"                    # switched on the instance
+    w.update(bits=4)
+    assert w.error is None and (np.abs(pixels(w.image.value) - pixels(w.png())).sum(axis=-1) > 60).mean() < 0.002
+    w.renderer = "svg"
+    w.update(bits=3)
+    assert "renderer must be 'agg' or 'fast'" in w.error
+
+
+@ipywidgets7
 def test_canvas_option_png_default_ipympl_optional():
     with pytest.raises(ValueError, match="canvas must be 'png'"):
         widgets.zeropoint_explorer(canvas="svg")

@@ -4,25 +4,35 @@ Figures are `matplotlib.figure.Figure` objects with an Agg canvas, never pyplot'
 so they work the same in Colab (ipywidgets 7.7, no ipympl), JupyterLab, VS Code, Voila and a
 terminal. Histograms are counted by `qlearn.distribution.histogram` (torch.histc on the whole
 tensor, fast at 1M values) and drawn as one `stairs` artist whose data can be swapped in place.
+
+Rendering. `to_png(fig)` is matplotlib's own savefig. Explorers redraw after every control move,
+and a plain Agg render of a three-panel figure costs ~170-230 ms of CPU (matplotlib 3.11 lays out
+and rasterizes each glyph of each tick label and title in Python: over half of that time), above
+the 100 ms an explorer aims for (benchmarks/bench_widgets.py measures both). Two helpers below,
+public matplotlib API only, bring it to ~60-90 ms: `CachedTextCanvas` (each text rasterized once,
+then stamped as an image; new_figure installs it) and `FastRenderer` (re-renders only the axes
+whose frame changed). `qlearn.widgets.Explorer.renderer` switches between "fast" and "agg".
 """
 
 from __future__ import annotations
 
 import io
+import math
+from collections import OrderedDict
 
 import numpy as np
 import torch
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg, get_hinting_flag
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 from matplotlib.transforms import Bbox, IdentityTransform, ScaledTranslation
 
 from ..distribution import histogram
-from ._text import CachedTextCanvas
 
-__all__ = ["new_figure", "to_png", "to_numpy", "stairs_data", "COLORS", "DPI", "FastRenderer"]
+__all__ = ["new_figure", "to_png", "plain_agg", "to_numpy", "stairs_data", "COLORS", "DPI", "FastRenderer",
+           "CachedTextCanvas"]
 
 DPI = 90          # 9.6 in wide -> 864 px: fits a notebook cell (JupyterLab, Colab) without scaling
 COLORS = {"orig": "#4c72b0", "deq": "#dd8452", "err": "#55a868", "level": "#c44e52",
@@ -85,7 +95,8 @@ def axes_or_new(ax: Axes | None, figsize=(5.0, 3.2)) -> Axes:
 
 
 def plain_agg(fig: Figure) -> None:
-    """Give `fig` a plain FigureCanvasAgg unless it has one (or an interactive Agg canvas)."""
+    """Give `fig` matplotlib's plain FigureCanvasAgg, unless it has one (or an interactive Agg
+    canvas such as ipympl's): no text cache, what `Explorer.renderer = "agg"` renders with."""
     if type(fig.canvas) is CachedTextCanvas or not isinstance(fig.canvas, FigureCanvasAgg):
         FigureCanvasAgg(fig)
 
@@ -145,6 +156,8 @@ class FastRenderer:
     drawn again only when its limits, scales, labels, ticks or legend texts change; titles and data
     artists are drawn on top every time. That turns a ~120 ms full render of three panels into
     ~20-40 ms when the axes stay put. `png()` equals `to_png(fig)` up to anti-aliasing.
+    During a render the data artists are flagged animated (so that `canvas.draw()` leaves them
+    out of the cached frame) and given back their own flag afterwards.
 
     >>> fig, axes = new_figure(2); r = FastRenderer(fig)
     >>> r.png()[:4] == to_png(fig)[:4]
@@ -153,7 +166,7 @@ class FastRenderer:
 
     def __init__(self, fig: Figure):
         self.fig = fig
-        self.canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+        self.canvas = fig.canvas if isinstance(fig.canvas, CachedTextCanvas) else CachedTextCanvas(fig)
         self._keys: dict = {}
         self._background = None
         self._size = None
@@ -176,9 +189,17 @@ class FastRenderer:
         self._background = None
 
     def _render(self) -> None:
+        flipped: list = []          # (artist, its own animated flag), given back after the render
+        try:
+            self._render_flagged(flipped)
+        finally:
+            for artist, animated in flipped:
+                artist.set_animated(animated)
+
+    def _render_flagged(self, flipped: list) -> None:
         fig, canvas = self.fig, self.canvas
         axes = list(fig.axes)
-        dynamic = {ax: _mark_dynamic(ax) for ax in axes}
+        dynamic = {ax: _mark_dynamic(ax, flipped) for ax in axes}
         keys = {ax: _frame_key(ax) for ax in axes}
         size = (canvas.get_width_height(), fig.dpi, len(axes))
         redrawn = set(axes)
@@ -254,16 +275,21 @@ class FastRenderer:
                          facecolor=self.fig.get_facecolor(), edgecolor="none", figure=self.fig)
 
 
-def _mark_dynamic(ax: Axes) -> list:
-    """Flag every child of `ax` except its frame and legend as animated; return them.
-    A legend is cached with the frame (keyed by its texts): laying one out costs ~15 ms."""
+def _mark_dynamic(ax: Axes, flipped: list) -> list:
+    """Flag every child of `ax` except its frame and legend as animated (recording each flag
+    changed in `flipped`); return them. A legend is cached with the frame (keyed by its texts):
+    laying one out costs ~15 ms."""
     frame = {ax.patch, ax.xaxis, ax.yaxis, *ax.spines.values()}
-    if ax.get_legend() is not None:
-        ax.get_legend().set_animated(False)
-        frame.add(ax.get_legend())
+    legend = ax.get_legend()
+    if legend is not None:
+        frame.add(legend)
+        if legend.get_animated():
+            flipped.append((legend, True))
+            legend.set_animated(False)
     dynamic = [a for a in ax.get_children() if a not in frame and a.get_visible()]
     for artist in dynamic:
         if not artist.get_animated():
+            flipped.append((artist, False))
             artist.set_animated(True)
     return dynamic
 
@@ -280,3 +306,76 @@ def _frame_key(ax: Axes) -> tuple:
     legend_key = None if legend is None else (id(legend), tuple(t.get_text() for t in legend.get_texts()))
     return (tuple(ax.get_xlim()), tuple(ax.get_ylim()), ax.get_xscale(), ax.get_yscale(),
             tuple(ax.bbox.bounds), _ticks(ax.xaxis), _ticks(ax.yaxis), ax.get_visible(), legend_key)
+
+
+# -- text cache -------------------------------------------------------------------------------------
+_TEXTS: OrderedDict = OrderedDict()   # key -> (RGBA image or None, dx, dy) of a rendered text
+_TEXTS_SIZE = 4096
+
+
+class _CachedTextRenderer(RendererAgg):
+    """RendererAgg whose `draw_text` renders a plain text once into a small RGBA image (a scratch
+    RendererAgg) and stamps that image with `draw_image` every later time. Public API only."""
+
+    def draw_text(self, gc, x, y, s, prop, angle, ismath=False, mtext=None):
+        special = mtext is not None and (mtext.get_fontfeatures() or mtext.get_language())
+        if ismath or special or gc.get_forced_alpha():      # (draw_image would apply that alpha twice)
+            return super().draw_text(gc, x, y, s, prop, angle, ismath=ismath, mtext=mtext)
+        key = (s, hash(prop), prop.get_size_in_points(), angle, self.dpi, get_hinting_flag(),
+               gc.get_antialiased(), tuple(gc.get_rgb()))
+        stamp = _TEXTS.get(key)
+        if stamp is None:
+            stamp = _TEXTS[key] = self._rasterize(gc, s, prop, angle, mtext)
+            while len(_TEXTS) > _TEXTS_SIZE:
+                _TEXTS.popitem(last=False)
+        else:
+            _TEXTS.move_to_end(key)
+        image, dx, dy = stamp   # draw_image: y up from the bottom, the image's first row at the bottom
+        if image is not None:
+            self.draw_image(gc, round(x) + dx, self.height - (round(y) + dy + image.shape[0]), image)
+        return None
+
+    def _rasterize(self, gc, s, prop, angle, mtext) -> tuple:
+        """`s` drawn at a whole-pixel anchor on a transparent scratch renderer: (RGBA image cropped
+        to its ink, bottom row first as draw_image wants it, or None; column and row of its top
+        left corner relative to the anchor, rows counted downwards as draw_text's y)."""
+        w, h, d = self.get_text_width_height_descent(s, prop, ismath=False)
+        cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+        corners = [(px, py) for px in (0, w) for py in (-d, h - d)]        # the text's box, unrotated
+        xs = [px * cos - py * sin for px, py in corners]
+        ys = [px * sin + py * cos for px, py in corners]
+        pad = 4 + math.ceil(h / 2)                                          # room for overhanging glyphs
+        left, right = math.floor(min(xs)) - pad, math.ceil(max(xs)) + pad
+        bottom, top = math.floor(min(ys)) - pad, math.ceil(max(ys)) + pad   # upwards from the anchor
+        scratch = RendererAgg(right - left, top - bottom, self.dpi)
+        sgc = scratch.new_gc()
+        sgc.set_foreground(gc.get_rgb(), isRGBA=True)
+        sgc.set_antialiased(gc.get_antialiased())
+        scratch.draw_text(sgc, -left, top, s, prop, angle, mtext=mtext)
+        sgc.restore()
+        rgba = np.asarray(scratch.buffer_rgba())
+        rows, cols = np.flatnonzero(rgba[..., 3].any(axis=1)), np.flatnonzero(rgba[..., 3].any(axis=0))
+        if rows.size == 0:
+            return None, 0, 0
+        image = np.ascontiguousarray(rgba[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1][::-1])
+        return image, int(cols[0]) + left, int(rows[0]) - top
+
+
+class CachedTextCanvas(FigureCanvasAgg):
+    """FigureCanvasAgg whose renderer caches rendered texts as images.
+
+    Matplotlib (3.11) lays out and rasterizes every glyph of every text on every draw, which is
+    most of the time of redrawing a small figure (a tick label ~1.5 ms, a two-line title ~8 ms on a
+    2-core machine). Here each plain text is rendered once per (string, font, angle, dpi, hinting,
+    colour) at a whole-pixel position and stamped again at any whole-pixel position (text may move
+    by up to half a pixel, which the eye does not see). Mathtext, text with font features and
+    text with an explicit alpha take matplotlib's own path.
+    """
+
+    def get_renderer(self):
+        w, h = self.get_width_height(physical=True)
+        key = w, h, self.figure.dpi
+        if getattr(self, "_text_renderer_key", None) != key:
+            self.renderer = _CachedTextRenderer(w, h, self.figure.dpi)
+            self._text_renderer_key = key
+        return self.renderer
