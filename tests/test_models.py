@@ -20,7 +20,7 @@ from qlearn.evaluate import perplexity
 from qlearn.models import INSTALL_EMBEDDED, release_memory
 from qlearn.sources import layer_weight
 
-MODES = ("fp32", "bf16", "fp16", "int8", "nf4", "nf4+dq", "fp4")
+MODES = ("fp32", "bf16", "int8", "nf4", "nf4+dq", "fp4")   # fp16: the bf16 path at half speed on a CPU
 PPL_TOKENS = 1024    # 2 windows of 512: enough to order the modes, short enough for CI
 PPL_MODES = ("bf16", "int8", "nf4", "nf4+dq", "fp4")   # fp32/fp16 on a CPU: slow, and no new lesson
 QUESTION = "What is the capital of France?"
@@ -123,7 +123,7 @@ def test_four_bit_layers_after_the_first_forward(measured, label):
 
 @pytest.mark.slow
 def test_footprint_numbers(measured):
-    """FACTS.md: bf16 269.0 MB, int8 162.9 MB, nf4 109.8 MB (+6.6 MB absmax; +1.7 MB with DQ)."""
+    """Measured on the embedded model: bf16 269.0 MB, int8 162.9 MB, nf4 109.8 MB (+6.6 MB absmax; +1.7 MB with DQ)."""
     assert round(measured["bf16"]["reported"] / 1e6, 1) == 269.0
     assert round(measured["int8"]["reported"] / 1e6, 1) == 162.9
     for label in ("nf4", "nf4+dq", "fp4"):
@@ -132,7 +132,6 @@ def test_footprint_numbers(measured):
     assert round(measured["nf4+dq"]["state_read"] / 1e6, 1) == 1.7
     assert measured["nf4"]["footprint"].bits_per_quantized_weight == 4.5
     assert measured["fp32"]["weight_dtype"] == torch.float32
-    assert measured["fp16"]["weight_dtype"] == torch.float16
 
 
 @pytest.mark.slow
