@@ -49,7 +49,7 @@ class KernelWatch:
         self.hwm = 0          # VmHWM after the last cell (the peak so far)
         self.polled = 0       # largest VmRSS the polling thread saw
         self.anon = 0         # largest RssAnon the polling thread saw
-        self.cells = []       # [(cell index, VmHWM bytes after it, first line of its source)]
+        self.cells = []       # [(cell index, VmHWM and VmRSS bytes after it, its first line)]
         self._stop = threading.Event()
 
     def on_notebook_start(self, notebook, **_):
@@ -61,7 +61,7 @@ class KernelWatch:
         """nbclient hook, after each cell (the kernel is still alive): record the high-water mark."""
         self.hwm = status_bytes(self.pid, "VmHWM")
         first = next((ln for ln in cell.source.splitlines() if ln.strip() and not ln.startswith("#")), "")
-        self.cells.append((cell_index, self.hwm, first[:70]))
+        self.cells.append((cell_index, self.hwm, status_bytes(self.pid, "VmRSS"), first[:60]))
 
     def _poll(self):
         while not self._stop.is_set():
@@ -93,11 +93,12 @@ def run_lesson(path: Path) -> tuple[KernelWatch, float]:
 
 
 def print_cells(watch: KernelWatch, min_rise_mb: float = 20.0) -> None:
-    """The cells after which the peak rose by at least ``min_rise_mb`` MB."""
+    """The cells after which the peak rose by at least ``min_rise_mb`` MB, and the RSS they left."""
     prev = 0
-    for index, hwm, first in watch.cells:
+    for index, hwm, rss, first in watch.cells:
         if (hwm - prev) / 1e6 >= min_rise_mb:
-            print(f"      cell {index:>2}: peak {hwm / 1e9:5.2f} GB (+{(hwm - prev) / 1e6:4.0f} MB)  {first}")
+            print(f"      cell {index:>2}: peak {hwm / 1e9:5.2f} GB (+{(hwm - prev) / 1e6:4.0f} MB), "
+                  f"left {rss / 1e9:4.2f} GB  {first}")
         prev = hwm
 
 

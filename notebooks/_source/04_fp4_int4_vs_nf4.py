@@ -8,8 +8,6 @@
 # 4. compare the ordering you measure with the one the QLoRA paper reports (NF4 < FP4 < INT4).
 
 # %%
-import gc
-
 import pandas as pd
 import torch
 from IPython.display import Markdown, display
@@ -91,8 +89,8 @@ with torch.no_grad():
         layer = int4_model.get_submodule(name)
         layer.weight.copy_(ql.absmax_quantize(layer.weight.float(), 4, blocksize=64).dequantize().to(layer.weight.dtype))
 ppl_int4 = ql.perplexity(int4_model, tok, max_tokens=PPL_TOKENS, progress=False)
-del model, int4_model, tok
-gc.collect()
+del model, int4_model, tok, head, layer   # head and layer are parts of the model: they keep it alive too
+ql.models.release_memory()                # collect it, and hand the freed memory back before the next load
 
 table = ql.compare(modes=("bf16", "nf4+dq", "fp4+dq"), model_id=MODEL_ID, max_new_tokens=MAX_NEW_TOKENS,
                    ppl_tokens=PPL_TOKENS, progress=False)

@@ -8,8 +8,6 @@
 # 4. measure an int8 model's perplexity against bf16.
 
 # %%
-import gc
-
 import pandas as pd
 import torch
 from IPython.display import Markdown, display
@@ -77,8 +75,9 @@ worst = outliers.loc[outliers["max |x|"].idxmax()]
 name = f"model.layers.{worst['block']}.{worst['layer']}"
 X = ql.sources.layer_inputs(model, tok, name, prompt)            # (tokens, in)
 W = ql.sources.layer_weight(model, name)                         # (out, in)
-del model, tok, out   # free the model before anything else loads
-gc.collect()
+out.release_model()   # the explorer keeps the inputs it captured (threshold still works), not the model
+del model, tok        # free the model before anything else loads
+ql.models.release_memory()
 reference = X @ W.T
 Wq = ql.int8_vectorwise(W).dequantize()                          # weights: threshold 0
 plain_int8 = ql.int8_vectorwise(X).dequantize() @ Wq.T

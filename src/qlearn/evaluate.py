@@ -65,8 +65,23 @@ def eval_tokens(tok, text=None, max_tokens=4096, dataset=None):
         raise ValueError(f"text must be a non-empty str; got {type(text).__name__} of length {len(text or '')}")
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 2:
         raise ValueError(f"max_tokens must be an int >= 2; got {max_tokens!r}")
-    ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]   # (1, all)
-    return ids[:, :max_tokens]
+    return _first_tokens(tok, text, max_tokens)
+
+
+def _first_tokens(tok, text, max_tokens, margin=64):
+    """The first ``max_tokens`` ids of ``text`` (1, n), tokenizing only as much of it as that needs.
+
+    A cut in the text changes only the tokens next to it (at most the last 4, over 19,667 cuts tried
+    on the offline text with SmolLM2's tokenizer), so a prefix that yields ``margin`` more tokens than
+    wanted gives the same first ``max_tokens`` as the whole text. Tokenizing the whole offline text
+    (465k characters, 113k tokens) took 78 MB; 4,096 tokens need about 17k characters.
+    """
+    chars = 8 * (max_tokens + margin)                       # ~4 characters a token in English prose
+    while True:
+        ids = tok(text[:chars], add_special_tokens=False, return_tensors="pt")["input_ids"]   # (1, m)
+        if chars >= len(text) or ids.shape[1] >= max_tokens + margin:
+            return ids[:, :max_tokens]
+        chars *= 2
 
 
 class Perplexity(float):

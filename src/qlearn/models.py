@@ -12,10 +12,12 @@ ordinary transformers + bitsandbytes path.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import importlib.util
 import json
 import logging
+import mmap
 import os
 import shutil
 import socket
@@ -33,7 +35,7 @@ from .memory import MODES, split_mode  # the one list of modes (memory is the ma
 
 __all__ = ["MODES", "FOUR_BIT_FORMATS", "INSTALL_EMBEDDED", "cache_dir", "embedded_gguf",
            "embedded_model_path", "resolve_device", "load", "generate", "Generation", "timed_generate",
-           "measure_mode", "release_memory"]
+           "measure_mode", "release_memory", "return_big_blocks"]
 
 FOUR_BIT_FORMATS = ("nf4", "fp4")
 _FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -154,17 +156,104 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         bar.close()
 
 
+def _glibc():
+    """The C library when it is glibc (Linux), else None (macOS, Windows, musl)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+    except OSError:
+        return None
+
+
 def release_memory():
     """Give freed model memory back: gc, the CUDA cache, and glibc's heap (so RSS drops between modes)."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    try:
-        import ctypes
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):   # not glibc (macOS, Windows, musl): nothing to trim
-        pass
+
+_M_MMAP_THRESHOLD = -3   # mallopt's parameter number for the mmap threshold (glibc's malloc.h)
+
+
+def return_big_blocks(threshold: int = 1 << 20) -> bool:
+    """Have glibc serve every block of ``threshold`` bytes (default 1 MiB) or more from its own
+    mapping, so that freeing it hands the memory back to the system at once. True where it applied.
+
+    glibc's default threshold starts at 128 KiB but rises each time such a block is freed, up to
+    32 MiB; from then on freed blocks of 1-32 MiB stay in its heap. Loading a model in 4 bits frees
+    hundreds of them (float32 copies of one weight: 576 x 1536 x 4 B = 3.5 MB in the embedded model),
+    so loading it in nf4 peaked at 1.1 GB of RSS with the default and at 0.72 GB with this. ``load``
+    calls it; perplexity and answers are the same numbers either way.
+    """
+    libc = _glibc()
+    return libc is not None and libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)) == 1
+
+
+_MADV_DONTNEED = 4   # madvise's advice number (Linux): unmap these pages; a file's page is re-read if touched
+
+
+def _file_maps(suffix: str = ".safetensors") -> list[tuple[int, int]]:
+    """(start, end) addresses of this process's memory maps of files named ``*suffix`` (/proc/self/maps)."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:   # not Linux
+        return []
+    spans = [line.split()[0] for line in lines if line.rstrip().endswith(suffix)]
+    return [tuple(int(x, 16) for x in span.split("-")) for span in spans]
+
+
+def _unmap_pages(start: int, end: int, maps) -> None:
+    """Unmap the whole pages between two addresses when they lie in one of ``maps`` (file maps: a page
+    is read again from the file if touched; never anonymous memory, whose content would be lost)."""
+    libc, page = _glibc(), mmap.PAGESIZE
+    start, end = -(-start // page) * page, end // page * page      # whole pages only
+    if libc is not None and end > start and any(a <= start and end <= b for a, b in maps):
+        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
+
+
+def _upcast(model, dtype) -> None:
+    """Convert a CPU model still mapped from its checkpoint to ``dtype`` one tensor at a time, unmapping
+    each converted tensor's file pages at once.
+
+    ``from_pretrained(dtype=torch.float32)`` on the bf16 embedded model keeps every page of the mapped
+    file it has read (0.27 GB) next to the float32 copies (0.54 GB) until the map closes: a 1.3 GB
+    peak. Here the peak is the float32 model plus one bf16 tensor. bf16 -> float32 is exact: the same
+    weights, the same perplexity. Ties hold (a tied weight is one Parameter, converted once).
+    """
+    maps = _file_maps()
+    for module in model.modules():
+        for group in (module._parameters, module._buffers):
+            for name, tensor in list(group.items()):
+                if tensor is None or not tensor.is_floating_point() or tensor.dtype == dtype:
+                    continue
+                stored = tensor.data
+                if isinstance(tensor, torch.nn.Parameter):
+                    tensor.data = stored.to(dtype)
+                else:
+                    group[name] = stored.to(dtype)
+                _unmap_pages(stored.data_ptr(), stored.data_ptr() + stored.nbytes, maps)
+    model.config.dtype = dtype
+
+
+def _copy_out_of_checkpoint(model) -> None:
+    """Give the 16-bit weights of a quantized CPU model their own memory, so the checkpoint's map closes.
+
+    transformers maps the safetensors file and keeps the weights it does not quantize (embeddings,
+    norms) as views of that map. While one view lives, every page of the file read during loading
+    stays in the process's RSS, those of the quantized weights too: 0.21 GB for the embedded model
+    in nf4. Those pages are unmapped first (only this model's maps, unwritten since loading), then
+    the views are copied: 57 MB, mostly the 49,152 x 576 bf16 embedding (tied with lm_head: one
+    Parameter, so the tie holds).
+    """
+    params = [p for p in model.parameters() if p.device.type == "cpu" and p.dtype.is_floating_point]
+    maps = [(a, b) for a, b in _file_maps() if any(a <= p.data_ptr() < b for p in params)]
+    for a, b in maps:
+        _unmap_pages(a, b, maps)
+    for param in params:
+        param.data = param.data.clone()
 
 
 def resolve_device(device_map="auto"):
@@ -246,9 +335,11 @@ def load(model_id="embedded", mode="bf16", compute_dtype=None, device_map="auto"
         where = ("CUDA device found" if device == "cuda" else "no CUDA device found") \
             if device_map == "auto" else "as asked"
         print(f"qlearn: loading {model_id} in {mode} on {device} ({where})", file=sys.stderr)
-    kwargs = dict(dtype=_FLOAT_DTYPES.get(mode, torch.bfloat16), device_map=device,
-                  quantization_config=quantization_config(mode, compute_dtype),
-                  local_files_only=local_only)
+    config = quantization_config(mode, compute_dtype)
+    upcast = mode == "fp32" and device == "cpu"   # load as stored, then convert (_upcast: a lower peak)
+    kwargs = dict(dtype="auto" if upcast else _FLOAT_DTYPES.get(mode, torch.bfloat16), device_map=device,
+                  quantization_config=config, local_files_only=local_only)
+    return_big_blocks()   # quantizing frees many 1-32 MiB blocks: hand them back, do not keep them
     try:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -260,6 +351,11 @@ def load(model_id="embedded", mode="bf16", compute_dtype=None, device_map="auto"
             "cache or on the hub (offline? HF_HUB_OFFLINE=1? a typo?). Use model_id='embedded' for the "
             f"offline model. ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
         ) from err
+    if upcast:
+        _upcast(model, torch.float32)
+    if config is not None and device == "cpu":
+        _copy_out_of_checkpoint(model)
+        release_memory()
     model.eval()
     return model, tok
 

@@ -54,8 +54,21 @@ class OutlierExplorer(Explorer):
         super().__init__(controls, plots.OutlierView(), title="LLM.int8 outlier columns", canvas=canvas)
         self.update()
 
+    def release_model(self) -> OutlierExplorer:
+        """Let go of the model so it can be freed (a notebook's ``del model`` alone does not free it
+        while the explorer, or IPython's ``Out`` cache that holds the explorer, still refers to it).
+        The threshold keeps redrawing the inputs already captured; layer and prompt are disabled.
+        """
+        self.model = self.tokenizer = None
+        self.controls["layer"].disabled = self.controls["prompt"].disabled = True
+        return self
+
     def _draw(self, v: dict) -> None:
-        self.inputs = self._inputs.get_or((v["layer"], v["prompt"]), lambda: sources.layer_inputs(
+        key = (v["layer"], v["prompt"])
+        if self.model is None and key not in self._inputs:
+            raise ValueError("this explorer released its model (release_model()); make a new one "
+                             "with a loaded model to look at another layer or prompt")
+        self.inputs = self._inputs.get_or(key, lambda: sources.layer_inputs(
             self.model, self.tokenizer, v["layer"], v["prompt"]))
         cols = int8_vectorwise(self.inputs, threshold=float(v["threshold"])).outlier_cols
         self.view.update(self.inputs, cols, float(v["threshold"]), layer=v["layer"])
