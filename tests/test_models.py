@@ -338,3 +338,44 @@ def test_perplexity_windows(tiny_llama):
         perplexity(model, tok, window=100, stride=200)
     with pytest.raises(ValueError, match="text"):
         perplexity(model, tok, text="  ")
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_folder(tiny_llama, tmp_path_factory):
+    """The tiny Llama saved as a local folder (hidden 64: the blocksize divides every row)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _, tok = tiny_llama
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("compute_dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_load_computes_in_the_asked_dtype(tiny_llama_folder, compute_dtype):
+    """compute_dtype is bnb_4bit_compute_dtype: each 4-bit matmul runs in it (the input is cast to it and the
+    output cast back), while embeddings, norms and the activations between layers stay bf16."""
+    import bitsandbytes as bnb
+    from torch.nn.functional import linear
+
+    model, tok = ql.load(str(tiny_llama_folder), mode="nf4", compute_dtype=compute_dtype, device_map="cpu",
+                         verbose=False)
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    with torch.inference_mode():
+        logits = model(tok("The capital of France", return_tensors="pt").input_ids).logits
+        name = "model.layers.1.mlp.down_proj"
+        x = torch.randn(3, 128, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
+        out = layers[name](x)
+    assert len(layers) == 14 and {m.compute_dtype for m in layers.values()} == {compute_dtype}
+    assert model.get_input_embeddings().weight.dtype == torch.bfloat16 and logits.dtype == torch.bfloat16
+    weight = layer_weight(model, name)                                  # qlearn's float32 decode
+    expected = linear(x.to(compute_dtype), weight.to(compute_dtype)).to(torch.bfloat16)
+    assert out.dtype == torch.bfloat16
+    if ql.backend_info().linear4bit_repacks:   # AVX512-BF16: a fused kernel after the repack, its own rounding
+        torch.testing.assert_close(out, expected, rtol=0.02, atol=0.02)
+    else:                                      # dequantize to compute_dtype, then the same matmul: bit-equal
+        assert torch.equal(out, expected)

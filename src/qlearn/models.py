@@ -440,18 +440,19 @@ def timed_generate(model, tok, prompt, max_new_tokens=50) -> Generation:
     return Generation(text, int(new.numel()), time.perf_counter() - start)
 
 
-def measure_mode(model_id, mode, measure, device_map="auto", loader=None) -> dict:
+def measure_mode(model_id, mode, measure, device_map="auto", loader=None, compute_dtype=None) -> dict:
     """Load ``model_id`` in ``mode``, return ``measure(model, tok)`` (a dict) plus ``mode`` and
     ``load_s``, and free the model before returning: one model in memory at a time.
 
-    ``loader(model_id, mode=...)`` replaces ``load`` (tests pass fakes). Used by ``compare``, the tour,
+    ``compute_dtype`` goes to ``load`` (4-bit modes). ``loader(model_id, mode=...)`` replaces ``load``
+    (tests pass fakes). Used by ``compare``, the tour,
     the generation explorer and the benchmarks, so every table loads, measures and frees the same way.
 
     >>> measure_mode("embedded", "nf4", lambda m, t: {"answer": generate(m, t, "Hi?", 8)})  # doctest: +SKIP
     """
     start = time.perf_counter()
     if loader is None:
-        model, tok = load(model_id, mode=mode, device_map=device_map, verbose=False)
+        model, tok = load(model_id, mode=mode, compute_dtype=compute_dtype, device_map=device_map, verbose=False)
     else:
         model, tok = loader(model_id, mode=mode)
     load_s = time.perf_counter() - start
