@@ -103,3 +103,24 @@ BAD = [
 def test_bad_inputs(call, error, text):
     with pytest.raises(error, match=text):
         call()
+
+
+def test_float_bits_figure_draws_every_bit_and_value(tmp_path):
+    from qlearn.plots import to_png
+    from qlearn.plots.floats import float_bits_figure
+
+    names = ["fp32", "bf16", "fp16", "fp8_e4m3", "fp8_e5m2", "e2m1", "bnb_fp4"]
+    rows = [floats.fields(0.3, n) for n in names]
+    widths = {n: (floats.FORMATS[n].exponent_bits, floats.FORMATS[n].mantissa_bits) for n in names}
+    e4m3 = floats.representable("fp8_e4m3")
+    fig = float_bits_figure(0.3, rows, widths, {"E4M3": e4m3}, {"E2M1 / 6": floats.representable("e2m1") / 6,
+                                                                 "bnb FP4": floats.representable("bnb_fp4")})
+    top, b, c = fig.axes
+    assert len(top.patches) == sum(floats.FORMATS[n].bits for n in names)      # one box per bit
+    assert {t.get_text() for t in top.texts} >= {r.formula for r in rows}
+    assert len(b.collections[0].get_segments()) == int((e4m3 > 0).sum())         # one tick per positive value
+    from matplotlib.collections import PathCollection
+    assert [len(col.get_offsets()) for col in c.collections if isinstance(col, PathCollection)] == [15, 15]
+    png = to_png(fig)
+    (tmp_path / "floats.png").write_bytes(png)
+    assert png[:4] == b"\x89PNG"

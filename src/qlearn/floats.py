@@ -79,6 +79,20 @@ class FloatFields:
         f = FORMATS[self.format]
         return (f"{self.sign}|{self.exponent:0{f.exponent_bits}b}|{self.mantissa:0{f.mantissa_bits}b}")
 
+    @property
+    def formula(self) -> str:
+        """How the fields make the value, e.g. fp8_e4m3 1.25: "+2^(7-7) x (1 + 2/8) = 1.25"."""
+        f = FORMATS[self.format]
+        sign = "-" if self.sign else "+"
+        if self.kind in ("nan", "inf"):
+            return f"exponent all ones -> {self.value}"
+        if f.specials == "table":
+            return f"{sign}table[{self.exponent << 1 | self.mantissa}] = {self.value:.8g} (bitsandbytes FP4, max 1)"
+        m = f"{self.mantissa}/{1 << f.mantissa_bits}"
+        if self.exponent == 0:
+            return f"{sign}2^(1-{f.bias}) x (0 + {m}) = {self.value:.8g}"
+        return f"{sign}2^({self.exponent}-{f.bias}) x (1 + {m}) = {self.value:.8g}"
+
 
 def _format(fmt) -> FloatFormat:
     if isinstance(fmt, FloatFormat):
