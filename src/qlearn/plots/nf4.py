@@ -3,9 +3,11 @@
 `NF4View` draws (a) the standard normal CDF with the probabilities whose quantiles become the
 16 NF4 values, (b) a tensor's block-normalized values (x / block absmax, in [-1, 1]) with the
 NF4 bin edges, (c) the share of values that land on each level for NF4, uniform INT4 (absmax,
-levels -7..7) and FP4. A level that gets ~1/16 of the weights carries the most information;
-`qlearn.codeusage.occupancy` and `entropy_bits` give those numbers (4 bits is the best a 16-level
-code can do); the construction comes from `qlearn.codebooks.nf4_construction`.
+levels -7..7) and FP4. `qlearn.codeusage.occupancy` and `entropy_bits` give those numbers; the
+entropy is at most log2 of the number of distinct levels: 4.0 bits for NF4's 16, log2 15 = 3.91 for
+INT4's 15 levels and FP4's 15 distinct values (+0 and -0 are both codes). Even use is QLoRA's
+motivation for NF4, not a proof of least error: SQNR and perplexity decide. The construction comes
+from `qlearn.codebooks.nf4_construction`.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class NF4View:
         self.lines = {}
         for name in ("nf4", "int4", "fp4"):
             (self.lines[name],) = c.plot([], [], marker="o", ms=3.5, lw=1.2, color=COLORS[name])
-        c.axhline(100 / 16, color="black", lw=0.8, ls="--", label="1/16 (even)")
+        c.axhline(100 / 16, color="black", lw=0.8, ls="--", label="1/16")
         c.set_xlim(-1.08, 1.08)
         c.set_xlabel("level (scaled to [-1, 1])")
         c.set_ylabel("% of weights")
@@ -84,5 +86,5 @@ class NF4View:
         top = max(100 * s.max() for _, s in self.shares.values())
         c.set_ylim(0, top * 1.35)
         c.legend(loc="upper left", frameon=False, ncols=2, fontsize=7.5)
-        c.set_title("share of weights per level\n(entropy: 4 bits = all equal)")
+        c.set_title("share of weights per level\n(entropy <= log2 of #levels)")
         return self
