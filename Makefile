@@ -6,6 +6,9 @@ TORCH := torch==2.13.0
 STAMP := $(VENV)/.qlearn-installed
 # ipywidgets 7.7.1 (Colab's) in a folder beside the venv's 8.x, for tests/test_ipywidgets7.py
 W7 := $(VENV)/ipywidgets7/.complete
+# The suite runs on two workers with one torch thread each (tests/conftest.py groups them): on 2 cores
+# this keeps both busy through the single-threaded parts (imports, kernels starting, plotting).
+TEST_WORKERS ?= 2
 # torch's OpenMP threads spin while they wait: on a small shared CPU, passive waiting halved the wall
 # time of the tour and the tests. Not for `bench`: a learner's kernel runs with the default policy.
 tour test: export OMP_WAIT_POLICY ?= PASSIVE
@@ -28,7 +31,7 @@ tour: $(STAMP)
 
 test: $(STAMP) $(W7)
 	$(BIN)/ruff check src tests benchmarks scripts
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) $(LAB_ARGS)

@@ -1,5 +1,9 @@
 """Shared fixtures. ``embedded_path``: the embedded SmolLM2, converted once per session (or reused).
 
+``make test`` runs the suite on two pytest-xdist workers (one torch thread each): every test file
+stays on one worker, so its module fixtures (a model loaded once per mode) are built once, while the
+lesson notebooks are spread one by one.
+
 The conversion goes to the normal qlearn cache (``$QLEARN_CACHE`` or ~/.cache/qlearn), so a second
 test session on the same machine finds it ready. Fixtures that load a model are for tests marked
 ``slow``; keep one model in memory at a time.
@@ -9,6 +13,16 @@ import logging
 import socket
 
 import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under xdist (``--dist loadgroup``): one group per test file, one per lesson notebook run."""
+    for item in items:
+        group = item.path.stem
+        callspec = getattr(item, "callspec", None)
+        if group == "test_notebooks" and callspec is not None and "path" in callspec.params:
+            group = f"{group}-{callspec.id}"
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,8 @@
 executes top to bottom on the embedded model (the same engine nbmake uses: nbclient + ipykernel).
 
 Execution sets ``QLEARN_FAST=1`` (the parameters cell then scores fewer tokens and generates
-fewer): same cells, smaller numbers. The executed copies and their run times go to
-``tests/_artifacts/notebooks/`` (git-ignored) for a look afterwards.
+fewer): same cells, smaller numbers. The executed copies and their run times (``NN_*.seconds.json``)
+go to ``tests/_artifacts/notebooks/`` (git-ignored) for a look afterwards.
 """
 
 from __future__ import annotations
@@ -94,8 +94,5 @@ def test_notebook_executes(path, embedded_path, monkeypatch):
         seconds = time.perf_counter() - t0
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, ARTIFACTS / path.name)
-        times = ARTIFACTS / "times.json"
-        record = json.loads(times.read_text()) if times.exists() else {}
-        record[path.name] = round(seconds, 1)
-        times.write_text(json.dumps(record, indent=1, sort_keys=True))
+        (ARTIFACTS / f"{path.stem}.seconds.json").write_text(json.dumps({path.name: round(seconds, 1)}))
     assert not _explorer_errors(nb), f"{path.name}: an explorer showed an error: {_explorer_errors(nb)}"
