@@ -1,0 +1,16 @@
+"""Quantization methods beyond bitsandbytes' round-to-nearest, in plain torch (lesson 11).
+
+rtn (baseline), gptq (Hessian-weighted error compensation), awq (activation-aware scales), hqq
+(data-free zero-point optimisation), gguf (llama.cpp's Q8_0 / Q4_0 / Q4_1 / Q4_K blocks, as bytes);
+apply: calibration text, one layer at a time through a model, fake quantization of its weights.
+Every method returns a record with .codes, .dequantize(dtype=None), .nbytes and .bits_per_param.
+"""
+
+from .awq import AWQQuantized, awq, awq_scales
+from .gguf import GGUF_TYPES, GGUFQuantized, decode_blocks, quantize_gguf
+from .gptq import gptq, hessian
+from .hqq import HQQQuantized, hqq
+from .rtn import GroupQuantized, rtn
+
+__all__ = ["rtn", "GroupQuantized", "gptq", "hessian", "awq", "awq_scales", "AWQQuantized", "hqq", "HQQQuantized",
+           "GGUF_TYPES", "GGUFQuantized", "quantize_gguf", "decode_blocks"]
