@@ -1,0 +1,108 @@
+"""Memory bandwidth, measured: how fast this machine moves bytes and multiplies, and the floor that puts
+under the time of one generated token.
+
+Generating one token at batch 1 reads every weight once (and the quantization state with it) and does
+only 2 flops per weight, so on most machines the time per token cannot be shorter than
+bytes read / bytes per second: the bandwidth floor. Dequantize-then-matmul adds its own traffic: the
+16-bit copy it writes and then reads back. At larger batches the same bytes serve more tokens and the
+compute floor (2 * weights * batch / flop/s) takes over.
+
+Worked number: 100 MB of weights on a machine that copies 10 GB/s cannot generate faster than
+10 ms per token (100 tokens/s).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["copy_bandwidth", "matmul_flops", "Floors", "floors"]
+
+
+def copy_bandwidth(nbytes: int = 64 << 20, repeats: int = 5) -> float:
+    """Bytes per second of ``dst.copy_(src)`` on two float32 CPU tensors of ``nbytes`` each, best of ``repeats``.
+
+    Counts read + write (2 * nbytes per copy), the traffic a kernel that reads weights and writes a copy
+    would make. 64 MiB each is far larger than any CPU cache, so this is main-memory bandwidth.
+
+    >>> copy_bandwidth(1 << 20, repeats=2) > 1e8
+    True
+    """
+    if not isinstance(nbytes, int) or nbytes < 4096:
+        raise ValueError(f"nbytes must be an int >= 4096; got {nbytes!r}")
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive int; got {repeats!r}")
+    src = torch.ones(nbytes // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)                     # touch the pages first
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.numel() * 4 / best
+
+
+def matmul_flops(n: int = 768, dtype: torch.dtype = torch.float32, repeats: int = 3) -> float:
+    """Floating-point operations per second of an (n x n) @ (n x n) matmul in ``dtype`` (2 n^3 flops), best
+    of ``repeats``: the compute ceiling of the roofline. n = 768: 0.906 GFLOP per matmul.
+
+    >>> matmul_flops(64, repeats=1) > 1e6
+    True
+    """
+    a = torch.randn(n, n, generator=torch.Generator().manual_seed(0)).to(dtype)
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        a @ a
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / min(times[1:] or times)
+
+
+@dataclass(frozen=True)
+class Floors:
+    """What one forward step must at least cost on this machine (seconds) and the bytes behind it.
+
+    weight_bytes: parameters + buffers + quantization state, each read once per step (the tied
+    embedding counts once: its full table is read by the output layer). decoded_bytes: the 16-bit
+    (or float32) copies dequantize-then-matmul writes and reads back, per step. linear_params: weights
+    of the layers that multiply (2 flops each per token).
+    """
+
+    weight_bytes: int
+    decoded_bytes: int
+    linear_params: int
+    bytes_per_s: float
+    flops_per_s: float
+
+    def memory_s(self, with_decoded: bool = True) -> float:
+        """Bandwidth floor of one step (seconds): bytes moved / bytes per second."""
+        return (self.weight_bytes + (self.decoded_bytes if with_decoded else 0)) / self.bytes_per_s
+
+    def compute_s(self, tokens: int) -> float:
+        """Compute floor of one step over ``tokens`` tokens: 2 * linear_params * tokens / flop/s."""
+        return 2 * self.linear_params * tokens / self.flops_per_s
+
+    def floor_s(self, tokens: int) -> float:
+        """The roofline: the larger of the two floors."""
+        return max(self.memory_s(), self.compute_s(tokens))
+
+
+def floors(weight_bytes: int, decoded_bytes: int, linear_params: int, bytes_per_s: float,
+           flops_per_s: float) -> Floors:
+    """Bundle measured bytes and speeds into ``Floors`` (checks they are positive).
+
+    >>> f = floors(100_000_000, 0, 50_000_000, 10e9, 100e9)
+    >>> round(f.memory_s() * 1e3, 1), round(f.compute_s(1) * 1e3, 1), round(f.floor_s(64) * 1e3, 1)
+    (10.0, 1.0, 64.0)
+    """
+    for name, value in (("weight_bytes", weight_bytes), ("bytes_per_s", bytes_per_s), ("flops_per_s", flops_per_s)):
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0; got {value!r}")
+    if decoded_bytes < 0 or linear_params < 0:
+        raise ValueError(f"decoded_bytes and linear_params must be >= 0; got {decoded_bytes!r}, {linear_params!r}")
+    return Floors(int(weight_bytes), int(decoded_bytes), int(linear_params), float(bytes_per_s), float(flops_per_s))
+
+

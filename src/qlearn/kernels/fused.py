@@ -1,0 +1,232 @@
+"""A fused int4 / int8 ``Linear`` on any CPU, built on torch's own weight-only kernels, and its plain reference.
+
+Dequantize-then-matmul (what bitsandbytes' ``Linear4bit`` does on a CPU without AVX512-BF16) reads the
+4-bit weight, WRITES a 16-bit copy of it, then reads that copy again in the matmul. A fused kernel reads
+the 4-bit codes and their group scales and multiplies straight away: no 16-bit weight is ever written.
+
+Format (asymmetric int4, groups of ``groupsize`` along the input dimension, as GGUF's Q4_1 / torchao's
+"tinygemm" layout):  w = (q - 8) * scale + zero,  q in 0..15,  scale = (max - min) / 15,
+zero = min + 8 * scale, one (scale, zero) pair per group of each row. Worked number: a group spanning
+[-0.3, 0.45] has scale 0.05, zero 0.1; code 0 decodes to -0.3, code 15 to 0.45.
+
+torch's CPU kernels (verified by experiment on torch 2.13, see tests/test_kernels.py):
+``aten._convert_weight_to_int4pack_for_cpu(q, 1)`` takes int32 codes (N, K) with values 0..15 (N a
+multiple of 16) and returns (N, K/2) uint8 in its own blocked layout (we never read it);
+``aten._weight_int4pack_mm_for_cpu(x, packed, groupsize, scales_and_zeros)`` takes x (M, K) in bf16,
+fp16 or fp32, scales_and_zeros (K/groupsize, N, 2) in x's dtype, groupsize 32/64/128/256 dividing K;
+``aten._weight_int8pack_mm(x, w_int8 (N, K), scales (N,))`` computes x @ w.T * scales.
+K = 576 is not a multiple of 128: the weight is padded with codes that meet zeros in the padded input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["GROUPSIZES", "Int4Weights", "quantize_int4", "FusedInt4Linear", "DequantInt4Linear",
+           "FusedInt8Linear", "swap_linears"]
+
+GROUPSIZES = (32, 64, 128, 256)
+
+
+@dataclass(frozen=True)
+class Int4Weights:
+    """Asymmetric int4 codes of a (N, K) weight and their group scales, in the kernel's convention.
+
+    codes (N, Kp) uint8 in 0..15 (Kp = K rounded up to the groupsize), scale and zero (N, Kp/groupsize)
+    in ``dtype`` (the compute dtype: the kernel reads them in x's dtype, so they are rounded to it here
+    once and the reference decodes the very same numbers).
+    """
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor
+    groupsize: int
+    in_features: int
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """(N, K) weights ``(q - 8) * scale + zero`` computed in float32, then cast to ``dtype``."""
+        n, kp = self.codes.shape
+        q = self.codes.view(n, kp // self.groupsize, self.groupsize).float() - 8.0
+        w = q * self.scale.float()[..., None] + self.zero.float()[..., None]   # (N, groups, groupsize)
+        return w.reshape(n, kp)[:, : self.in_features].to(dtype or self.scale.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes as stored by the fused layer: half a byte per (padded) code plus the scale/zero pairs."""
+        return self.codes.numel() // 2 + 2 * self.scale.numel() * self.scale.element_size()
+
+    @property
+    def bits_per_param(self) -> float:
+        return 8 * self.nbytes / (self.codes.shape[0] * self.in_features)
+
+
+def quantize_int4(w: torch.Tensor, groupsize: int = 64, dtype: torch.dtype | None = None) -> Int4Weights:
+    """Asymmetric min/max int4 of a 2-D weight (N, K) in groups of ``groupsize`` along K.
+
+    q = round((w - min) / scale) clamped to 0..15 with scale = (max - min) / 15 (a flat group gets
+    scale 1e-6 * |min| or 1e-12); scale and zero are then rounded to ``dtype`` (default w's dtype).
+    A last partial group (K not a multiple of groupsize) is padded with its own last value.
+
+    >>> q = quantize_int4(torch.tensor([[-0.3, 0.45] * 16] * 16), groupsize=32, dtype=torch.float32)
+    >>> round(float(q.scale[0, 0]), 6), round(float(q.zero[0, 0]), 6), q.codes[0, :2].tolist()
+    (0.05, 0.1, [0, 15])
+    """
+    if not isinstance(w, torch.Tensor) or w.dim() != 2 or not w.is_floating_point():
+        raise TypeError(f"w must be a 2-D floating tensor (out_features, in_features); got "
+                        f"{getattr(w, 'shape', type(w).__name__)} {getattr(w, 'dtype', '')}")
+    if groupsize not in GROUPSIZES:
+        raise ValueError(f"groupsize must be one of {GROUPSIZES} (torch's int4 CPU kernel); got {groupsize!r}")
+    n, k = w.shape
+    pad = -k % groupsize
+    wf = w.detach().float()
+    if pad:
+        wf = F.pad(wf[None], (0, pad), mode="replicate")[0]
+    g = wf.view(n, -1, groupsize)                                   # (N, groups, groupsize)
+    lo, hi = g.amin(-1), g.amax(-1)
+    scale = ((hi - lo) / 15).clamp_min(1e-12)
+    dtype = dtype or w.dtype
+    codes = ((g - lo[..., None]) / scale[..., None]).round_().clamp_(0, 15).to(torch.uint8).view(n, -1)
+    scale_c = scale.to(dtype)
+    zero_c = (lo + 8 * scale).to(dtype)
+    return Int4Weights(codes, scale_c, zero_c, groupsize, k)
+
+
+class FusedInt4Linear(torch.nn.Module):
+    """``nn.Linear`` replacement: torch's fused int4 CPU matmul on packed codes, never a 16-bit weight.
+
+    Buffers: ``packed`` (N, Kp/2) uint8 (the kernel's layout), ``scales_and_zeros`` (Kp/groupsize, N, 2),
+    optional ``bias``. A 1536 x 576 layer at groupsize 64: 442,368 + 55,296 bytes (bf16 pairs), 4.5 bits
+    per weight. Inputs are cast to the scales' dtype and the output cast back.
+
+    >>> layer = FusedInt4Linear.from_linear(torch.nn.Linear(64, 32), groupsize=32)
+    >>> layer(torch.randn(2, 64)).shape
+    torch.Size([2, 32])
+    """
+
+    def __init__(self, weights: Int4Weights, bias: torch.Tensor | None = None):
+        super().__init__()
+        n, kp = weights.codes.shape
+        if n % 16:
+            raise ValueError(f"out_features must be a multiple of 16 for torch's int4 CPU kernel; got {n}")
+        self.in_features, self.out_features, self.groupsize = weights.in_features, n, weights.groupsize
+        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(weights.codes.int(), 1))
+        pairs = torch.stack([weights.scale, weights.zero], -1)      # (N, groups, 2)
+        self.register_buffer("scales_and_zeros", pairs.transpose(0, 1).contiguous())
+        self.register_buffer("bias", None if bias is None else bias.detach().to(weights.scale.dtype))
+        self._pad = kp - weights.in_features
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, groupsize: int = 64, dtype: torch.dtype | None = None):
+        return cls(quantize_int4(linear.weight, groupsize, dtype), linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype, lead = x.dtype, x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1]).to(self.scales_and_zeros.dtype)
+        if self._pad:
+            x2 = F.pad(x2, (0, self._pad))
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.groupsize, self.scales_and_zeros)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.out_features).to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, groupsize={self.groupsize}"
+
+
+class DequantInt4Linear(torch.nn.Module):
+    """The plain-torch reference of ``FusedInt4Linear``: decode the SAME int4 weights to x's dtype on every
+    forward (``Int4Weights.dequantize``), then ``F.linear``. Codes stored two per byte, first in the high
+    nibble (bitsandbytes' order), so the weight bytes equal the fused layer's.
+
+    >>> q = quantize_int4(torch.randn(32, 64), groupsize=32)
+    >>> DequantInt4Linear(q)(torch.randn(1, 64)).shape
+    torch.Size([1, 32])
+    """
+
+    def __init__(self, weights: Int4Weights, bias: torch.Tensor | None = None):
+        super().__init__()
+        c = weights.codes
+        self.register_buffer("packed", (c[:, 0::2] << 4) | c[:, 1::2])   # (N, Kp/2) uint8
+        self.register_buffer("scale", weights.scale)
+        self.register_buffer("zero", weights.zero)
+        self.register_buffer("bias", None if bias is None else bias.detach().to(weights.scale.dtype))
+        self.groupsize, self.in_features, self.out_features = weights.groupsize, weights.in_features, c.shape[0]
+
+    def weights(self) -> Int4Weights:
+        codes = torch.stack([self.packed >> 4, self.packed & 15], -1).view(self.out_features, -1)
+        return Int4Weights(codes, self.scale, self.zero, self.groupsize, self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weights().dequantize(x.dtype)                       # (N, K): the 16-bit copy, every call
+        return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
+
+
+class FusedInt8Linear(torch.nn.Module):
+    """``nn.Linear`` replacement on ``aten._weight_int8pack_mm``: int8 row-wise absmax weights (scale =
+    absmax / 127, per output row, in x's dtype), multiplied without a 16-bit copy. 8.0 bits per weight
+    plus one scale per row (576 x 1536: 884,736 + 1,152 bytes in bf16).
+
+    >>> FusedInt8Linear.from_linear(torch.nn.Linear(64, 32))(torch.randn(3, 64)).shape
+    torch.Size([3, 32])
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, dtype: torch.dtype | None = None):
+        super().__init__()
+        w = weight.detach().float()
+        absmax = w.abs().amax(1).clamp_min(1e-12)                    # (N,)
+        scale = absmax / 127
+        self.register_buffer("weight_int8", (w / scale[:, None]).round_().clamp_(-127, 127).to(torch.int8))
+        self.register_buffer("scales", scale.to(dtype or weight.dtype))
+        self.register_buffer("bias", None if bias is None else bias.detach().to(dtype or weight.dtype))
+        self.in_features, self.out_features = w.shape[1], w.shape[0]
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, dtype: torch.dtype | None = None):
+        return cls(linear.weight, linear.bias, dtype)
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return (self.weight_int8.float() * self.scales.float()[:, None]).to(dtype or self.scales.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype, lead = x.dtype, x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1]).to(self.scales.dtype)
+        y = torch.ops.aten._weight_int8pack_mm(x2, self.weight_int8, self.scales)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.out_features).to(dtype)
+
+
+_KINDS = ("int4", "int8", "int4-dequant")
+
+
+def swap_linears(model: torch.nn.Module, kind: str = "int4", groupsize: int = 64, lm_head: bool = False,
+                 dtype: torch.dtype | None = None) -> int:
+    """Replace the ``nn.Linear`` layers of ``model`` in place; returns how many were swapped.
+
+    kind: "int4" (FusedInt4Linear), "int8" (FusedInt8Linear) or "int4-dequant" (DequantInt4Linear, the
+    dequantize-then-matmul reference on the same codes). ``lm_head=False`` (default) keeps the output
+    layer in 16-bit: in the embedded model it is tied to the token embedding, so quantizing it would
+    ADD a 4-bit copy (49152 x 576) beside the 16-bit table the embedding still needs.
+    Embedded SmolLM2: 210 layers swapped (30 blocks x 7), 211 with lm_head.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 16))
+    >>> swap_linears(net, "int4", groupsize=32)
+    2
+    """
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be one of {_KINDS}; got {kind!r}")
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    targets = [(name, m) for name, m in model.named_modules()
+               if type(m) is torch.nn.Linear and (lm_head or m is not head)]
+    for name, linear in targets:
+        if kind == "int8":
+            new = FusedInt8Linear.from_linear(linear, dtype)
+        else:
+            q = quantize_int4(linear.weight, groupsize, dtype)
+            new = FusedInt4Linear(q, linear.bias) if kind == "int4" else DequantInt4Linear(q, linear.bias)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, new)
+    return len(targets)

@@ -1,0 +1,258 @@
+"""Where the time of one forward goes: dequantize, matmul and everything else, per layer type.
+
+Measured, not modelled: every linear layer (``nn.Linear``, bitsandbytes' ``Linear4bit`` / ``Linear8bitLt``,
+the fused and reference layers of ``qlearn.kernels.fused``) is timed by forward hooks (clock read before
+and after). Its "dequantize" part is measured by REPLAYING the decode that layer runs on every forward,
+on the layer's own stored state, right after the forward:
+
+- bitsandbytes 4-bit, flat layout: ``bitsandbytes.functional.dequantize_4bit(weight, quant_state)`` cast
+  to the input's dtype (what ``matmul_4bit`` runs before ``F.linear``);
+- bitsandbytes int8 where torch's CPU capability is not AVX-512: ``weight.float()`` (the default backend's
+  int8 matmul multiplies float32 copies of the int8 values);
+- ``DequantInt4Linear``: its ``Int4Weights.dequantize``.
+
+"matmul" = the layer's hooked time minus that replay (the replay is a second run of the same code on
+the same data, so this is an estimate, and says so). Fused layers (``FusedInt4Linear``, bitsandbytes'
+AVX512-BF16 repacked layout, int8 via ``torch._int_mm``) have no separate decode: all of it is matmul.
+"other" = the hooked forward minus all linear layers (attention scores, norms, embedding, rotary,
+activations, Python). The parts add up to the hooked forward exactly; ``gap`` compares that with a
+forward WITHOUT hooks, timed separately: that difference is what the measuring itself costs.
+bitsandbytes is imported only when a 4-bit layer is found.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from .fused import DequantInt4Linear
+
+__all__ = ["LAYER_TYPES", "PARTS", "TimeSplit", "layer_type", "dequantize_replay", "time_forward", "time_split",
+           "threads"]
+
+LAYER_TYPES = ("attention", "mlp", "lm_head")
+PARTS = ("dequantize", "matmul")
+
+
+def layer_type(name: str) -> str | None:
+    """'attention' (q/k/v/o projections), 'mlp' (gate/up/down), 'lm_head', or None for other modules.
+
+    >>> layer_type("model.layers.3.self_attn.k_proj"), layer_type("model.layers.3.mlp.down_proj"), layer_type("lm_head")
+    ('attention', 'mlp', 'lm_head')
+    """
+    if name == "lm_head" or name.endswith(".lm_head"):
+        return "lm_head"
+    if ".self_attn." in f".{name}." or ".attention." in f".{name}.":
+        return "attention"
+    if ".mlp." in f".{name}.":
+        return "mlp"
+    return None
+
+
+def _is_linear(module) -> bool:
+    return isinstance(module, torch.nn.Linear) or type(module).__name__ in (
+        "FusedInt4Linear", "DequantInt4Linear", "FusedInt8Linear")
+
+
+def dequantize_replay(module, dtype: torch.dtype):
+    """A zero-argument callable that re-runs the decode ``module`` does on each forward, or None if it has none.
+
+    >>> from qlearn.kernels.fused import quantize_int4
+    >>> dequantize_replay(DequantInt4Linear(quantize_int4(torch.randn(32, 64), 32)), torch.float32)().shape
+    torch.Size([32, 64])
+    >>> dequantize_replay(torch.nn.Linear(4, 4), torch.float32) is None
+    True
+    """
+    weight = getattr(module, "weight", None)
+    kind = type(weight).__name__
+    if isinstance(module, DequantInt4Linear):
+        return lambda: module.weights().dequantize(dtype)
+    if kind == "Params4bit" and not getattr(weight.quant_state, "packing_format_for_cpu", False):
+        import bitsandbytes.functional as bnbf
+
+        return lambda: bnbf.dequantize_4bit(weight.data, weight.quant_state).to(dtype)
+    if kind == "Int8Params" and weight.device.type == "cpu" and torch.backends.cpu.get_cpu_capability() != "AVX512":
+        return lambda: weight.data.float()
+    return None
+
+
+@dataclass(frozen=True)
+class TimeSplit:
+    """One forward of ``batch`` x ``seq`` tokens, split into parts (seconds).
+
+    parts: (layer type, part) -> seconds for part in PARTS, plus ("other", "other").
+    forward_s: fastest forward WITHOUT hooks; hooked_s: the fastest hooked forward, the parts come from it
+    (fastest of ``repeats``, alternating plain and hooked: on a shared machine the least disturbed run).
+    decoded_bytes: bytes the replayed decodes write (each read back by the matmul).
+    """
+
+    label: str
+    batch: int
+    seq: int
+    forward_s: float
+    hooked_s: float
+    parts: dict = field(default_factory=dict)
+    decoded_bytes: int = 0
+    threads: int = 1
+
+    @property
+    def parts_s(self) -> float:
+        return sum(self.parts.values())
+
+    @property
+    def gap(self) -> float:
+        """|sum of parts - forward without hooks| / forward without hooks."""
+        return abs(self.parts_s - self.forward_s) / self.forward_s
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.seq
+
+    def totals(self) -> dict:
+        """part -> seconds summed over layer types: {'dequantize': .., 'matmul': .., 'other': ..}."""
+        out = {p: 0.0 for p in (*PARTS, "other")}
+        for (_, part), s in self.parts.items():
+            out[part] += s
+        return out
+
+    def rows(self) -> list[dict]:
+        """One dict per (layer type, part) with seconds, ms per token and share of the forward."""
+        return [{"label": self.label, "batch": self.batch, "seq": self.seq, "layers": lt, "part": p, "s": s,
+                 "ms_per_token": 1e3 * s / self.tokens, "share": s / self.parts_s}
+                for (lt, p), s in self.parts.items()]
+
+
+@contextmanager
+def threads(n: int | None):
+    """Run the block with ``torch.set_num_threads(n)`` (None: leave as is), then restore. One thread is the
+    default for timing: on a shared machine a second intra-op thread waits on the first whenever either
+    is descheduled, and the timings scatter."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _inputs(model, batch: int, seq: int) -> torch.Tensor:
+    vocab = model.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, vocab, (batch, seq), generator=g).to(model.device)
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_forward(model, batch: int = 1, seq: int = 1, repeats: int = 5, n_threads: int | None = 1) -> float:
+    """Fastest of ``repeats`` timings of ``model(ids, use_cache=False)`` on ``batch`` x ``seq`` random token ids
+    (fixed seed), after one warm-up; the decode step of generation at ``seq=1`` (without the KV cache's reads)."""
+    if not all(isinstance(v, int) and v >= 1 for v in (batch, seq, repeats)):
+        raise ValueError(f"batch, seq and repeats must be positive ints; got {batch!r}, {seq!r}, {repeats!r}")
+    ids = _inputs(model, batch, seq)
+    times = []
+    with torch.inference_mode(), threads(n_threads):
+        for _ in range(repeats + 1):
+            _sync(ids.device)
+            start = time.perf_counter()
+            model(ids, use_cache=False)
+            _sync(ids.device)
+            times.append(time.perf_counter() - start)
+    return min(times[1:])
+
+
+def _forwards(model, ids, layers, repeats):
+    """Alternate plain and hooked forwards (after one warm-up of each), so a change in the machine's
+    load hits both alike. Returns ([plain s], [(hooked s, {layer name: s})])."""
+    clock, spent = {}, {}
+
+    def pre(name):
+        def hook(module, args):
+            _sync(ids.device)
+            clock[name] = time.perf_counter()
+        return hook
+
+    def post(name):
+        def hook(module, args, out):
+            _sync(ids.device)
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - clock[name]
+        return hook
+
+    def timed():
+        _sync(ids.device)
+        start = time.perf_counter()
+        model(ids, use_cache=False)
+        _sync(ids.device)
+        return time.perf_counter() - start
+
+    plain, hooked = [], []
+    with torch.inference_mode():
+        for i in range(repeats + 1):
+            t = timed()
+            handles = [h for name, m in layers
+                       for h in (m.register_forward_pre_hook(pre(name)), m.register_forward_hook(post(name)))]
+            spent.clear()
+            try:
+                th = timed()
+            finally:
+                for h in handles:
+                    h.remove()
+            if i:
+                plain.append(t)
+                hooked.append((th, dict(spent)))
+    return plain, hooked
+
+
+def _replay_s(fn, repeats) -> tuple[float, int]:
+    """Fastest seconds of ``fn()`` and the bytes it writes."""
+    with torch.inference_mode():
+        out = fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return min(times), out.numel() * out.element_size()
+
+
+def time_split(model, batch: int = 1, seq: int = 1, repeats: int = 5, label: str = "",
+               dtype: torch.dtype | None = None, n_threads: int | None = 1) -> TimeSplit:
+    """Split one forward of ``batch`` x ``seq`` tokens into dequantize / matmul per layer type, and other.
+
+    ``dtype``: the compute dtype the decodes are cast to (default: the embedding's dtype, bf16 for every
+    qlearn mode but fp32). Batch 1, seq 1 is one generated token; seq 64 a 64-token prompt. Timed on
+    ``n_threads`` torch threads (default 1, see ``threads``; None: as set).
+
+    >>> split = time_split(model, batch=1, seq=64, label="nf4")  # doctest: +SKIP
+    >>> split.gap < 0.15  # doctest: +SKIP
+    True
+    """
+    if not all(isinstance(v, int) and v >= 1 for v in (batch, seq, repeats)):
+        raise ValueError(f"batch, seq and repeats must be positive ints; got {batch!r}, {seq!r}, {repeats!r}")
+    dtype = dtype or model.get_input_embeddings().weight.dtype
+    layers = [(n, m) for n, m in model.named_modules() if _is_linear(m) and layer_type(n)]
+    if not layers:
+        raise ValueError("model has no linear layers named like attention / mlp / lm_head projections")
+    with threads(n_threads):
+        plain, runs = _forwards(model, _inputs(model, batch, seq), layers, repeats)
+        replays = [(name, m, dequantize_replay(m, dtype)) for name, m in layers]
+        measured = {name: _replay_s(fn, max(1, repeats // 2)) for name, _, fn in replays if fn is not None}
+    forward_s = min(plain)
+    hooked_s, spent = min(runs, key=lambda r: r[0])   # the fastest hooked run, whole (least disturbed)
+    parts = {(lt, p): 0.0 for lt in LAYER_TYPES for p in PARTS}
+    decoded = 0
+    for name, _, _ in replays:
+        dq, nbytes = measured.get(name, (0.0, 0))
+        dq = min(dq, spent.get(name, 0.0))
+        decoded += 2 * nbytes                      # written once, read back once by the matmul
+        parts[(layer_type(name), "dequantize")] += dq
+        parts[(layer_type(name), "matmul")] += spent.get(name, 0.0) - dq
+    parts = {k: v for k, v in parts.items() if v > 0 or k[0] != "lm_head"}
+    parts[("other", "other")] = max(0.0, hooked_s - sum(spent.values()))
+    return TimeSplit(label, batch, seq, forward_s, hooked_s, parts, decoded, n_threads or torch.get_num_threads())

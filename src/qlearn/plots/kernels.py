@@ -1,0 +1,144 @@
+"""Pictures of speed: where the time of a forward goes (stacked bars), the roofline (measured time per step
+against the bandwidth and compute floors, per mode and batch size) and tokens/s against batch size.
+
+These functions draw numbers handed to them (``qlearn.kernels.TimeSplit`` objects and plain dicts of
+measurements); every number is measured in ``qlearn.kernels``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from ._base import axes_or_new, new_figure
+
+__all__ = ["PART_COLORS", "time_split_bars", "roofline", "crossover", "SpeedView"]
+
+PART_COLORS = {("attention", "dequantize"): "#f2b48c", ("attention", "matmul"): "#dd8452",
+               ("mlp", "dequantize"): "#9fb8dc", ("mlp", "matmul"): "#4c72b0",
+               ("lm_head", "dequantize"): "#a6d4b1", ("lm_head", "matmul"): "#55a868",
+               ("other", "other"): "#b0b0b0"}
+_MARKERS = "osD^vP*X"
+
+
+def time_split_bars(splits, ax: Axes | None = None, per_token: bool = True) -> list:
+    """Horizontal stacked bars, one per split: each (layer type, part) in ms (per token if ``per_token``),
+    hatched where the part is a dequantize; the unhooked forward marked by a black tick.
+
+    >>> from qlearn.kernels import TimeSplit
+    >>> s = TimeSplit("bf16", 1, 1, 0.010, 0.011, {("mlp", "matmul"): 0.006, ("other", "other"): 0.005})
+    >>> len(time_split_bars([s]))
+    2
+    """
+    ax = axes_or_new(ax, figsize=(6.0, 3.0))
+    artists = []
+    ys = np.arange(len(splits))[::-1]
+    seen = set()
+    for y, split in zip(ys, splits, strict=True):
+        scale = 1e3 / (split.tokens if per_token else 1)
+        left = 0.0
+        for key in PART_COLORS:
+            width = split.parts.get(key, 0.0) * scale
+            if width <= 0:
+                continue
+            label = None if key in seen else (key[0] if key[1] == "other" else f"{key[0]} {key[1]}")
+            seen.add(key)
+            artists += ax.barh(y, width, left=left, color=PART_COLORS[key], label=label, height=0.6,
+                               hatch="//" if key[1] == "dequantize" else None, edgecolor="white", lw=0.5)
+            left += width
+        artists += ax.plot([split.forward_s * scale] * 2, [y - 0.38, y + 0.38], color="black", lw=1.6)
+    ax.set_yticks(ys, [f"{s.label} b{s.batch}x{s.seq}" for s in splits])
+    ax.set_xlabel("ms per token" if per_token else "ms per forward")
+    ax.set_title("where the time goes (black tick: forward without hooks)")
+    ax.legend(loc="lower right", ncols=2, frameon=False)
+    return artists
+
+
+def roofline(points: list[dict], ax: Axes | None = None, highlight: str | None = None) -> list:
+    """Measured ms per forward step against batch size (log-log), one colour per mode, with that mode's
+    floor (dashed: max of bandwidth floor and compute floor). Where a solid line sits on its dashed
+    line the mode is memory- (flat part) or compute-bound (rising part); far above it, overhead.
+
+    points: dicts with keys label, batch, measured_s, memory_s, compute_s.
+
+    >>> pts = [dict(label="bf16", batch=b, measured_s=0.02 * b ** 0.5, memory_s=0.01, compute_s=0.001 * b)
+    ...        for b in (1, 4, 16)]
+    >>> len(roofline(pts))
+    2
+    """
+    ax = axes_or_new(ax, figsize=(6.0, 3.6))
+    artists = []
+    labels = list(dict.fromkeys(p["label"] for p in points))
+    for i, label in enumerate(labels):
+        pts = sorted((p for p in points if p["label"] == label), key=lambda p: p["batch"])
+        b = np.array([p["batch"] for p in pts], dtype=float)
+        measured = np.array([p["measured_s"] for p in pts]) * 1e3
+        floor = np.maximum([p["memory_s"] for p in pts], [p["compute_s"] for p in pts]) * 1e3
+        lw = 2.6 if label == highlight else 1.4
+        (line,) = ax.plot(b, measured, marker=_MARKERS[i % len(_MARKERS)], lw=lw, label=label, color=f"C{i}")
+        (dash,) = ax.plot(b, floor, ls="--", lw=1.0, color=f"C{i}", alpha=0.8)
+        artists += [line, dash]
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size (sequences, one token each)")
+    ax.set_ylabel("ms per forward step")
+    ax.set_title("measured (solid) vs floor (dashed: bytes / bandwidth, or flops / flop/s)")
+    ax.legend(frameon=False, fontsize=7, ncols=2)
+    return artists
+
+
+def crossover(points: list[dict], ax: Axes | None = None) -> list:
+    """Tokens per second against batch size, one line per mode (points: label, batch, measured_s).
+
+    >>> len(crossover([dict(label="int4", batch=1, measured_s=0.1), dict(label="int4", batch=4, measured_s=0.2)]))
+    1
+    """
+    ax = axes_or_new(ax, figsize=(6.0, 3.6))
+    artists = []
+    for i, label in enumerate(dict.fromkeys(p["label"] for p in points)):
+        pts = sorted((p for p in points if p["label"] == label), key=lambda p: p["batch"])
+        b = np.array([p["batch"] for p in pts], dtype=float)
+        tps = b / np.array([p["measured_s"] for p in pts])
+        artists += ax.plot(b, tps, marker=_MARKERS[i % len(_MARKERS)], label=label, color=f"C{i}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("tokens / s")
+    ax.set_title("throughput against batch size")
+    ax.legend(frameon=False, fontsize=7, ncols=2)
+    return artists
+
+
+class SpeedView:
+    """Two panels for the speed explorer: (a) the time split of one mode at one batch size, beside the
+    other modes at that batch; (b) the roofline with that mode drawn thick and the batch marked.
+
+    >>> from qlearn.kernels import TimeSplit
+    >>> s = TimeSplit("bf16", 1, 1, 0.01, 0.01, {("mlp", "matmul"): 0.01})
+    >>> pt = dict(label="bf16", batch=1, measured_s=0.01, memory_s=0.005, compute_s=0.001)
+    >>> SpeedView().update({("bf16", 1): s}, [pt], "bf16", 1).selected
+    ('bf16', 1)
+    """
+
+    def __init__(self, fig: Figure | None = None):
+        if fig is None:
+            fig, _ = new_figure(2, figsize=(10.5, 3.8))
+            fig.subplots_adjust(left=0.16, right=0.985, wspace=0.3)
+        self.fig, self.axes = fig, np.array(fig.axes)
+        self.selected = None
+
+    def update(self, splits: dict, points: list[dict], mode: str, batch: int) -> SpeedView:
+        """splits: (mode, batch) -> TimeSplit; points: roofline dicts; draws ``mode`` at ``batch``."""
+        a, b = self.axes
+        a.clear()
+        b.clear()
+        at_batch = [s for (m, bs), s in splits.items() if bs == batch]
+        chosen = splits[(mode, batch)]
+        time_split_bars([chosen] + [s for s in at_batch if s is not chosen], ax=a)
+        a.set_title(f"{mode}, batch {batch}: "
+                    f"{1e3 * chosen.forward_s / chosen.tokens:.2f} ms/token, split gap {100 * chosen.gap:.0f}%")
+        roofline(points, ax=b, highlight=mode)
+        b.axvline(batch, color="black", lw=0.8, alpha=0.5)
+        self.selected = (mode, batch)
+        return self

@@ -1,0 +1,187 @@
+"""qlearn.kernels: the fused int4/int8 CPU Linear against dequantize-then-matmul of the same weights, the
+kernel's conventions, the time split on a small Llama, the bandwidth floors, the speed figures and explorer."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from qlearn.kernels import (
+    DequantInt4Linear,
+    FusedInt4Linear,
+    FusedInt8Linear,
+    copy_bandwidth,
+    dequantize_replay,
+    floors,
+    layer_type,
+    quantize_int4,
+    swap_linears,
+    time_split,
+)
+
+ART = Path(__file__).parent / "_artifacts"
+
+
+def _seeded(*shape, seed=0, dtype=torch.float32):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def _bf16_bound(x, w):
+    """What bf16 rounding of inputs to the sum may move a dot product by: 2**-7 * sum |x| |w| per output."""
+    return 2.0**-7 * (x.float().abs() @ w.float().abs().t()) + 1e-6
+
+
+@pytest.mark.parametrize("groupsize", [32, 64, 128])
+@pytest.mark.parametrize("shape", [(1536, 576), (576, 1536), (192, 576)])
+def test_fused_int4_matches_dequantize_then_matmul_within_bf16_rounding(groupsize, shape):
+    w = _seeded(*shape, seed=1, dtype=torch.bfloat16) * 0.05
+    q = quantize_int4(w, groupsize)
+    x = _seeded(3, shape[1], seed=2, dtype=torch.bfloat16)
+    fused = FusedInt4Linear(q)(x)
+    exact = F.linear(x.float(), q.dequantize(torch.float32))          # the same int4 weights, float32 sums
+    assert fused.dtype == torch.bfloat16 and fused.shape == (3, shape[0])
+    assert bool(((fused.float() - exact).abs() <= _bf16_bound(x, q.dequantize(torch.float32))).all())
+    reference = DequantInt4Linear(q)(x)                                # dequantize-then-matmul in bf16
+    assert bool(((fused.float() - reference.float()).abs() <= 2 * _bf16_bound(x, w)).all())
+
+
+def test_fused_int4_in_float32_is_the_convention_exactly():
+    """In float32 nothing rounds but the sums: w = (q - 8) * scale + zero, groups along the input dimension."""
+    w = _seeded(64, 256, seed=3)
+    q = quantize_int4(w, 64, torch.float32)
+    x = _seeded(5, 256, seed=4)
+    torch.testing.assert_close(FusedInt4Linear(q)(x), x @ q.dequantize().t(), rtol=1e-5, atol=1e-5)
+
+
+def test_quantize_int4_worked_numbers_and_error_bound():
+    row = torch.tensor([-0.3, 0.45, 0.0, 0.15] * 8)                  # one group of 32, range 0.75 -> scale 0.05
+    q = quantize_int4(row.repeat(16, 1), 32, torch.float32)
+    assert torch.allclose(q.scale, torch.full((16, 1), 0.05)) and torch.allclose(q.zero, torch.full((16, 1), 0.1))
+    assert q.codes[0, :4].tolist() == [0, 15, 6, 9]
+    w = _seeded(32, 96, seed=5)
+    q = quantize_int4(w, 64, torch.float32)                           # 96 = one full group + a padded half group
+    assert q.codes.shape == (32, 128) and int(q.codes.max()) <= 15
+    step = q.scale.repeat_interleave(64, 1)[:, :96]
+    assert bool(((q.dequantize() - w).abs() <= step / 2 * (1 + 1e-5)).all())
+    assert q.bits_per_param == pytest.approx(8 * (32 * 64 + 2 * 32 * 2 * 4) / (32 * 96))
+
+
+def test_q4_1_style_weights_come_back_almost_exactly_at_group_32_only():
+    """Weights made like GGUF Q4_1 (codes * d + m in groups of 32): asymmetric int4 at group 32 finds them."""
+    codes = torch.randint(0, 16, (64, 256), generator=torch.Generator().manual_seed(6)).float()
+    codes[:, ::32], codes[:, 1::32] = 0, 15                           # every group uses both end codes
+    d, m = _seeded(64, 8, seed=7).abs() * 0.01 + 0.001, _seeded(64, 8, seed=8) * 0.05
+    w = (codes.view(64, 8, 32) * d[..., None] + m[..., None]).view(64, 256)
+    err32 = (quantize_int4(w, 32, torch.float32).dequantize() - w).abs().max()
+    err64 = (quantize_int4(w, 64, torch.float32).dequantize() - w).abs().max()
+    assert float(err32) < 1e-6 < float(err64)
+
+
+def test_fused_int8_matches_its_dequantize():
+    lin = torch.nn.Linear(576, 192, bias=True).to(torch.bfloat16)
+    f8 = FusedInt8Linear.from_linear(lin)
+    x = _seeded(2, 576, seed=9, dtype=torch.bfloat16)
+    exact = F.linear(x.float(), f8.dequantize(torch.float32), lin.bias.float())
+    assert bool(((f8(x).float() - exact).abs() <= _bf16_bound(x, f8.dequantize(torch.float32)) + 0.01).all())
+    assert f8.weight_int8.dtype == torch.int8 and int(f8.weight_int8.abs().max()) == 127
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda: quantize_int4(torch.randn(16, 64), 48), ValueError),
+    (lambda: quantize_int4(torch.randn(64), 32), TypeError),
+    (lambda: quantize_int4(torch.ones(16, 64, dtype=torch.int32), 32), TypeError),
+    (lambda: FusedInt4Linear(quantize_int4(torch.randn(24, 64), 32)), ValueError),
+    (lambda: swap_linears(torch.nn.Linear(64, 32), "int3"), ValueError),
+    (lambda: copy_bandwidth(10), ValueError),
+    (lambda: floors(0, 0, 1, 1e9, 1e9), ValueError),
+])
+def test_bad_inputs_raise(call, error):
+    with pytest.raises(error):
+        call()
+
+
+def test_layer_types_and_floors():
+    assert [layer_type(n) for n in ("model.layers.0.self_attn.q_proj", "model.layers.9.mlp.up_proj", "lm_head",
+                                    "model.embed_tokens")] == ["attention", "mlp", "lm_head", None]
+    f = floors(100_000_000, 50_000_000, 50_000_000, 10e9, 100e9)
+    assert f.memory_s() == pytest.approx(0.015) and f.memory_s(False) == pytest.approx(0.01)
+    assert f.floor_s(1) == pytest.approx(0.015) and f.floor_s(64) == pytest.approx(0.064)
+    assert 1e6 < copy_bandwidth(1 << 22, repeats=2) < 1e13   # loose: the machine may be shared
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=256, intermediate_size=768, num_hidden_layers=3, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=2048, tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg).eval()   # float32: bf16 matmuls are slow on CPUs without AVX512-BF16
+
+
+def test_swap_keeps_the_tied_head_and_matches_the_reference(tiny_llama):
+    import copy
+
+    fused, ref = copy.deepcopy(tiny_llama), copy.deepcopy(tiny_llama)
+    assert swap_linears(fused, "int4", groupsize=32) == 21 == swap_linears(ref, "int4-dequant", groupsize=32)
+    assert type(fused.lm_head) is torch.nn.Linear and isinstance(fused.model.layers[0].mlp.up_proj, FusedInt4Linear)
+    ids = torch.randint(0, 2048, (1, 16), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        a, b = fused(ids).logits.float(), ref(ids).logits.float()
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)          # float32: only the order of the sums differs
+
+
+@pytest.mark.parametrize("kind", ["fp32", "int4", "int4-dequant"])
+def test_time_split_parts_add_up_to_the_forward(tiny_llama, kind):
+    import copy
+
+    model = copy.deepcopy(tiny_llama)
+    if kind != "fp32":
+        swap_linears(model, kind, groupsize=64)
+    split = time_split(model, batch=1, seq=64, repeats=7, label=kind)
+    totals = split.totals()
+    assert split.parts_s == pytest.approx(split.hooked_s)
+    assert split.gap < 0.15, (split.forward_s, split.hooked_s)
+    assert (totals["dequantize"] > 0) == (kind == "int4-dequant")
+    weights = 3 * (2 * 256 * 256 + 2 * 128 * 256 + 3 * 256 * 768)      # 3 blocks: q, o; k, v; gate, up, down
+    assert split.decoded_bytes == (2 * 4 * weights if kind == "int4-dequant" else 0)   # fp32, written + read
+
+
+def test_bitsandbytes_replay_is_what_the_layer_multiplies():
+    bnb = pytest.importorskip("bitsandbytes")
+    import bitsandbytes.functional as bnbf
+
+    layer = bnb.nn.Linear4bit(576, 192, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4")
+    layer.weight = bnb.nn.Params4bit(_seeded(192, 576, seed=10) * 0.05, requires_grad=False, quant_type="nf4")
+    layer = layer.to("cpu").eval()
+    x = _seeded(1, 576, seed=11, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        y = layer(x)
+        replay = dequantize_replay(layer, torch.bfloat16)
+        if bnbf.has_avx512bf16():    # repacked on the first forward: fused, nothing to replay
+            assert replay is None
+        else:
+            assert torch.equal(y, F.linear(x, replay()))
+
+
+def test_figures_and_explorer(tiny_llama):
+    from qlearn.plots import _base
+    from qlearn.plots.kernels import crossover, roofline, time_split_bars
+    from qlearn.widgets.kernels import speed_explorer
+
+    split = time_split(tiny_llama, batch=1, seq=1, repeats=1, label="fp32")
+    splits = {("fp32", 1): split, ("fp32", 4): split, ("int4", 1): split}
+    pts = [dict(label=m, batch=b, measured_s=s.forward_s * b ** 0.5, memory_s=s.forward_s / 2,
+                compute_s=s.forward_s / 10 * b) for (m, b), s in splits.items()]
+    fig, axes = _base.new_figure(3, figsize=(14, 3.4))
+    assert len(time_split_bars([split], ax=axes[0])) >= 2 and len(roofline(pts, ax=axes[1])) == 4
+    assert len(crossover(pts, ax=axes[2])) == 2
+    ART.mkdir(exist_ok=True)
+    fig.savefig(ART / "kernels_figures.png")
+    w = speed_explorer(splits, pts)
+    w.update(mode="int4", batch=1)
+    assert w.shown is split and w.error is None and w.view.selected == ("int4", 1)
+    w.update(batch=4)                          # int4 was not measured at batch 4: said in the message
+    assert "no time split measured" in (w.error or "")
+    (ART / "speed_explorer.png").write_bytes(w.update(mode="fp32", batch=4).png())
