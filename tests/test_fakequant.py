@@ -63,6 +63,13 @@ def test_only_changed_layers_are_kept_and_bits_are_the_records():
     assert torch.equal(model.up.weight, fq.model.up.weight)
 
 
+def test_values_dtype_gives_an_fp32_copy_the_bf16_models_values():
+    bf16, fp32 = Tiny(), Tiny().float()
+    fake_quantize(bf16, {"down": "nf4+dq/32"}, keep_originals=False)
+    fake_quantize(fp32, {"down": "nf4+dq/32"}, keep_originals=False, values_dtype=torch.bfloat16)
+    assert fp32.down.weight.dtype == torch.float32 and torch.equal(fp32.down.weight, bf16.down.weight.float())
+
+
 def test_a_function_works_as_a_format_and_the_forward_changes():
     model, ids = Tiny(), torch.arange(10)[None]
     with torch.no_grad():

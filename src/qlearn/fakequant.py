@@ -130,12 +130,16 @@ class FakeQuantized:
         self.restore()
 
 
-def fake_quantize(model: nn.Module, plan: Mapping[str, str | Callable], keep_originals: bool = True) -> FakeQuantized:
+def fake_quantize(model: nn.Module, plan: Mapping[str, str | Callable], keep_originals: bool = True,
+                  values_dtype: torch.dtype | None = None) -> FakeQuantized:
     """Replace each named layer's weight by ``quantize(weight).dequantize()`` in the weight's dtype, in place.
 
     plan: {layer name: format name or function weight -> record}; "bf16" layers are left untouched.
     The weight after is bit-exact ``record.dequantize()`` (the record was made from the weight as it
     was, e.g. bf16). keep_originals=False saves the copies when nothing needs restoring.
+    values_dtype: dequantize to this dtype first, then store in the weight's dtype: an fp32 copy of a
+    bf16 model with ``values_dtype=torch.bfloat16`` holds exactly the bf16 model's values (and runs
+    about 2.5x faster on a CPU without bf16 matmul units).
     Worked number: the embedded model's ``model.layers.0.self_attn.q_proj`` (576 x 576) in "nf4+dq"
     stores 4.127 bits a weight (171,201 bytes).
 
@@ -154,14 +158,14 @@ def fake_quantize(model: nn.Module, plan: Mapping[str, str | Callable], keep_ori
                          f"({len(allowed)} are, e.g. {sorted(allowed)[:2]})")
     fq = FakeQuantized(model)
     try:
-        _apply(fq, modules, plan, keep_originals)
+        _apply(fq, modules, plan, keep_originals, values_dtype)
     except BaseException:
         fq.restore()   # a bad format half-way: put back what was already changed
         raise
     return fq
 
 
-def _apply(fq: FakeQuantized, modules: dict, plan: Mapping, keep_originals: bool) -> None:
+def _apply(fq: FakeQuantized, modules: dict, plan: Mapping, keep_originals: bool, values_dtype) -> None:
     with torch.no_grad():
         for name, how in plan.items():
             fn = quantizer(how) if isinstance(how, str) else how
@@ -175,5 +179,5 @@ def _apply(fq: FakeQuantized, modules: dict, plan: Mapping, keep_originals: bool
                 continue
             if keep_originals:
                 fq.originals[name] = weight.detach().clone()
-            weight.copy_(record.dequantize(weight.dtype))
+            weight.copy_(record.dequantize(values_dtype or weight.dtype))
             del record
