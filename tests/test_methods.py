@@ -3,6 +3,7 @@ that pin them down (GPTQ with H = I is RTN; AWQ with alpha = 0 is RTN; HQQ with 
 min/max), the error each one minimises, the hqq library where it is installed, and the calibration
 text kept apart from the evaluation text."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -193,3 +194,54 @@ def test_calibration_text_does_not_overlap_the_evaluation_text():
     spans = {evaluation[i:i + 64] for i in range(0, len(evaluation) - 64)}
     hits = [calib[i:i + 64] for i in range(0, len(calib) - 64, 16) if calib[i:i + 64] in spans]
     assert hits == []
+
+
+def test_quantize_layer_dispatches_and_checks():
+    from qlearn.methods import LAYER_METHODS, quantize_layer
+    from qlearn.methods.layer import synthetic_layer
+
+    w, x = synthetic_layer(16, 256, tokens=64)
+    for method in LAYER_METHODS:
+        rec, moved = quantize_layer(method, w, x, 64)
+        assert rec.dequantize(torch.float32).reshape(w.shape).shape == w.shape
+        assert (moved is not None) == (method == "gptq")
+    with pytest.raises(ValueError, match="calibration inputs"):
+        quantize_layer("gptq", w)
+    with pytest.raises(ValueError, match="Q4_K"):
+        quantize_layer("Q3_K", w)
+
+
+def test_method_explorer_driven_by_its_controls(tmp_path):
+    from qlearn.methods.layer import synthetic_layer
+    from qlearn.methods.rtn import column_error
+    from qlearn.widgets.methods import MethodExplorer
+
+    w, x = synthetic_layer(32, 128, tokens=128)
+    e = MethodExplorer({"small": w}, {"small": x}, group_size=32)
+    assert e.error is None and set(e.controls) == {"layer", "method", "group_size", "row"}
+    assert e.shift is not None and e.out_err < e.rtn_out_err          # GPTQ by default: compensation shown
+    first = e.image.value
+    e.update(method="awq", row=7)
+    assert e.error is None and e.shift is None and e.image.value != first
+    w = e.weights[e.controls["layer"].value]
+    assert np.allclose(e.col_err, column_error(w, e.record.dequantize()).numpy())
+    e.controls["method"].value = "Q4_1"                               # a control change redraws too
+    assert e.record.qtype == "Q4_1" and e.error is None
+    e.update(method="nope")
+    assert "not offered" in e.error
+    e.update(row=10_000)
+    assert e.controls["row"].value == 31 and e.error is None
+    (tmp_path / "methods_explorer.png").write_bytes(e.image.value)
+
+
+def test_frontier_and_block_figures_draw_what_they_are_given():
+    from qlearn.plots.methods import block_bytes_figure, frontier_figure
+
+    rows = [{"method": "bf16", "group": None, "bits": 16.0, "ppl": 14.7},
+            {"method": "rtn", "group": 128, "bits": 4.28, "ppl": 25.0},
+            {"method": "gptq", "group": 128, "bits": 4.28, "ppl": 19.0}]
+    fig = frontier_figure(rows)
+    ax = fig.axes[0]
+    assert len(ax.collections) == 2 and [t.get_text() for t in ax.texts][1:] == ["rtn g128", "gptq g128"]
+    fig = block_bytes_figure([("Q4_1", np.arange(20, dtype=np.uint8), [("d", 0, 2), ("m", 2, 4), ("qs", 4, 20)])])
+    assert len(fig.axes[0].patches) == 20 and fig.axes[0].texts[0].get_text() == "00"

@@ -20,7 +20,8 @@ import torch
 from .._checks import check_bits, check_tensor
 from ..intquant import absmax_quantize, zeropoint_quantize
 
-__all__ = ["GroupQuantized", "rtn", "group_params", "quantize_column", "check_weight"]
+__all__ = ["GroupQuantized", "rtn", "group_params", "quantize_column", "check_weight", "column_error",
+           "output_error"]
 
 
 def check_weight(w, group_size: int | None, name: str = "w") -> torch.Tensor:
@@ -125,3 +126,21 @@ def quantize_column(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bi
         qmax = 2 ** (bits - 1) - 1
         return torch.round(w / safe).clamp(-qmax, qmax)
     return torch.round(w / safe + zero).clamp(0, 2 ** bits - 1)
+
+
+def column_error(w: torch.Tensor, w_hat: torch.Tensor) -> torch.Tensor:
+    """Mean |w_hat - w| over the rows, per input column: float32 (in,) for weights (out, in).
+
+    >>> column_error(torch.tensor([[0.0, 1.0], [0.0, 3.0]]), torch.zeros(2, 2)).tolist()
+    [0.0, 2.0]
+    """
+    return (w_hat.float() - w.float()).abs().mean(dim=0)
+
+
+def output_error(x: torch.Tensor, w: torch.Tensor, w_hat: torch.Tensor) -> float:
+    """Mean squared error of the layer's output, mean((x w_hat^T - x w^T)^2), for inputs x (tokens, in).
+
+    >>> output_error(torch.ones(1, 2), torch.zeros(1, 2), torch.ones(1, 2))
+    4.0
+    """
+    return float(((x.float() @ (w_hat.float() - w.float()).T) ** 2).mean())

@@ -1,0 +1,123 @@
+"""Pictures for lesson 11 (beyond round-to-nearest): the perplexity-vs-bits frontier, one layer
+before / after a method, and the bytes of one GGUF block. Everything drawn is handed in (numbers
+computed by qlearn.methods); nothing here quantizes."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ._base import COLORS, new_figure
+
+__all__ = ["FAMILY_COLORS", "frontier_figure", "MethodView", "block_bytes_figure"]
+
+FAMILY_COLORS = {"bf16": "#333333", "int8": "#8c564b", "rtn": COLORS["int4"], "rtn-asym": "#ff9896",
+                 "gptq": COLORS["orig"], "gptq-asym": "#aec7e8", "awq": COLORS["err"], "hqq": COLORS["fp4"],
+                 "Q4_0": "#bcbd22", "Q4_1": "#e6ab02", "Q4_K": "#17becf", "Q8_0": "#7f7f7f",
+                 "nf4": "#2ca02c", "nf4+dq": "#98df8a", "fp4": "#9467bd"}
+
+
+def _label(row: dict) -> str:
+    return row["method"] + (f" g{row['group']}" if row.get("group") else "")
+
+
+def frontier_figure(rows: list[dict], ymax: float | None = None) -> Figure:
+    """Perplexity (y) against stored bits per weight (x), one point per row of
+    {"method", "group", "bits", "ppl"}; bf16 drawn as a horizontal line, the lower-left the better."""
+    fig, (ax,) = new_figure(1, figsize=(9.6, 4.6))
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.9)
+    base = [r for r in rows if r["method"] == "bf16"]
+    if base:
+        ax.axhline(base[0]["ppl"], color=FAMILY_COLORS["bf16"], lw=1, ls="--")
+        ax.text(4.0, base[0]["ppl"], f"  bf16 {base[0]['ppl']:.2f} (16 bits)", va="bottom", fontsize=8)
+    shown = [r for r in rows if r["method"] != "bf16"]
+    for r in shown:
+        color = FAMILY_COLORS.get(r["method"], COLORS["muted"])
+        marker = {None: "o", 32: "s", 64: "^", 128: "o"}.get(r.get("group"), "o")
+        ax.scatter(r["bits"], r["ppl"], color=color, marker=marker, s=36, zorder=3)
+        ax.annotate(_label(r), (r["bits"], r["ppl"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.set_xlabel("stored bits per weight (codes + scales + zero points, over the 210 linear layers)")
+    ax.set_ylabel("perplexity")
+    top = ymax or max(r["ppl"] for r in rows) * 1.05
+    ax.set_ylim(min(r["ppl"] for r in rows) * 0.97, top)
+    ax.set_title("Perplexity vs true bits per weight (embedded SmolLM2-135M, every linear layer fake-quantized)")
+    return fig
+
+
+class MethodView:
+    """Three panels for one layer and one method: (a) one row's weights before / after (and, for
+    GPTQ, the value each weight had when it was rounded), (b) mean |error| per input column,
+    (c) the shift error compensation gave each column (GPTQ) or the method's per-column scale (AWQ)."""
+
+    def __init__(self, fig: Figure | None = None):
+        self.fig, self.axes = (fig, np.array(fig.axes)) if fig is not None else new_figure(3, figsize=(10.5, 3.4))
+        self.fig.subplots_adjust(left=0.06, right=0.99, bottom=0.17, top=0.85, wspace=0.3)
+
+    def update(self, cols: np.ndarray, w_row: np.ndarray, q_row: np.ndarray, moved_row: np.ndarray | None,
+               col_err: np.ndarray, rtn_col_err: np.ndarray, shift: np.ndarray | None, in_scale: np.ndarray | None,
+               title: str) -> None:
+        """cols (k,) column indices shown in (a); w_row / q_row / moved_row (k,) values of one row;
+        col_err, rtn_col_err (in,) mean |error| per input column of this method and of RTN;
+        shift (in,) mean |moved - w| per column (GPTQ) or None; in_scale (in,) AWQ's s or None;
+        title: shown over the first panel (method, bits, output error)."""
+        a, b, c = self.axes
+        for ax in self.axes:
+            ax.cla()
+        a.plot(cols, w_row, color=COLORS["orig"], lw=1, label="original")
+        if moved_row is not None:
+            a.plot(cols, moved_row, color=COLORS["err"], lw=1, alpha=0.8, label="when rounded (moved)")
+        a.step(cols, q_row, where="mid", color=COLORS["deq"], lw=1, label="quantized")
+        a.set_xlabel("input column")
+        a.set_ylabel("weight")
+        a.legend(frameon=False, fontsize=7, loc="upper right")
+        a.set_title(title, loc="left", fontsize=8)
+        x = np.arange(len(col_err))
+        b.plot(x, rtn_col_err, color=COLORS["muted"], lw=0.8, label="RTN")
+        b.plot(x, col_err, color=COLORS["level"], lw=0.8, label="this method")
+        b.set_xlabel("input column")
+        b.set_ylabel("mean |error|")
+        b.legend(frameon=False, fontsize=7, loc="upper right")
+        b.set_title("error per input column")
+        if shift is not None:
+            c.plot(x, shift, color=COLORS["err"], lw=0.8)
+            c.set_ylabel("mean |moved - original|")
+            c.set_title("GPTQ: shift from compensation")
+        elif in_scale is not None:
+            c.plot(x, in_scale, color=COLORS["err"], lw=0.8)
+            c.set_ylabel("s (scale of input channel)")
+            c.set_title("AWQ: W * s is rounded, then / s")
+        else:
+            c.text(0.5, 0.5, "no compensation:\neach weight rounded on its own", ha="center", va="center",
+                   transform=c.transAxes, fontsize=9, color=COLORS["muted"])
+            c.set_title("compensation")
+        c.set_xlabel("input column")
+
+
+def block_bytes_figure(blocks: list[tuple[str, np.ndarray, list[tuple[str, int, int]]]]) -> Figure:
+    """One row per block: its bytes as cells (hex), coloured by field. blocks: (title, bytes (n,) uint8,
+    [(field name, first byte, last byte + 1), ...])."""
+    fig, axes = new_figure(1, nrows=len(blocks), figsize=(10.5, 1.9 * len(blocks)))
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.05, top=0.9, hspace=0.9)
+    palette = [COLORS["level"], COLORS["deq"], COLORS["fp4"], COLORS["orig"]]
+    for ax, (title, data, fields) in zip(axes, blocks, strict=True):
+        per_row = 48
+        rows = -(-len(data) // per_row)
+        for i, byte in enumerate(data):
+            k = next(n for n, (_, lo, hi) in enumerate(fields) if lo <= i < hi)
+            r, col = divmod(i, per_row)
+            ax.add_patch(_cell(col, rows - 1 - r, palette[k % len(palette)]))
+            ax.text(col + 0.5, rows - 1 - r + 0.5, f"{int(byte):02x}", ha="center", va="center", fontsize=5.5)
+        handles = [_cell(0, 0, palette[k % len(palette)]) for k in range(len(fields))]
+        ax.legend(handles, [f"{name} (bytes {lo}-{hi - 1})" for name, lo, hi in fields], ncol=len(fields),
+                  frameon=False, fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.0))
+        ax.set_xlim(0, per_row)
+        ax.set_ylim(0, rows)
+        ax.set_axis_off()
+        ax.set_title(title, fontsize=9, loc="left", y=1.25)
+    return fig
+
+
+def _cell(x: float, y: float, color: str):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x, y), 1, 1, facecolor=color, alpha=0.35, edgecolor="white")
