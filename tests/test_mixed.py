@@ -186,3 +186,47 @@ def test_docstring_examples():
 
     result = doctest.testmod(mixed)
     assert result.failed == 0 and result.attempted >= 3
+
+
+# ---- the explorer ------------------------------------------------------------------------------------------
+
+class _FakeSensitivity:
+    """The embedded model's 210 layer shapes, seeded KL and errors shaped like the real ones
+    (bigger blocks and fewer bits: more KL), without a model run."""
+
+    def __init__(self, seed=0):
+        shapes = {"q_proj": (576, 576), "k_proj": (192, 576), "v_proj": (192, 576), "o_proj": (576, 576),
+                  "gate_proj": (1536, 576), "up_proj": (1536, 576), "down_proj": (576, 1536)}
+        g = torch.Generator().manual_seed(seed)
+        self.formats = PLAN_FORMATS
+        self.layers = tuple(f"model.layers.{b}.{'mlp' if 'p_proj' in k or 'down' in k else 'self_attn'}.{k}"
+                            for b in range(30) for k in shapes)
+        self.numel = {n: shapes[n.split(".")[-1]][0] * shapes[n.split(".")[-1]][1] for n in self.layers}
+        self.in_features = {n: shapes[n.split(".")[-1]][1] for n in self.layers}
+        scale = torch.rand(len(self.layers), generator=g) * 0.01
+        self.kl, self.error = {}, {}
+        for i, n in enumerate(self.layers):
+            row = {f: float(scale[i]) * 2.0 ** (-4 * (format_bits(f, self.in_features[n]) - 4)) for f in self.formats}
+            row["bf16"] = 0.0
+            self.kl[n], self.error[n] = row, {f: 100 * v for f, v in row.items()}
+
+
+def test_explorer_slider_resolves_the_plan_and_redraws(tmp_path):
+    from qlearn.widgets.mixed import mixed_precision_explorer
+
+    sens = _FakeSensitivity()
+    w = mixed_precision_explorer(sens, budget=4.127, curve_points=3)
+    t = mixed.tables(sens)
+    assert w.plan == solve(t, 4.127) and w.plan.bits_per_weight <= 4.127
+    first = w.png()
+    w.controls["budget"].value = 4.333                               # what dragging the slider does
+    assert w.error is None and w.plan == solve(t, 4.333)
+    assert w.predicted_mb == pytest.approx(w.plan.bits_per_weight * sum(sens.numel.values()) / 8e6)
+    x, y = w.view.dots.get_data()
+    assert list(x) == [t.formats.index(f) for f in w.plan.formats] and list(y) == list(range(210))
+    assert w.png() != first and "4.33" in w.figure._suptitle.get_text()
+    w.update(colour="output error")
+    assert w.view.image.get_label() == "output error" and w.error is None
+    w.update(budget=1.0)                                             # clamped to the cheapest plan
+    assert w.plan.bits_per_weight >= w.least and "outside" in w.message.value
+    (tmp_path / "mixed_explorer.png").write_bytes(w.png())
