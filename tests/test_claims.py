@@ -94,3 +94,10 @@ def test_check_prediction_explains_and_survives_bad_input():
 def test_seed_claims_rejects_a_non_mapping():
     with pytest.raises(TypeError, match="mapping"):
         claims.seed_claims([("int8_over_bf16_linear", 0.5)])
+
+
+def test_check_prediction_takes_numpy_measurements():
+    np = pytest.importorskip("numpy")
+    assert claims.check_prediction("61", np.int64(61), rel_tol=0.0, abs_tol=0.5).ok
+    assert claims.check_prediction("no", np.bool_(False)).ok
+    assert claims.check_prediction(5, np.float64(5.0), rel_tol=0.0, abs_tol=0.01).ok

@@ -12,6 +12,7 @@ Pure Python: no torch, no pandas.
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -234,13 +235,15 @@ def check_prediction(prediction, measured, *, rel_tol: float = 0.1, abs_tol: flo
     if prediction is None or prediction is Ellipsis:
         return Check(None, prediction, measured, "**No prediction yet.** Set the prediction variable in the cell "
                      "above, run it, then run this cell again.")
+    if type(measured).__module__ == "numpy" and type(measured).__name__ in ("bool_", "bool"):   # numpy's bool
+        measured = bool(measured)
     try:
         if isinstance(measured, bool):
             p = str(prediction).strip().lower()
             if p not in _TRUE | _FALSE:
                 raise ValueError(f"answer yes or no (or True / False); got {prediction!r}")
             ok, shown = (p in _TRUE) == measured, "yes" if measured else "no"
-        elif isinstance(measured, (int, float)):
+        elif isinstance(measured, numbers.Real):   # int, float and numpy's number types
             p = parse_number(prediction)
             ok = math.isclose(p, measured, rel_tol=rel_tol, abs_tol=abs_tol)
             shown = f"{measured:.4g}{unit}"
@@ -251,6 +254,6 @@ def check_prediction(prediction, measured, *, rel_tol: float = 0.1, abs_tol: flo
     except (TypeError, ValueError) as err:
         return Check(False, prediction, measured, f"**Could not read your prediction:** {err}")
     head = "**Right.**" if ok else "**Not quite.**"
-    tol = f" (within {rel_tol:.0%})" if isinstance(measured, (int, float)) and not isinstance(measured, bool) else ""
+    tol = f" (within {rel_tol:.0%})" if isinstance(measured, numbers.Real) and not isinstance(measured, bool) else ""
     return Check(ok, prediction, measured,
                  f"{head} You predicted {prediction!r}; this run measured **{shown}**{tol}. {explain}".strip())
