@@ -4,7 +4,7 @@
 # **Goals.** After this notebook you can
 # 1. build NF4's 16 values yourself from quantiles of the normal distribution, and check them against the table bitsandbytes uses;
 # 2. explain why NF4 is asymmetric (8 positive values, 7 negative, an exact zero);
-# 3. see how a real layer's weights fall into NF4's bins after blockwise scaling, and how evenly NF4, INT4 and FP4 use their 16 codes;
+# 3. see how a real layer's weights fall into NF4's bins after blockwise scaling, how evenly NF4, INT4 and FP4 use their codes, and why even use is not the same as least error;
 # 4. measure what the blocksize trades: error against bits per weight.
 
 # %%
@@ -16,6 +16,7 @@ import torch
 from IPython.display import Markdown, display
 
 import qlearn as ql
+import qlearn.claims as claims
 
 pd.options.display.float_format = "{:,.4g}".format
 
@@ -86,18 +87,60 @@ nf4_real = ql.widgets.nf4_explorer(real)   # float32 copies of three layers: the
 nf4_real
 
 # %% [markdown]
-# The right panel is the point of NF4: the share of weights on each of the 16 codes. 4 bits can carry
-# at most 4.0 bits of information, and only if all 16 codes are used equally often (entropy, in bits):
+# The right panel shows the share of weights on each level. Its **entropy** (in bits) measures how evenly the
+# levels are used: at most log2(number of distinct levels), reached when all are used equally. NF4 has 16
+# distinct values (max 4.0 bits); INT4 absmax uses the 15 levels −7 … 7 and bitsandbytes' FP4 has 15 distinct
+# values (+0 and −0 are both codes), so their maximum is log2 15 ≈ 3.91 bits.
+#
+# **Predict (1).** On the synthetic normal sample (blocks of 64), which format uses its levels most evenly
+# (highest entropy): NF4, INT4 or FP4?
+
+# %%
+PREDICT_MOST_EVEN = None   # "nf4", "int4" or "fp4"
 
 # %%
 entropy = pd.DataFrame({"synthetic normal": nf4_synth.entropy, layer: nf4_real.entropy}).T
-entropy
+most_even = max(nf4_synth.entropy, key=nf4_synth.entropy.get)
+display(entropy)
+claims.check_prediction(PREDICT_MOST_EVEN, most_even, explain=(
+    "NF4's values sit at quantiles of the normal distribution, so each catches about the same share of normal "
+    "weights: that is how QLoRA built it (quantile quantization)."))
+
+# %% [markdown]
+# Even use is QLoRA's **motivation** for NF4, not proof that it has the least error: entropy counts how
+# often codes are used, not how far each weight lands from its level. QLoRA calls NF4
+# "information-theoretically optimal" for normal weights; that claim is disputed (Yoshida, "NF4 Isn't
+# Information Theoretically Optimal (and that's Good)", arXiv 2306.06965). The tests are the error itself
+# (SQNR) and the model's perplexity (notebook 04). The same samples, measured both ways:
+
+# %%
+tests = {"synthetic normal": ql.sources.synthetic("normal", n=65536, seed=0), layer: real[layer]}
+rows = []
+for sample, t in tests.items():
+    for fmt, r in (("nf4", ql.quantize_4bit(t, "nf4", 64)), ("int4", ql.absmax_quantize(t, 4, blocksize=64)),
+                   ("fp4", ql.quantize_4bit(t, "fp4", 64))):
+        rows.append({"sample": sample, "format": fmt, "distinct levels": len(ql.codeusage.occupancy(r)[0]),
+                     "entropy (bits)": ql.codeusage.entropy_bits(ql.codeusage.occupancy(r)[1]),
+                     "SQNR dB": ql.error_stats(t, r.dequantize())["sqnr_db"]})
+even_vs_error = pd.DataFrame(rows).set_index(["sample", "format"])
+display(even_vs_error)
+for sample in tests:
+    part = even_vs_error.loc[sample]
+    print(f"{sample}: by entropy {' > '.join(part['entropy (bits)'].sort_values(ascending=False).index)};  "
+          f"by SQNR {' > '.join(part['SQNR dB'].sort_values(ascending=False).index)}")
 
 # %% [markdown]
 # ## 4. What the blocksize trades
 #
-# Smaller blocks follow the local range better (less error) but store more `absmax` values
-# (32 / blocksize extra bits per weight). Measured on every linear layer of block 15:
+# Smaller blocks follow the local range better (less error) but store more `absmax` values.
+#
+# **Predict (2).** One float32 `absmax` per block: how many bits per weight does NF4 take with blocks of **32**?
+
+# %%
+PREDICT_BITS_BLOCK_32 = None   # a number
+
+# %% [markdown]
+# Measured on every linear layer of block 15:
 
 # %%
 w15 = {n: ql.sources.layer_weight(model, n) for n in ql.sources.linear_layer_names(model) if ".layers.15." in n}
@@ -112,22 +155,54 @@ for bs in (32, 64, 128, 256, 1024, 4096):
 trade = pd.DataFrame(rows).pivot(index="blocksize", columns="format", values=["mean SQNR dB", "bits per weight"])
 trade
 
+# %%
+claims.check_prediction(PREDICT_BITS_BLOCK_32, trade.loc[32, ("bits per weight", "nf4")], rel_tol=0.0, abs_tol=0.01,
+                        explain="4 bits of code + 32 bits of absmax shared by 32 weights = 4 + 32/32 = 5 bits.")
+
 # %% [markdown]
 # ## Try this
+#
+# **Predict (3).** Heavy tails: on a Student-t sample (3 degrees of freedom), which format has the **highest
+# SQNR** (least error) in blocks of 64: NF4, INT4 or FP4? And is it also the one with the most even code use?
+# Answer the first question.
+
+# %%
+PREDICT_BEST_ON_HEAVY_TAILS = None   # "nf4", "int4" or "fp4"
+
+# %%
+heavy = ql.sources.synthetic("student_t", n=65536, seed=0)
+heavy_rows = {}
+for fmt, r in (("nf4", ql.quantize_4bit(heavy, "nf4", 64)), ("int4", ql.absmax_quantize(heavy, 4, blocksize=64)),
+               ("fp4", ql.quantize_4bit(heavy, "fp4", 64))):
+    heavy_rows[fmt] = {"entropy (bits)": ql.codeusage.entropy_bits(ql.codeusage.occupancy(r)[1]),
+                       "SQNR dB": ql.error_stats(heavy, r.dequantize())["sqnr_db"]}
+heavy_table = pd.DataFrame(heavy_rows).T
+best_heavy = heavy_table["SQNR dB"].idxmax()
+display(heavy_table)
+claims.check_prediction(PREDICT_BEST_ON_HEAVY_TAILS, best_heavy, explain=(
+    f"Least error: {best_heavy} ({heavy_table.loc[best_heavy, 'SQNR dB']:.2f} dB); by entropy: "
+    f"{' > '.join(heavy_table['entropy (bits)'].sort_values(ascending=False).index)}; by SQNR: "
+    f"{' > '.join(heavy_table['SQNR dB'].sort_values(ascending=False).index)}. The two rankings are different "
+    "measurements; when they disagree (compare section 3), the error is what the model feels."))
+
+# %% [markdown]
+# More to try:
 # - In the first explorer, move **offset** from 0.9677 to 0.99: the outer codes move out; what happens to the
 #   share of weights in the outermost bins, and to the entropy?
 # - Set **blocksize** to 4096 on the real layer: the occupancy piles up in the middle codes. Why?
-# - Pick the sample **student_t** (heavy tails): does NF4 still use its codes evenly?
 
 # %%
 t = trade["mean SQNR dB"]
 display(Markdown(f"""## Summary (measured in this run)
 - NF4 built from normal quantiles equals bitsandbytes' table exactly: **{torch.equal(built, ql.codebooks.NF4)}**
   ({(ql.codebooks.NF4 > 0).sum().item()} positive, {(ql.codebooks.NF4 < 0).sum().item()} negative values, and 0).
-- Code usage (entropy, 4.0 is the maximum), synthetic normal sample, blocks of 64: NF4 {entropy.iloc[0]['nf4']:.3f},
+- Code usage (entropy; the most a format can reach is 4.0 bits for NF4's 16 values, log2 15 = 3.91 for INT4's and FP4's 15),
+  synthetic normal sample, blocks of 64: NF4 {entropy.iloc[0]['nf4']:.3f},
   INT4 {entropy.iloc[0]['int4']:.3f}, FP4 {entropy.iloc[0]['fp4']:.3f} bits; on `{layer}`: NF4 {entropy.iloc[1]['nf4']:.3f},
   INT4 {entropy.iloc[1]['int4']:.3f}, FP4 {entropy.iloc[1]['fp4']:.3f}.
 - Block 15's linear layers, NF4: blocks of 32 → {t.loc[32, 'nf4']:.2f} dB at {ql.memory.bits_per_param('nf4', 32)} bits/weight,
   64 → {t.loc[64, 'nf4']:.2f} dB at {ql.memory.bits_per_param('nf4', 64)}, 4096 → {t.loc[4096, 'nf4']:.2f} dB at
   {ql.memory.bits_per_param('nf4', 4096):.4g}. FP4 at 64: {t.loc[64, 'fp4']:.2f} dB.
+- Even code use is not least error: on the Student-t sample the most even format is
+  {heavy_table['entropy (bits)'].idxmax().upper()}, the least error {best_heavy.upper()} ({heavy_table.loc[best_heavy, 'SQNR dB']:.2f} dB).
 """))
