@@ -7,6 +7,8 @@ of the embedded model on the GPU. Prints one JSON document (and writes it to --o
 Part 1, kernels: quantize_4bit (nf4/fp4, blocksizes, dtypes, double quant) and int8_vectorwise on CUDA
 tensors, qlearn vs bitsandbytes.functional: packed bytes / codes equal, absmax equal, dequantized values
 equal (FP4's +0/-0 pattern and the nested 8-bit rounding are reported as counts, not failures).
+Part 1b (lesson 09), GEMV: per linear layer at batch 1 and 16, bf16 F.linear vs dequantize_4bit + F.linear
+vs bitsandbytes.matmul_4bit (the fused 4-bit GEMV at batch 1), with the device's copy bandwidth.
 Part 2, models: per mode, load seconds, tokens/s (greedy, fixed length), torch.cuda.max_memory_allocated,
 footprint (reported, quant state), the Paris answer and perplexity on the offline text.
 """
@@ -101,12 +103,67 @@ def check_models(modes, new_tokens, ppl_tokens):
     return rows
 
 
+def _cuda_ms(fn, rounds=5):
+    """Fastest of `rounds` timings of fn() in ms (CUDA events around it, one warm-up)."""
+    best = float("inf")
+    for i in range(rounds + 1):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        if i:
+            best = min(best, start.elapsed_time(end))
+    return best
+
+
+def check_gemv(shapes=((576, 576), (192, 576), (1536, 576), (576, 1536)), copies=30, batches=(1, 16)):
+    """Lesson 09 on a GPU: per linear layer, bf16 F.linear vs bitsandbytes dequantize_4bit + F.linear vs
+    bitsandbytes.matmul_4bit (at batch 1 in inference: the fused 4-bit GEMV, which reads the packed codes and
+    never writes 16-bit weights; larger batches dequantize, then matmul). Random bf16 weights of the given
+    (N, K) shapes, `copies` of each, cycled so they do not sit in the L2 cache. Also the device copy bandwidth.
+    The embedded model's shapes by default, plus a 7B-sized MLP pair."""
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as bnbf
+    import torch.nn.functional as F
+
+    src = torch.ones(256 << 20, device=DEVICE, dtype=torch.uint8)
+    out = {"copy_bandwidth_GBps": 2 * src.numel() / _cuda_ms(lambda: torch.empty_like(src).copy_(src)) / 1e6,
+           "rows": []}
+
+    def run(path, xs, ws, qs):
+        for x, w, (packed, state) in zip(xs, ws, qs, strict=True):
+            if path == "bf16":
+                F.linear(x, w)
+            elif path == "bnb dequantize+matmul":
+                F.linear(x, bnbf.dequantize_4bit(packed, state).to(x.dtype))
+            else:
+                bnb.matmul_4bit(x, packed.t(), quant_state=state)
+
+    for shape_set in (shapes, ((11008, 4096), (4096, 11008))):
+        ws = [_rand(shape, torch.bfloat16, seed=i) * 0.05 for i in range(copies) for shape in shape_set]
+        qs = [bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4") for w in ws]
+        for batch in batches:
+            xs = [_rand((1, batch, w.shape[1]), torch.bfloat16, seed=99) for w in ws]
+            with torch.inference_mode():
+                ms = {k: _cuda_ms(lambda k=k, xs=xs, ws=ws, qs=qs: run(k, xs, ws, qs)) / len(ws)
+                      for k in ("bf16", "bnb dequantize+matmul", "bnb matmul_4bit")}
+            weight_bytes = sum(w.numel() for w in ws) * 2 / len(ws)
+            out["rows"].append(dict(shapes=[list(s) for s in shape_set], batch=batch, ms_per_layer=ms,
+                                    bf16_floor_ms=weight_bytes / out["copy_bandwidth_GBps"] / 1e6,
+                                    matmul_4bit_vs_bf16=ms["bf16"] / ms["bnb matmul_4bit"],
+                                    matmul_4bit_vs_dequant=ms["bnb dequantize+matmul"] / ms["bnb matmul_4bit"]))
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--modes", default="bf16,fp16,int8,nf4,nf4+dq,fp4")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--ppl-tokens", type=int, default=4096)
     p.add_argument("--skip-models", action="store_true")
+    p.add_argument("--skip-gemv", action="store_true", help="skip lesson 09's per-layer GEMV timing")
     out = os.path.join(os.environ["OUT"], "gpu_check.json") if os.environ.get("OUT") else None
     p.add_argument("--out", default=out)
     p.add_argument("--device", default="cuda", help="'cpu' dry-runs the kernel checks on bitsandbytes' CPU backend")
@@ -126,6 +183,8 @@ def main(argv=None):
                               for dt in (torch.float32, torch.float16, torch.bfloat16) for dq in (False, True)]
     report["kernels_int8"] = [check_int8(dt, th) for dt in (torch.float16, torch.bfloat16) for th in (0.0, 6.0)]
     report["kernels_ok"] = all(r["ok"] for r in report["kernels_4bit"] + report["kernels_int8"])
+    if not args.skip_gemv and DEVICE == "cuda":
+        report["gemv_4bit"] = check_gemv()
     if not args.skip_models and DEVICE == "cuda":
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
         report["models"] = check_models(modes, args.new_tokens, args.ppl_tokens)
