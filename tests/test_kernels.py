@@ -130,6 +130,9 @@ def test_swap_keeps_the_tied_head_and_matches_the_reference(tiny_llama):
     with torch.inference_mode():
         a, b = fused(ids).logits.float(), ref(ids).logits.float()
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)          # float32: only the order of the sums differs
+    assert swap_linears(ref, "int4") == 21                            # the reference's own codes, now fused
+    with torch.inference_mode():
+        assert torch.equal(ref(ids).logits, fused(ids).logits)
 
 
 @pytest.mark.parametrize("kind", ["fp32", "int4", "int4-dequant"])

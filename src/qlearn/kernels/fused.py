@@ -207,7 +207,9 @@ def swap_linears(model: torch.nn.Module, kind: str = "int4", groupsize: int = 64
     """Replace the ``nn.Linear`` layers of ``model`` in place; returns how many were swapped.
 
     kind: "int4" (FusedInt4Linear), "int8" (FusedInt8Linear) or "int4-dequant" (DequantInt4Linear, the
-    dequantize-then-matmul reference on the same codes). ``lm_head=False`` (default) keeps the output
+    dequantize-then-matmul reference on the same codes). A ``DequantInt4Linear`` already in the model becomes
+    a ``FusedInt4Linear`` on its very codes with kind "int4" (no second quantization, so the two paths
+    can be timed on the same weights one after the other). ``lm_head=False`` (default) keeps the output
     layer in 16-bit: in the embedded model it is tied to the token embedding, so quantizing it would
     ADD a 4-bit copy (49152 x 576) beside the 16-bit table the embedding still needs.
     Embedded SmolLM2: 210 layers swapped (30 blocks x 7), 211 with lm_head.
@@ -220,9 +222,12 @@ def swap_linears(model: torch.nn.Module, kind: str = "int4", groupsize: int = 64
         raise ValueError(f"kind must be one of {_KINDS}; got {kind!r}")
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     targets = [(name, m) for name, m in model.named_modules()
-               if type(m) is torch.nn.Linear and (lm_head or m is not head)]
+               if (type(m) is torch.nn.Linear or (kind == "int4" and isinstance(m, DequantInt4Linear)))
+               and (lm_head or m is not head)]
     for name, linear in targets:
-        if kind == "int8":
+        if isinstance(linear, DequantInt4Linear):
+            new = FusedInt4Linear(linear.weights(), linear.bias)
+        elif kind == "int8":
             new = FusedInt8Linear.from_linear(linear, dtype)
         else:
             q = quantize_int4(linear.weight, groupsize, dtype)
