@@ -47,11 +47,13 @@ class Int4Weights:
     in_features: int
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """(N, K) weights ``(q - 8) * scale + zero`` computed in float32, then cast to ``dtype``."""
+        """(N, K) weights ``(q - 8) * scale + zero``, computed in float32 as ``q * scale + (zero - 8 * scale)``
+        (one fused multiply-add), then cast to ``dtype``."""
         n, kp = self.codes.shape
-        q = self.codes.view(n, kp // self.groupsize, self.groupsize).float() - 8.0
-        w = q * self.scale.float()[..., None] + self.zero.float()[..., None]   # (N, groups, groupsize)
-        return w.reshape(n, kp)[:, : self.in_features].to(dtype or self.scale.dtype)
+        s = self.scale.float()[..., None]                                    # (N, groups, 1)
+        q = self.codes.view(n, kp // self.groupsize, self.groupsize)        # (N, groups, groupsize)
+        w = torch.addcmul(self.zero.float()[..., None] - 8 * s, q.float(), s).view(n, kp)
+        return (w[:, : self.in_features] if kp != self.in_features else w).to(dtype or self.scale.dtype)
 
     @property
     def nbytes(self) -> int:
@@ -156,6 +158,7 @@ class DequantInt4Linear(torch.nn.Module):
         self.groupsize, self.in_features, self.out_features = weights.groupsize, weights.in_features, c.shape[0]
 
     def weights(self) -> Int4Weights:
+        """The stored codes unpacked: (N, Kp) uint8, high nibble first."""
         codes = torch.stack([self.packed >> 4, self.packed & 15], -1).view(self.out_features, -1)
         return Int4Weights(codes, self.scale, self.zero, self.groupsize, self.in_features)
 
