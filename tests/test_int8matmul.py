@@ -47,12 +47,14 @@ def test_the_papers_fp16_outlier_weights_differ_from_bitsandbytes():
     assert (paper.outputs - real).abs().max() > 100 * (bnb_like.outputs - real).abs().max() + 1e-3
 
 
-def test_bfloat16_inputs_without_outliers_match_bitsandbytes():
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+def test_bfloat16_inputs_match_bitsandbytes_with_its_two_roundings(threshold):
     w, x = _layer_and_input(seed=1)
     with torch.no_grad():
-        real = _bnb_linear(w, 0.0)(x.to(torch.bfloat16))
-    ours = int8_matmul(x.to(torch.bfloat16), w, 0.0, rescale=BNB_RESCALE).outputs.to(torch.bfloat16)
-    assert torch.equal(ours, real)
+        real = _bnb_linear(w, threshold)(x.to(torch.bfloat16))
+    ours = int8_matmul(x.to(torch.bfloat16), w, threshold, rescale=BNB_RESCALE)
+    assert torch.equal(ours.output_in(torch.bfloat16), real)
+    assert threshold == 0 or not torch.equal(ours.outputs.to(torch.bfloat16), real)   # one rounding is not it
 
 
 def test_steps_by_hand():
@@ -113,3 +115,35 @@ def test_set_int8_threshold_finds_linear8bitlt_layers():
     assert model[0].state.threshold == 3.0
     with pytest.raises(ValueError, match="int8"):
         set_int8_threshold(nn.Sequential(nn.Linear(2, 2)), 1.0)
+
+
+class _TinyLM(nn.Module):
+    """Embedding + two linear layers; called like a causal LM (input_ids=...)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, input_ids):
+        return self.b(torch.relu(self.a(self.embed(input_ids))))
+
+
+def test_inputs_of_captures_every_named_layer_in_one_pass():
+    from qlearn.outliers import inputs_of
+
+    torch.manual_seed(0)
+    model = _TinyLM()
+    calls = []
+    model.embed.register_forward_hook(lambda *a: calls.append(1))
+
+    def tok(text, return_tensors="pt"):
+        return {"input_ids": torch.tensor([[len(w) % 10 for w in text.split()]])}
+
+    got = inputs_of(model, tok, ["a", "b"], "one three seven")
+    ids = torch.tensor([[3, 5, 5]])
+    assert len(calls) == 1 and torch.equal(got["a"], model.embed(ids)[0])
+    assert torch.equal(got["b"], torch.relu(model.a(model.embed(ids)))[0])
+    assert not model.a._forward_pre_hooks                      # hooks removed
+    with pytest.raises(ValueError, match="not linear"):
+        inputs_of(model, tok, ["embed"], "x")

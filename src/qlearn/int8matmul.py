@@ -50,11 +50,21 @@ class Int8Product:
     outlier_cols: torch.Tensor
     int8_part: torch.Tensor
     outlier_part: torch.Tensor
+    x_outliers: torch.Tensor | None = None     # (tokens, k) x's own values in its dtype
+    w_outliers: torch.Tensor | None = None     # (out, k) the weight columns they meet, float32
 
     @property
     def outputs(self) -> torch.Tensor:
         """int8 part + 16-bit part, float32 (tokens, out)."""
         return self.int8_part + self.outlier_part
+
+    def output_in(self, dtype: torch.dtype) -> torch.Tensor:
+        """The output as bitsandbytes forms it in a 16-bit model: the int8 part rounded to `dtype`, then
+        ``addmm`` of the outlier columns in `dtype` (two roundings; `outputs` rounds once)."""
+        out = self.int8_part.to(dtype)
+        if self.x_outliers is None or self.x_outliers.numel() == 0:
+            return out
+        return out.addmm(self.x_outliers.to(dtype), self.w_outliers.to(dtype).T)
 
     @property
     def outlier_share(self) -> float:
@@ -105,7 +115,8 @@ def int8_matmul(x: torch.Tensor, w: torch.Tensor, threshold: float = 0.0, granul
     x_codes, x_scale = _absmax_codes(a.masked_fill(outliers, 0.0), granularity)        # outliers leave the absmax
     x_codes[:, cols] = 0
     w_codes, w_scale = _absmax_codes(b, granularity)
-    acc = (x_codes.double() @ w_codes.double().T).float()            # exact int32 sums, (tokens, out)
+    acc = x_codes.float() @ w_codes.float().T   # int32 sums, exact below 2**24 = 127**2 * 1040 (bitsandbytes' CPU
+    #                                             path without AVX-512 sums in float32 too); (tokens, out)
     int8_part = acc * (x_scale * w_scale.T) * rescale                  # float32, as bitsandbytes orders it
     if cols.numel() == 0:
         return Int8Product(x_codes, x_scale, w_codes, w_scale, cols, int8_part, torch.zeros_like(int8_part))
@@ -115,22 +126,23 @@ def int8_matmul(x: torch.Tensor, w: torch.Tensor, threshold: float = 0.0, granul
         w_cols = w_codes[:, cols].float() * w_scale * _INV127           # bitsandbytes 0.50: from the int8 codes
     w_cols = w_cols.to(x.dtype).float()                                 # x's 16-bit (or 32-bit) dtype
     sub = x.detach()[:, cols].float() @ w_cols.T                        # x's own values, summed in float32
-    return Int8Product(x_codes, x_scale, w_codes, w_scale, cols, int8_part, sub)
+    return Int8Product(x_codes, x_scale, w_codes, w_scale, cols, int8_part, sub, x.detach()[:, cols], w_cols)
 
 
-def _simulated_forward(module: nn.Linear, threshold, granularity, outlier_weights, stats):
+def _simulated_forward(module: nn.Linear, threshold, granularity, outlier_weights, rescale, stats):
     def forward(x):
         flat = x.reshape(-1, x.shape[-1])                                 # (tokens, in)
-        product = int8_matmul(flat, module.weight, threshold, granularity, outlier_weights)
+        product = int8_matmul(flat, module.weight, threshold, granularity, outlier_weights, rescale)
         stats.append(product.outlier_share)
-        y = product.outputs if module.bias is None else product.outputs + module.bias.float()
-        return y.to(x.dtype).reshape(*x.shape[:-1], -1)
+        y = product.output_in(x.dtype)                                   # bitsandbytes' roundings
+        y = y if module.bias is None else y + module.bias.to(x.dtype)
+        return y.reshape(*x.shape[:-1], -1)
     return forward
 
 
 @contextlib.contextmanager
 def simulate_int8(model: nn.Module, threshold: float = 0.0, granularity: str = "vector",
-                  outlier_weights: str = "int8", skip=("lm_head",)):
+                  outlier_weights: str = "int8", rescale: float = 1 / 127**2, skip=("lm_head",)):
     """While the block runs, every ``nn.Linear`` of `model` (except names containing one of `skip`)
     computes `int8_matmul` instead of its float product. Yields a list that collects, per call,
     the share of input columns kept in 16-bit. The model's weights are not changed.
@@ -143,7 +155,7 @@ def simulate_int8(model: nn.Module, threshold: float = 0.0, granularity: str = "
     patched = [m for n, m in model.named_modules()
                if isinstance(m, nn.Linear) and not any(s in n for s in skip)]
     for m in patched:
-        m.forward = _simulated_forward(m, threshold, granularity, outlier_weights, shares)
+        m.forward = _simulated_forward(m, threshold, granularity, outlier_weights, rescale, shares)
     try:
         yield shares
     finally:
@@ -162,6 +174,8 @@ def set_int8_threshold(model: nn.Module, threshold: float) -> int:
     """Set the outlier threshold of every LLM.int8 layer, the value transformers'
     ``BitsAndBytesConfig(llm_int8_threshold=...)`` gives each ``Linear8bitLt`` when it loads.
     Returns how many layers changed. 0 turns the decomposition off (plain vector-wise int8).
+    (bitsandbytes 0.50 reads ``state.threshold`` on every forward; the ``use_pool`` flag its constructor
+    also sets from the threshold is read nowhere.)
     """
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
         raise ValueError(f"threshold must be a number >= 0, got {threshold!r}")

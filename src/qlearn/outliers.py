@@ -3,13 +3,15 @@
 `intquant.int8_vectorwise(x, threshold)` marks a column an outlier when any |x| in it reaches the
 threshold, i.e. when its max |x| over the rows does. `column_absmax` gives that max per column,
 `share_above` the fraction of columns at or above each threshold (what stays 16-bit).
+`inputs_of` captures what several linear layers receive in ONE forward pass (`sources.layer_inputs`
+takes one layer per pass).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["column_absmax", "share_above"]
+__all__ = ["column_absmax", "share_above", "inputs_of"]
 
 
 def column_absmax(x: torch.Tensor) -> torch.Tensor:
@@ -36,3 +38,35 @@ def share_above(col_absmax: torch.Tensor, thresholds) -> torch.Tensor:
     cols = col_absmax.detach().reshape(-1).double().cpu()                  # (cols,)
     t = torch.as_tensor(thresholds, dtype=torch.float64).reshape(-1, 1)    # (thresholds, 1)
     return (cols >= t).double().mean(dim=1)
+
+
+def inputs_of(model: torch.nn.Module, tokenizer, names, prompt: str, max_tokens: int = 256) -> dict:
+    """What each linear layer in `names` receives when `model` reads `prompt`, from one forward pass:
+    {name: float32 (tokens, in_features)}. The prompt is cut to `max_tokens` tokens.
+    Worked number: SmolLM2-135M, ["model.layers.0.mlp.down_proj"], a 9-token prompt -> one (9, 1536) tensor.
+
+    >>> inputs_of(model, tok, ["model.layers.0.mlp.down_proj"], "Hi")  # doctest: +SKIP
+    """
+    modules = dict(model.named_modules())
+    missing = [n for n in names if not isinstance(modules.get(n), torch.nn.Linear)]
+    if missing:
+        raise ValueError(f"not linear layers of this model: {missing[:3]}")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
+    captured: dict = {}
+
+    def hook_for(name):
+        def hook(_module, args):
+            captured[name] = args[0].detach().float().reshape(-1, args[0].shape[-1])   # (tokens, in)
+        return hook
+
+    handles = [modules[n].register_forward_pre_hook(hook_for(n)) for n in names]
+    try:
+        device = next(model.parameters()).device
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"][:, :max_tokens].to(device)
+        with torch.no_grad():
+            model(input_ids=ids)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: captured[n] for n in names}

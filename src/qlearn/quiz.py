@@ -26,7 +26,7 @@ import numbers
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-__all__ = ["KINDS", "Question", "Result", "Quiz"]
+__all__ = ["KINDS", "Question", "Result", "Quiz", "check_prediction"]
 
 KINDS = ("number", "numbers", "choice", "bool")
 _TRUE, _FALSE = {"true", "yes", "y", "t"}, {"false", "no", "n", "f"}
@@ -200,6 +200,14 @@ class Quiz:
         self._by_key[question.key] = question
         return question
 
+    def ask(self, key: str) -> str:
+        """The question as the learner sees it: prompt, the kind of answer and the tolerance (never the answer)."""
+        q = self[key]
+        n = len(q.expected) if q.kind == "numbers" else 0
+        form = {"number": f"a number, {q.tolerance}", "numbers": f"a list of {n} numbers, {q.tolerance}",
+                "choice": "one of " + ", ".join(map(repr, q.choices)), "bool": "True or False"}[q.kind]
+        return f"{q.key}. {q.prompt}\n   Answer: {form}." + (f"  (Topic: {q.topic}.)" if q.topic else "")
+
     def right_answer(self, key: str):
         """The expected answer of question `key` (for tests and for a teacher; the lesson never prints it
         before the learner answers)."""
@@ -225,3 +233,26 @@ class Quiz:
             if r is not None and r.status in ("wrong", "invalid"):
                 lines.append(f"- **{q.key}** ({q.topic or 'question'}): {r.message}")
         return "\n".join(lines)
+
+
+def check_prediction(prediction, measured, kind: str = "number", tol: float = 0.0, rel_tol: float = 0.0,
+                     choices: tuple = (), explain: str = "", unit: str = "") -> Result:
+    """A lesson's predict -> run -> check step: compare the learner's `prediction` with this run's
+    `measured` value, print the verdict, the measurement and why (`explain`), and return the Result.
+
+    Nothing is revealed before the learner predicts: this is called in a cell after the run.
+    Worked number: prediction 0.5, measured 0.605, rel_tol 0.05 -> wrong (off by 17%).
+
+    >>> print(check_prediction(0.6, 0.605, rel_tol=0.05, explain="embeddings stay 16-bit"))  # doctest: +ELLIPSIS
+    [right] prediction: ...
+    """
+    q = Question("prediction", "", measured, kind=kind, tol=tol, rel_tol=rel_tol, choices=choices)
+    result = q.check(prediction)
+    shown = f"{measured:.4g}{unit}" if isinstance(measured, float) else f"{measured}{unit}"
+    verdict = {"right": f"close: this run measured {shown} ({q.tolerance}).",
+               "wrong": f"this run measured {shown}; your prediction was {prediction!r} ({q.tolerance} counts).",
+               "unanswered": f"no prediction written; this run measured {shown}.",
+               "invalid": result.message + f" This run measured {shown}."}[result.status]
+    result = Result("prediction", result.status, f"{verdict} {explain}".strip())
+    print(result)
+    return result
