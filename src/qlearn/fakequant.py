@@ -13,7 +13,8 @@ Worked number: fake-quantizing all 210 linear layers of the embedded SmolLM2 (10
 keeps 212 MB of originals; one layer (``mlp.down_proj``, 576 x 1536) keeps 1.8 MB.
 Format names: "bf16" (unchanged), "int8" (LLM.int8 row-wise weights, ``int8_vectorwise`` threshold 0),
 "nf4" / "fp4" / "nf4+dq" / "fp4+dq" with an optional "/blocksize" ("nf4+dq/32"; default 64),
-"int4/64" (absmax) and "int4-zp/32" (zero-point, asymmetric groups: the GGUF Q4_1 family).
+"int4/64" (absmax) and "int4-zp/32" (zero-point with a float minimum per group, x = q * scale + min:
+the GGUF Q4_1 family).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def quantizer(fmt: str) -> Callable[[torch.Tensor], object]:
     if kind == "int4":
         return lambda w: absmax_quantize(w, bits=4, blocksize=blocksize)
     if kind == "int4-zp":
-        return lambda w: zeropoint_quantize(w, bits=4, blocksize=blocksize)
+        return lambda w: zeropoint_quantize(w, bits=4, blocksize=blocksize, zero_point_domain="float")
     quant_type, _, dq = kind.partition("+")
     return lambda w: quantize_4bit(w, quant_type, blocksize, double_quant=bool(dq))
 

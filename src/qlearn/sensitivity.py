@@ -39,6 +39,9 @@ CALIBRATION_MODULES = ("heapq", "difflib", "argparse", "random", "collections", 
                        "json", "unittest", "pickle", "sqlite3", "typing")
 
 
+_VERSION = 2   # bump when what a format name means or how KL is measured changes: old cache files go unused
+
+
 def calibration_text() -> str:
     """The calibration prose: heapq.__about__ then the docstrings of ``CALIBRATION_MODULES`` (~25k chars)."""
     docs = [importlib.import_module("heapq").__about__]
@@ -150,10 +153,14 @@ def layer_kl(ref: Reference, fmt: str, layers=None, progress: bool = False) -> d
     return out
 
 
-def block_kl(ref: Reference, fmt: str) -> dict[int, float]:
-    """{block: KL when all linear layers of that block are fake-quantized in ``fmt``}."""
+def block_kl(ref: Reference, fmt: str, layers=None) -> dict[int, float]:
+    """{block: KL when all linear layers of that block are fake-quantized in ``fmt``} (the blocks of
+    ``layers``, default all)."""
     by_block: dict[int, list[str]] = {}
+    blocks = None if layers is None else {block_of(n) for n in layers}
     for name in quantizable_layers(ref.model):
+        if blocks is not None and block_of(name) not in blocks:
+            continue
         by_block.setdefault(block_of(name), []).append(name)
     out = {}
     for block, names in by_block.items():
@@ -217,10 +224,11 @@ def _cache_path(cache, key: str):
 
 def sensitivities(model: nn.Module, tok, formats, anchor: str = "nf4+dq/64",
                   calibration: Calibration = Calibration(), cache=True, progress: bool = True,
-                  measure=()) -> Sensitivity:
+                  measure=(), layers=None) -> Sensitivity:
     """Measured anchor KL per layer and per block, and predicted KL of every layer in every format.
 
     measure: more formats whose KL is measured like the anchor's instead of predicted.
+    layers: only these layer names (default: every quantizable layer); a quicker, partial answer.
     cache: True (``qlearn.models.cache_dir()/sensitivity``), a folder, or False; the file is keyed by
     the model's weights, the anchor, the formats, the calibration settings and token ids, so a cached result is
     only reused for the same question. Embedded SmolLM2, defaults, 2 CPU cores: see the lesson.
@@ -228,10 +236,13 @@ def sensitivities(model: nn.Module, tok, formats, anchor: str = "nf4+dq/64",
     formats = tuple(dict.fromkeys([anchor, *formats]))
     ids = calibration_ids(tok, calibration)
     measure = tuple(f for f in measure if f != anchor)
-    settings = dict(asdict(calibration), anchor=anchor, formats=formats, ids=ids.view(-1).tolist(),
+    settings = dict(asdict(calibration), anchor=anchor, formats=formats, ids=ids.view(-1).tolist(), version=_VERSION,
                     dtype=str(model.dtype), device=model.device.type)   # bf16 compute adds a KL noise floor
     if measure:
         settings["measure"] = measure
+    if layers is not None:
+        layers = list(layers)
+        settings["layers"] = layers
     key = _model_key(model) + "-" + hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:12]
     path = _cache_path(cache, key) if cache else None
     if path is not None and path.exists():
@@ -240,20 +251,20 @@ def sensitivities(model: nn.Module, tok, formats, anchor: str = "nf4+dq/64",
     ref = reference(model, tok, calibration, ids)
     seconds["reference"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    measured = layer_kl(ref, anchor, progress=progress)
+    measured = layer_kl(ref, anchor, layers, progress=progress)
     seconds["layer_kl"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    blocks = block_kl(ref, anchor)
+    blocks = block_kl(ref, anchor, layers)
     seconds["block_kl"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    error = output_error(ref, formats)
+    error = output_error(ref, formats, layers)
     seconds["output_error"] = time.perf_counter() - t0
     layers = tuple(measured)
     kl = {n: {f: measured[n] * error[f][n] / error[anchor][n] if error[anchor][n] > 0 else 0.0
               for f in formats} for n in layers}
     t0 = time.perf_counter()
     for fmt in measure:                      # measured instead of predicted (costs one anchor run each)
-        for n, v in layer_kl(ref, fmt, progress=progress).items():
+        for n, v in layer_kl(ref, fmt, layers, progress=progress).items():
             kl[n][fmt] = v
     seconds["measure"] = time.perf_counter() - t0
     modules = dict(model.named_modules())
