@@ -11,8 +11,8 @@ from .gguf import GGUF_TYPES, GGUFQuantized, decode_blocks, quantize_gguf
 from .gptq import gptq, hessian
 from .hqq import HQQQuantized, hqq
 from .layer import LAYER_METHODS, quantize_layer
-from .rtn import GroupQuantized, column_error, rtn
+from .rtn import GroupQuantized, column_error, output_error, rtn
 
-__all__ = ["rtn", "GroupQuantized", "column_error", "gptq", "hessian", "awq", "awq_scales", "AWQQuantized", "hqq",
-           "HQQQuantized", "GGUF_TYPES", "GGUFQuantized", "quantize_gguf", "decode_blocks", "LAYER_METHODS",
-           "quantize_layer"]
+__all__ = ["rtn", "GroupQuantized", "column_error", "output_error", "gptq", "hessian", "awq", "awq_scales",
+           "AWQQuantized", "hqq", "HQQQuantized", "GGUF_TYPES", "GGUFQuantized", "quantize_gguf", "decode_blocks",
+           "LAYER_METHODS", "quantize_layer"]

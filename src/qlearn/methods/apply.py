@@ -30,7 +30,8 @@ from .hqq import hqq
 from .rtn import rtn
 
 __all__ = ["CALIBRATION_MODULES", "calibration_text", "calibration_ids", "LinearStats", "decoder_layers",
-           "sequential", "bits_per_param", "METHODS", "GROUPED", "apply_method", "keep_weights", "restore_weights"]
+           "sequential", "bits_per_param", "METHODS", "GROUPED", "apply_method", "keep_weights", "restore_weights",
+           "restore_from_checkpoint"]
 
 CALIBRATION_MODULES = ("argparse", "collections", "json", "logging", "subprocess", "textwrap", "difflib",
                        "unittest.case", "http.client", "email.message", "pathlib", "csv", "shutil", "tarfile",
@@ -193,6 +194,19 @@ def keep_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return kept
 
 
+def restore_from_checkpoint(model: nn.Module, folder) -> None:
+    """Put back every quantizable linear weight from the model's safetensors file in `folder`, one
+    tensor at a time (no second copy of the weights in memory, unlike `keep_weights`)."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    modules = dict(model.named_modules())
+    with safe_open(str(Path(folder) / "model.safetensors"), "pt") as f, torch.no_grad():
+        for name in quantizable_layers(model):
+            modules[name].weight.copy_(f.get_tensor(f"{name}.weight"))
+
+
 def restore_weights(model: nn.Module, kept: dict[str, torch.Tensor]) -> None:
     """Put back the weights `keep_weights` copied (exactly)."""
     modules = dict(model.named_modules())
@@ -242,18 +256,22 @@ class _Reshaped:
 
 
 def apply_method(model: nn.Module, method: str, group_size: int = 128, calib_ids: torch.Tensor | None = None,
-                 keep_originals: bool = True) -> FakeQuantized:
+                 keep_originals: bool = True, layers: int | None = None) -> FakeQuantized:
     """Fake-quantize every quantizable linear layer of `model` with one method (4-bit unless the name says).
 
     method: one of `METHODS`. "bf16" leaves the weights; "int8" / "nf4" / "nf4+dq" / "fp4" are
     bitsandbytes' formats (blocks of 64) through `qlearn.fakequant`; "rtn" / "rtn-asym" / "hqq" /
     "gptq" / "gptq-asym" / "awq" use `group_size`; "Q8_0" ... "Q4_K" are the GGUF blocks.
     GPTQ and AWQ need calib_ids (batch, tokens) and go through `sequential`.
+    layers: only the linear layers of the first `layers` decoder layers (None: all; a quick lesson run).
     Returns the FakeQuantized (`.restore()`, `.nbytes`); `bits_per_param(fq, model)` sums it up.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    layers = quantizable_layers(model)
+    names = quantizable_layers(model)
+    if layers is not None:
+        prefix = decoder_layers(model)[0]
+        names = [n for n in names if any(n.startswith(f"{prefix}.{i}.") for i in range(layers))]
     if method in CALIBRATED:
         if calib_ids is None:
             raise ValueError(f"method {method!r} needs calib_ids (see calibration_ids)")
@@ -264,7 +282,7 @@ def apply_method(model: nn.Module, method: str, group_size: int = 128, calib_ids
         else:
             def fn(_name, w, st):
                 return gptq(w, st.hessian, group_size=group_size, symmetric=sym)
-        return sequential(model, calib_ids, fn, keep_originals=keep_originals)
+        return sequential(model, calib_ids, fn, keep_originals=keep_originals, layers=layers)
     if method in ("bf16", "int8", "nf4", "nf4+dq", "fp4"):
         how = method
     elif method in ("rtn", "rtn-asym"):
@@ -275,4 +293,4 @@ def apply_method(model: nn.Module, method: str, group_size: int = 128, calib_ids
             return hqq(w.float(), group_size=group_size)
     else:
         how = _gguf_2d(method)
-    return fake_quantize(model, {name: how for name in layers}, keep_originals=keep_originals)
+    return fake_quantize(model, {name: how for name in names}, keep_originals=keep_originals)
