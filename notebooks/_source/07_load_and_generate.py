@@ -16,6 +16,7 @@ import torch
 from IPython.display import Markdown, display
 
 import qlearn as ql
+import qlearn.claims as claims
 
 pd.options.display.float_format = "{:,.4g}".format
 
@@ -50,6 +51,12 @@ pd.DataFrame({"int8": {k: str(getattr(int8_config, k)) for k in show},
 # memory at a time). Greedy decoding, so answers are deterministic. Press **Generate** to run again with
 # your own prompt or other modes.
 
+# **Predict first.** The 4-bit weights take a quarter of the bytes of bf16 ones. What will
+# `get_memory_footprint()` of the bf16 model divided by that of the nf4+dq model be? Write a number.
+
+# %%
+PREDICT_FOOTPRINT_RATIO = None   # e.g. 3.5: bf16 footprint / nf4+dq footprint
+
 # %%
 gen = ql.widgets.generation_explorer("What is the capital of France?", modes=("bf16", "int8", "nf4+dq"),
                                      max_new_tokens=MAX_NEW_TOKENS, model_id=MODEL_ID, run=True)
@@ -58,6 +65,19 @@ gen
 # %%
 runs = pd.DataFrame(gen.rows).set_index("mode")
 runs
+
+# %%
+from transformers import AutoConfig
+
+ratio = runs.loc["bf16", "footprint_mb"] / runs.loc["nf4+dq", "footprint_mb"]
+split = ql.memory.estimate(AutoConfig.from_pretrained(ql.embedded_model_path() if MODEL_ID == "embedded" else MODEL_ID),
+                           "nf4+dq")   # the model's own shapes: which parameters are quantized, which are not
+display(claims.check_prediction(PREDICT_FOOTPRINT_RATIO, ratio, rel_tol=0.10, unit="x"))
+print(f"Measured: {runs.loc['bf16', 'footprint_mb']:.1f} MB / {runs.loc['nf4+dq', 'footprint_mb']:.1f} MB = {ratio:.2f}x, not 4x: "
+      f"only the {split.quantized_params / 1e6:.1f} M weights of the linear layers inside the blocks are 4-bit; the "
+      f"other {split.unquantized_params / 1e6:.1f} M (the token embedding, shared with the output layer, and the "
+      f"norms) stay bf16 at 2 bytes each ({split.unquantized_bytes / 1e6:.1f} MB of the nf4+dq footprint), and the "
+      "4-bit scales are not counted at all (lesson 05).")
 
 # %% [markdown]
 # ## 3. Slower or faster? It depends on the code path
@@ -70,13 +90,74 @@ info = ql.backend_info()
 print(info)
 
 # %% [markdown]
-# Now the time of a forward pass per mode, over **1 token** (the shape of each generation step at batch 1)
-# and over **64 tokens** (the shape of reading a prompt), each after a warm-up pass (the first call pays
-# one-time costs; on an AVX512-BF16 CPU it is also when bitsandbytes repacks the 4-bit layers). fp32 is
-# included as the CPU's native precision: on a CPU without bf16 matrix instructions, bf16 itself can be
-# slow for many tokens at once, which has nothing to do with quantization.
+# That table is read from this machine and its bitsandbytes version. To see the path with your own eyes,
+# ask torch's profiler which operators one layer's forward pass called. The cell below does it for one
+# linear layer (`LAYER`), on its real input for a one-token step, after a warm-up call (the first call pays
+# one-time costs; on an AVX512-BF16 CPU it is also when bitsandbytes repacks the 4-bit weights).
+#
+# Each mode is then timed over **1 token** (a generation step at batch 1) and **64 tokens** (reading a
+# prompt), after a warm-up pass, and scored for perplexity. The 4-bit model is loaded three times, with
+# `bnb_4bit_compute_dtype` set to bf16 (the usual config), fp16 and fp32: the **compute dtype** is the
+# precision each 4-bit layer dequantizes its weight to and multiplies in (the input is cast to it and the
+# output cast back; embeddings, norms and the activations between layers stay bf16).
+
+# **Predict first.** On this machine, will a one-token step of the nf4+dq model take more or less time than
+# the bf16 model's? And by how many percent will perplexity change when the same 4-bit weights are computed
+# in fp16 instead of bf16?
 
 # %%
+PREDICT_STEP = None               # "slower", "faster" or "same" (nf4+dq vs bf16, one token, this machine)
+PREDICT_FP16_PPL_CHANGE = None    # percent, e.g. -0.5 or 2 (perplexity with fp16 compute vs bf16 compute)
+
+# %%
+from torch.profiler import ProfilerActivity, profile
+
+LAYER = "model.layers.0.mlp.down_proj"
+PROMPT = "What is the capital of France?"
+
+
+def ops_in_one_layer(model, tok):
+    """The operators one forward of LAYER called, in call order, with their own CPU time."""
+    layer = model.get_submodule(LAYER)
+    x = ql.sources.layer_inputs(model, tok, LAYER, PROMPT)[-1:].to(model.dtype)   # (1, 1536): one token
+    with torch.inference_mode():
+        layer(x)                                                       # warm-up (and repack, where it happens)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            layer(x)
+    first, self_ms = {}, {}
+    for event in prof.events():
+        first.setdefault(event.name, event.time_range.start)
+        self_ms[event.name] = self_ms.get(event.name, 0.0) + event.self_cpu_time_total / 1e3
+    total = sum(self_ms.values())
+    busy = [name for name in sorted(first, key=first.get)   # bitsandbytes' ops, matmuls, and any op >= 2%
+            if name.startswith("bitsandbytes::") or name in ("aten::mm", "aten::addmm", "aten::bmm")
+            or self_ms[name] >= 0.02 * total]
+    return " → ".join(f"{name} {self_ms[name]:.2f} ms" for name in busy)
+
+
+def layer_error(model, tok):
+    """Relative error of LAYER's output against the exact (float64) product of the SAME stored weights."""
+    x = ql.sources.layer_inputs(model, tok, LAYER, PROMPT).to(model.dtype)         # (tokens, 1536), real input
+    exact = x.double() @ ql.sources.layer_weight(model, LAYER).double().T         # what the stored weights mean
+    with torch.inference_mode():
+        out = model.get_submodule(LAYER)(x)
+    return ((out.double() - exact).norm() / exact.norm()).item()
+
+
+def largest_activation(model, tok):
+    """The largest |value| entering any linear layer while the model reads 64 tokens (fp16 overflows at 65504)."""
+    largest = []
+    hooks = [m.register_forward_pre_hook(lambda _m, args: largest.append(args[0].abs().max().item()))
+             for name, m in model.named_modules() if name in set(ql.sources.linear_layer_names(model))]
+    try:
+        with torch.inference_mode():
+            model(ql.evaluate.eval_tokens(tok, max_tokens=64).to(model.device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return max(largest)
+
+
 def time_forwards(model, tok):
     ids = ql.evaluate.eval_tokens(tok, max_tokens=64).to(model.device)   # (1, 64) token ids of the offline text
     row = {}
@@ -92,48 +173,116 @@ def time_forwards(model, tok):
     return row
 
 
-forward = {mode: ql.models.measure_mode(MODEL_ID, mode, time_forwards)   # load, measure, free
-           for mode in ("fp32", "bf16", "int8", "nf4+dq")}
-speed = pd.DataFrame(forward).T.drop(columns="mode").rename(columns={"load_s": "load (s)"}).astype(float)
+def measure(model, tok):
+    return {"ops in one layer (one token)": ops_in_one_layer(model, tok), **time_forwards(model, tok),
+            "perplexity": float(ql.perplexity(model, tok, max_tokens=PPL_TOKENS, progress=False)),
+            "layer output error": layer_error(model, tok), "largest activation": largest_activation(model, tok)}
+
+
+RUNS = {"bf16": ("bf16", None), "int8": ("int8", None), "nf4+dq": ("nf4+dq", torch.bfloat16),
+        "nf4+dq, fp16 compute": ("nf4+dq", torch.float16), "nf4+dq, fp32 compute": ("nf4+dq", torch.float32)}
+measured = {label: ql.models.measure_mode(MODEL_ID, mode, measure, compute_dtype=compute)   # load, measure, free
+            for label, (mode, compute) in RUNS.items()}
+table = pd.DataFrame(measured).T.drop(columns="mode").rename(columns={"load_s": "load (s)"})
+speed = table.drop(columns="ops in one layer (one token)").astype(float)
 for col in ("1 token (ms)", "64 tokens (ms)"):
     speed[col.replace("(ms)", "vs bf16")] = speed[col] / speed.loc["bf16", col]
 speed
 
+# %% [markdown]
+# What one layer ran, mode by mode (operators in call order, with their own time: bitsandbytes' operators,
+# matrix multiplies, and any other operator with at least 2% of the time):
+
+# %%
+for label, ops in table["ops in one layer (one token)"].items():
+    print(f"{label:22s} {ops}")
+
 # %%
 step = speed.loc["nf4+dq", "1 token vs bf16"]
 direction = "slower" if step > 1.05 else "faster" if step < 0.95 else "about as fast"
+nf4_ops = table.loc["nf4+dq", "ops in one layer (one token)"]
+saw_dequantize = "dequantize_4bit" in nf4_ops
 if info.cuda != "none":
     path = ("on this GPU bitsandbytes runs a fused 4-bit matrix-vector kernel for one token at a time (batch 1); "
             "for many tokens it dequantizes the weight to 16 bits, then multiplies")
-elif info.linear4bit_repacks:
-    path = ("on this CPU (AVX512-BF16) bitsandbytes repacked each 4-bit layer at the warm-up pass and then runs "
-            "a fused 4-bit kernel that reads the packed weights directly")
+elif saw_dequantize:
+    path = ("the profiler shows what each 4-bit layer did for that one token: `bitsandbytes::dequantize_4bit` "
+            "(with `dequantize_blockwise` first for the double-quantized scales) rebuilt the whole weight in the "
+            "compute dtype, then an ordinary matrix multiply (`aten::mm`) used it. Unpacking every weight is work a "
+            "bf16 layer does not do")
 else:
-    path = ("on this CPU (no AVX512-BF16) every forward dequantizes each whole 4-bit weight to 16 bits and then "
-            "runs an ordinary matrix multiply, so each token pays for unpacking and scaling every weight")
+    path = (f"the profiler shows no separate dequantize step in a 4-bit layer ({nf4_ops}): on this CPU "
+            f"({info.linear4bit}) a fused kernel reads the packed 4-bit weights directly")
 display(Markdown(f"Measured here: a one-token step in nf4+dq is **{step:.2f}×** the bf16 time ({direction}); "
                  f"{path}. What 4-bit always buys is **memory** (the footprint in the explorer's table above)."))
+
+# %%
+word = {"slower": "slower", "faster": "faster", "about as fast": "same"}[direction]   # within 5%: "same"
+display(claims.check_prediction(PREDICT_STEP, word))
+print(f"Measured {step:.2f}x the bf16 time. The reason is the path, not the bit width: {path}.")
+
+# %% [markdown]
+# ## 4. The compute dtype: what it changes, measured
+#
+# The seed tutorial says bf16 compute "prevents catastrophic loss". Three things decide that claim, all in the
+# table above: the **perplexity** of the same 4-bit weights computed in bf16, fp16 and fp32; the **layer
+# output error** (one layer's output against the exact product of the same stored weights, so the 4-bit
+# rounding itself is not in it: only the compute); and the **largest activation** entering a linear layer,
+# because fp16's largest finite value is 65,504 while bf16 has fp32's range.
+
+# %%
+fp16_max = torch.finfo(torch.float16).max
+c = speed.loc[["nf4+dq", "nf4+dq, fp16 compute", "nf4+dq, fp32 compute"]]
+verdict = ("no overflow risk for fp16 on this model" if c["largest activation"].max() < fp16_max / 10
+           else "activations come close to fp16's limit")
+display(Markdown(
+    f"- Perplexity: bf16 compute **{c.iloc[0]['perplexity']:.3f}**, fp16 **{c.iloc[1]['perplexity']:.3f}**, "
+    f"fp32 **{c.iloc[2]['perplexity']:.3f}** (the bf16 model: {speed.loc['bf16', 'perplexity']:.3f}).\n"
+    f"- Layer output error from the compute alone: bf16 {c.iloc[0]['layer output error']:.2e}, "
+    f"fp16 {c.iloc[1]['layer output error']:.2e}, fp32 {c.iloc[2]['layer output error']:.2e}. All three outputs "
+    f"are cast back to bf16 (the activations' dtype) on the way out, so bf16's own rounding (the bf16 model: "
+    f"{speed.loc['bf16', 'layer output error']:.2e}) is a floor they share.\n"
+    f"- Largest activation entering a linear layer: {c['largest activation'].max():,.1f} "
+    f"(fp16 max {fp16_max:,.0f}): {verdict}.\n"
+    f"- One token: fp16 compute {c.iloc[1]['1 token vs bf16']:.2f}×, fp32 compute {c.iloc[2]['1 token vs bf16']:.2f}× "
+    f"the bf16 model's time (bf16 compute {c.iloc[0]['1 token vs bf16']:.2f}×)."))
+
+# %%
+ppl = c["perplexity"]
+fp16_change = 100 * (ppl.iloc[1] / ppl.iloc[0] - 1)
+rounding = 100 * (ppl.iloc[0] / speed.loc["bf16", "perplexity"] - 1)
+display(claims.check_prediction(PREDICT_FP16_PPL_CHANGE, fp16_change, rel_tol=0, abs_tol=1.0, unit="%",
+                                explain="Counted right within 1 percentage point."))
+print(f"Measured: fp16 compute changes perplexity by {fp16_change:+.2f}% against bf16 compute; the 4-bit weights "
+      f"themselves cost {rounding:+.1f}% against the bf16 model. bf16 and fp16 both keep 16 bits: fp16 spends "
+      f"more of them on the mantissa (finer steps: eps {torch.finfo(torch.float16).eps:.1e} vs "
+      f"{torch.finfo(torch.bfloat16).eps:.1e}), bf16 on the exponent (range up to "
+      f"{torch.finfo(torch.bfloat16).max:.1e} vs {fp16_max:,.0f}). A 'catastrophic loss' in fp16 is an overflow to "
+      f"inf, which needs activations above {fp16_max:,.0f}; the largest here was {c['largest activation'].max():,.1f}.")
 
 # %% [markdown]
 # ## Try this
 # - Ask something longer in the explorer (tick **fp4** too) and press **Generate**: where do the answers start
-#   to differ? (This model is small: 4-bit costs it more than it costs a 7B model.)
+#   to differ? (Lesson 04 puts this model's 4-bit perplexity cost beside published numbers for 7B-70B models.)
 # - On Colab with a GPU, set `MODEL_ID = "HuggingFaceTB/SmolLM2-360M-Instruct"` and rerun: which path does
-#   `ql.backend_info()` report there, and which direction does the timing take?
-# - Increase `max_tokens=64` to 256 in the timing cell: does the gap between int8, nf4+dq and bf16 grow or shrink?
+#   `ql.backend_info()` report there, which operators does the profiler list, and which direction does the
+#   timing take?
+# - Increase `max_tokens=64` to 256 in `time_forwards`: does the gap between int8, nf4+dq and bf16 grow or shrink?
 
 # %%
 r = runs
 display(Markdown(f"""## Summary (measured in this run)
-- Answers to "What is the capital of France?" ({MAX_NEW_TOKENS} new tokens, greedy):
+- Answers to "{PROMPT}" ({MAX_NEW_TOKENS} new tokens, greedy):
   bf16 "{r.loc['bf16', 'answer']}"; int8 "{r.loc['int8', 'answer']}"; nf4+dq "{r.loc['nf4+dq', 'answer']}".
 - Footprint (`get_memory_footprint`): bf16 **{r.loc['bf16', 'footprint_mb']:.1f} MB**, int8 **{r.loc['int8', 'footprint_mb']:.1f} MB**,
   nf4 + double quant **{r.loc['nf4+dq', 'footprint_mb']:.1f} MB** (+{r.loc['nf4+dq', 'quant_state_mb']:.2f} MB of scales it leaves out).
 - Generation speed (after a one-token warm-up): bf16 {r.loc['bf16', 'tokens_per_s']:.1f}, int8 {r.loc['int8', 'tokens_per_s']:.1f},
   nf4+dq {r.loc['nf4+dq', 'tokens_per_s']:.1f} tokens/s.
 - One token (a generation step): int8 **{speed.loc['int8', '1 token vs bf16']:.2f}×**, nf4+dq **{step:.2f}×**
-  the bf16 time (fp32 {speed.loc['fp32', '1 token vs bf16']:.2f}×); 64 tokens: int8 {speed.loc['int8', '64 tokens vs bf16']:.2f}×,
-  nf4+dq {speed.loc['nf4+dq', '64 tokens vs bf16']:.2f}×, fp32 {speed.loc['fp32', '64 tokens vs bf16']:.2f}×.
+  the bf16 time; 64 tokens: int8 {speed.loc['int8', '64 tokens vs bf16']:.2f}×, nf4+dq {speed.loc['nf4+dq', '64 tokens vs bf16']:.2f}×.
+- What a 4-bit layer ran for one token: {nf4_ops}.
 - The path that explains it: {info.linear4bit} (CPU capability {info.cpu_capability}, CUDA {info.cuda}).
-- Loading took fp32 {speed.loc['fp32', 'load (s)']:.1f} / bf16 {speed.loc['bf16', 'load (s)']:.1f} / int8 {speed.loc['int8', 'load (s)']:.1f} / nf4+dq {speed.loc['nf4+dq', 'load (s)']:.1f} s.
+- Compute dtype for nf4+dq (bf16 / fp16 / fp32): perplexity {c.iloc[0]['perplexity']:.3f} / {c.iloc[1]['perplexity']:.3f} / {c.iloc[2]['perplexity']:.3f};
+  one token {c.iloc[0]['1 token (ms)']:.0f} / {c.iloc[1]['1 token (ms)']:.0f} / {c.iloc[2]['1 token (ms)']:.0f} ms.
+- Loading took bf16 {speed.loc['bf16', 'load (s)']:.1f} / int8 {speed.loc['int8', 'load (s)']:.1f} / nf4+dq {speed.loc['nf4+dq', 'load (s)']:.1f} s.
 """))

@@ -310,6 +310,7 @@ def load(model_id="embedded", mode="bf16", compute_dtype=None, device_map="auto"
             nf4+dq / fp4+dq (4-bit with double quantization).
         compute_dtype: 4-bit only; None means torch.bfloat16. Unquantized layers stay bf16.
         device_map: "auto" (CUDA when present, else CPU; says which), "cpu", "cuda", or a dict.
+        verbose: say what is loaded where (stderr) and show transformers' progress bar; False: neither.
     Embedded bf16: 134.5 M parameters, ``get_memory_footprint()`` 269.0 MB; nf4: 109.8 MB.
 
     >>> model, tok = load("embedded", mode="nf4")  # doctest: +SKIP
@@ -340,6 +341,11 @@ def load(model_id="embedded", mode="bf16", compute_dtype=None, device_map="auto"
     kwargs = dict(dtype="auto" if upcast else _FLOAT_DTYPES.get(mode, torch.bfloat16), device_map=device,
                   quantization_config=config, local_files_only=local_only)
     return_big_blocks()   # quantizing frees many 1-32 MiB blocks: hand them back, do not keep them
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    if not verbose:       # transformers' "Loading weights" bar, once per model, fills a lesson's output
+        hf_logging.disable_progress_bar()
     try:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -351,6 +357,9 @@ def load(model_id="embedded", mode="bf16", compute_dtype=None, device_map="auto"
             "cache or on the hub (offline? HF_HUB_OFFLINE=1? a typo?). Use model_id='embedded' for the "
             f"offline model. ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
         ) from err
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     if upcast:
         _upcast(model, torch.float32)
     if config is not None and device == "cpu":
