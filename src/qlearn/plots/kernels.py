@@ -51,7 +51,7 @@ def time_split_bars(splits, ax: Axes | None = None, per_token: bool = True) -> l
     ax.set_yticks(ys, [f"{s.label} b{s.batch}x{s.seq}" for s in splits])
     ax.set_xlabel("ms per token" if per_token else "ms per forward")
     ax.set_title("where the time goes (black tick: forward without hooks)")
-    ax.legend(loc="lower right", ncols=2, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=4, frameon=False, fontsize=7)
     return artists
 
 
@@ -83,7 +83,7 @@ def roofline(points: list[dict], ax: Axes | None = None, highlight: str | None =
     ax.set_yscale("log")
     ax.set_xlabel("batch size (sequences, one token each)")
     ax.set_ylabel("ms per forward step")
-    ax.set_title("measured (solid) vs floor (dashed: bytes / bandwidth, or flops / flop/s)")
+    ax.set_title("measured (solid) vs floor (dashed)")
     ax.legend(frameon=False, fontsize=7, ncols=2)
     return artists
 
@@ -123,8 +123,8 @@ class SpeedView:
 
     def __init__(self, fig: Figure | None = None):
         if fig is None:
-            fig, _ = new_figure(2, figsize=(10.5, 3.8))
-            fig.subplots_adjust(left=0.16, right=0.985, wspace=0.3)
+            fig, _ = new_figure(2, figsize=(10.5, 4.4))
+            fig.subplots_adjust(left=0.17, right=0.985, bottom=0.3, top=0.9, wspace=0.35)
         self.fig, self.axes = fig, np.array(fig.axes)
         self.selected = None
 
@@ -136,8 +136,8 @@ class SpeedView:
         at_batch = [s for (m, bs), s in splits.items() if bs == batch]
         chosen = splits[(mode, batch)]
         time_split_bars([chosen] + [s for s in at_batch if s is not chosen], ax=a)
-        a.set_title(f"{mode}, batch {batch}: "
-                    f"{1e3 * chosen.forward_s / chosen.tokens:.2f} ms/token, split gap {100 * chosen.gap:.0f}%")
+        a.set_title(f"{mode}, batch {batch}: {1e3 * chosen.forward_s / chosen.tokens:.1f} ms/token "
+                    f"(gap {100 * chosen.gap:.0f}%)")
         roofline(points, ax=b, highlight=mode)
         b.axvline(batch, color="black", lw=0.8, alpha=0.5)
         self.selected = (mode, batch)

@@ -1,0 +1,298 @@
+# %% [markdown]
+# # 09 · Why 4-bit is slower, or faster: where the time goes
+#
+# **Goals.** After this notebook you can
+# 1. split the time of one forward pass into dequantize, matmul and everything else, per layer type, for
+#    bf16, bitsandbytes 4-bit and a fused int4 kernel, on this machine;
+# 2. measure this machine's memory bandwidth and turn bytes per token into a floor on time per token;
+# 3. read a roofline: where a mode is memory-bound, where compute-bound, where it is pure overhead;
+# 4. swap a fused int4 `Linear` (torch's own CPU kernel) into the model and put its speed and perplexity
+#    beside bf16 and NF4;
+# 5. answer the most-asked bitsandbytes question, "why is my 4-bit model slower than fp16?", with numbers.
+
+# %%
+import pandas as pd
+import torch
+from IPython.display import Image, Markdown, display
+
+import qlearn as ql
+from qlearn import kernels as qk
+from qlearn.kernels.layerbench import build_paths, time_layer_paths
+from qlearn.plots import _base as pbase
+from qlearn.plots._base import to_png
+from qlearn.plots.kernels import crossover, roofline, time_split_bars
+from qlearn.quiz import check_prediction
+from qlearn.widgets.kernels import speed_explorer
+
+pd.options.display.float_format = "{:,.4g}".format
+BATCHES = (1, 4) if FAST else (1, 4, 16, 64)     # sequences decoded at once (one new token each)
+PROMPT_LEN = 8 if FAST else 64                  # the prompt of the time split
+REPEATS = 1 if FAST else 5                      # timings per number (the fastest of REPEATS + 1 is kept)
+PPL = 64 if FAST else min(PPL_TOKENS, 1024)     # tokens scored for perplexity
+GROUPS = (64,) if FAST else (32, 64, 128)       # int4 group sizes whose perplexity is measured
+LAYER_BATCHES = (1,) if FAST else (1, 16)       # batch sizes of the per-layer comparison
+info = ql.backend_info()
+print(info)
+
+# %% [markdown]
+# ## 1. The question, as people ask it
+#
+# - bitsandbytes [#611](https://github.com/bitsandbytes-foundation/bitsandbytes/issues/611) "How to obtain the
+#   4-bit inference speedup?": Mistral-7B in OpenNMT-py, NF4 **36.5** tokens/s against FP16 **48.6**.
+# - [#712](https://github.com/bitsandbytes-foundation/bitsandbytes/issues/712) "low performance with
+#   Llama-2-13b-hf": int4 below fp16 on an A100 and a 3090 (TGI 1.0.1, bitsandbytes 0.41.1); the reply:
+#   GPUs have no NF4 arithmetic, the 4-bit values are decoded to 16-bit first.
+# - [#518](https://github.com/bitsandbytes-foundation/bitsandbytes/issues/518): falcon-7b 4-bit **3.5×** slower
+#   than 8-bit on an RTX 3060; the maintainer: fixed in 0.40.0 "where fast inference is available for batch
+#   size 1", larger batches planned. [#605](https://github.com/bitsandbytes-foundation/bitsandbytes/issues/605) and
+#   [#347](https://github.com/bitsandbytes-foundation/bitsandbytes/issues/347) ask the same question.
+#
+# Two different things happen under the name "4-bit": **dequantize-then-matmul** (decode every weight to
+# 16-bit, write it, read it back in an ordinary matmul) and a **fused** kernel (read the 4-bit codes and their
+# scales and multiply at once). This notebook times both on this machine, and prints which bitsandbytes path
+# ran (above: `Linear4bit forward on CPU`).
+#
+# **Predict (1).** On this machine, at batch 1, how many times faster than bitsandbytes' dequantize-then-matmul
+# is a fused int4 kernel, per linear layer of this model? (e.g. `0.5` = twice as slow, `3` = three times faster)
+
+# %%
+PREDICT_FUSED_SPEEDUP = None   # e.g. 2.0
+
+# %% [markdown]
+# ## 2. One layer, five ways
+#
+# The linear layers of every third block (10 blocks of 7 layers; 5 in FAST mode), multiplied one after the
+# other so no layer's weights stay in the cache, one thread, batch 1 (and 16 on full settings):
+# bf16 `F.linear`; qlearn's int4 decode then `F.linear`; bitsandbytes `dequantize_4bit` (nf4) then `F.linear`;
+# torch's fused int4 kernel `aten._weight_int4pack_mm_for_cpu` (asymmetric, groups of 64: the same codes as
+# qlearn's decode); torch's int8 weight-only kernel `aten._weight_int8pack_mm`.
+
+# %%
+model, tok = ql.load(MODEL_ID, mode="bf16")
+blocks = range(0, 30, 6) if FAST else range(0, 30, 3)
+names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+layer_weights = [model.get_submodule(f"model.layers.{b}.{'self_attn' if n[0] in 'qkvo' else 'mlp'}.{n}").weight.detach()
+                 for b in blocks for n in names]
+fns = build_paths(layer_weights)
+in_features = [w.shape[1] for w in layer_weights]
+layer_t = {b: time_layer_paths(fns, in_features, batch=b, rounds=REPEATS + 1) for b in LAYER_BATCHES}
+del fns
+per_layer = pd.DataFrame({f"batch {b} (ms/layer)": {p: 1e3 * s for p, s in t.seconds.items()} for b, t in layer_t.items()})
+per_layer["batch 1 vs bf16"] = per_layer["batch 1 (ms/layer)"]["bf16"] / per_layer["batch 1 (ms/layer)"]
+per_layer
+
+# %%
+t1 = layer_t[1]
+fused_vs_bnb, fused_vs_qlearn = t1.ratio("bnb-nf4", "int4"), t1.ratio("int4-dequant", "int4")
+check_prediction(PREDICT_FUSED_SPEEDUP, fused_vs_bnb, rel_tol=0.3, explain=(
+    f"bitsandbytes' decode alone writes a 16-bit copy of the layer ({info.dequantize_4bit}); the fused kernel never "
+    f"does. Fused int4 was {fused_vs_bnb:.1f}x faster than bitsandbytes nf4 dequantize + F.linear and "
+    f"{fused_vs_qlearn:.1f}x faster than qlearn's plain decode + F.linear on the very same codes; against bf16 "
+    f"F.linear it was {t1.ratio('bf16', 'int4'):.2f}x."))
+
+# %% [markdown]
+# ## 3. Memory bandwidth: the floor under every token
+#
+# At batch 1, each generated token reads every weight once and does 2 flops per weight: little arithmetic
+# per byte. So the time per token cannot be shorter than **bytes read / bytes per second**. A copy of 64 MiB
+# (far more than any cache) measures the bytes per second; the layer timings above give the flops per second
+# each kind of kernel reaches (the best over the batch sizes timed), the ceiling for compute.
+
+# %%
+bw = qk.copy_bandwidth(repeats=3 if FAST else 5)
+mean_params = sum(w.numel() for w in layer_weights) / len(layer_weights)
+flops = {p: max(2 * mean_params * b / t.seconds[p] for b, t in layer_t.items()) for p in ("bf16", "int4")}
+flops["fp32"] = qk.matmul_flops(repeats=2)      # LLM.int8 on a CPU without AVX-512 multiplies in float32
+print(f"copy bandwidth {bw / 1e9:.2f} GB/s; flop/s reached by the layer kernels above (the compute ceiling of "
+      f"the roofline): bf16 F.linear {flops['bf16'] / 1e9:.2f} G, fused int4 {flops['int4'] / 1e9:.2f} G; "
+      f"float32 matmul {flops['fp32'] / 1e9:.2f} G")
+del layer_weights
+
+# %% [markdown]
+# **Predict (2).** The bf16 model holds about 270 MB. Using the bandwidth just printed, what is the
+# shortest possible time for one generated token in bf16, in ms? And will the measured time be close to it?
+
+# %%
+PREDICT_BF16_FLOOR_MS = None   # e.g. 50
+
+# %% [markdown]
+# ## 4. Where the time goes, mode by mode
+#
+# `qk.time_split` times every linear layer with forward hooks, replays the decode each layer runs on its
+# own stored state (bitsandbytes `dequantize_4bit`; the float copy LLM.int8 multiplies on CPUs without
+# AVX-512; qlearn's int4 decode) to split the layer into dequantize and matmul, and counts the rest of the
+# forward as "other". It alternates plain and hooked forwards: `gap` is how far the sum of the parts is from
+# a forward without hooks. One model at a time: bf16, then the same model swapped to int4 (on full settings
+# first qlearn's dequantize-then-matmul, then the fused kernel on the very same codes), then bitsandbytes modes.
+
+# %%
+splits, points, tps, rows = {}, [], [], []
+linear_params = sum(m.weight.numel() for n, m in model.named_modules()
+                    if isinstance(m, torch.nn.Linear) and qk.layer_type(n))
+
+
+def measure(label, model, ceiling):
+    """Time split at batch 1 (one token) and for the prompt, forward time per batch size, and the floors."""
+    split1 = qk.time_split(model, 1, 1, repeats=REPEATS, label=label)
+    splits[(label, 1)] = split1
+    prompt = qk.time_split(model, 1, PROMPT_LEN, repeats=REPEATS, label=label)
+    fp = ql.memory.footprint(model)
+    read = fp.true_bytes
+    embedding = model.get_input_embeddings().weight
+    if getattr(model.get_output_embeddings(), "weight", None) is not embedding:   # untied: one row read per token
+        read -= embedding.numel() * embedding.element_size()
+    fl = qk.floors(read, split1.decoded_bytes, linear_params, bw, ceiling)
+    for b in BATCHES:
+        t = split1.forward_s if b == 1 else qk.time_forward(model, b, 1, repeats=REPEATS)
+        if b != 1 and b == BATCHES[-1]:
+            splits[(label, b)] = qk.time_split(model, b, 1, repeats=1, label=label)
+        points.append(dict(label=label, batch=b, measured_s=t, memory_s=fl.memory_s(), compute_s=fl.compute_s(b)))
+    rows.append({"mode": label, "MB read per token": read / 1e6, "MB decoded per token": split1.decoded_bytes / 1e6,
+                 "floor (ms)": 1e3 * fl.memory_s(), "1 token (ms)": 1e3 * split1.forward_s,
+                 "x floor": split1.forward_s / fl.memory_s(), "dequantize %": 100 * split1.totals()["dequantize"] / split1.parts_s,
+                 f"{PROMPT_LEN}-token prompt (ms/token)": 1e3 * prompt.forward_s / prompt.tokens,
+                 "split gap 1 token %": 100 * split1.gap, "split gap prompt %": 100 * prompt.gap})
+    splits[(label, f"prompt {PROMPT_LEN}")] = prompt
+
+
+measure("bf16", model, flops["bf16"])
+ppl = {"bf16": float(ql.perplexity(model, tok, max_tokens=PPL))}
+if not FAST:   # qlearn's plain decode is slower than bitsandbytes' C++ one: full settings only
+    qk.swap_linears(model, "int4-dequant", groupsize=64)
+    measure("int4 dequant+matmul", model, flops["bf16"])
+qk.swap_linears(model, "int4", groupsize=64)       # (after the swap above: the same codes, fused)
+measure("int4 fused", model, flops["int4"])
+ppl["int4 g64"] = float(ql.perplexity(model, tok, max_tokens=PPL))
+qk.swap_linears(model, "int4", groupsize=64, lm_head=True)   # now the tied output layer too (a 4-bit copy)
+measure("int4 fused +lm_head", model, flops["int4"])
+ppl["int4 g64 +lm_head"] = float(ql.perplexity(model, tok, max_tokens=PPL))
+del model
+ql.models.release_memory()
+
+# %%
+for mode in (("nf4",) if FAST else ("nf4", "nf4+dq", "fp4", "int8")):
+    model, tok = ql.load(MODEL_ID, mode=mode)
+    measure(mode, model, flops["fp32" if mode == "int8" else "bf16"])
+    if mode == "nf4":
+        ppl["nf4"] = float(ql.perplexity(model, tok, max_tokens=PPL))
+    del model
+    ql.models.release_memory()
+table = pd.DataFrame(rows).set_index("mode")
+table
+
+# %% [markdown]
+# The output layer (`lm_head`, 49152 × 576) is tied to the token embedding, so `swap_linears` leaves it in
+# bf16 by default: quantizing it adds a 4-bit copy beside the bf16 table the embedding still needs. The
+# mode "int4 fused +lm_head" swaps it too: watch the lm_head bar in the split below.
+
+# %%
+fig, axes = pbase.new_figure(1, figsize=(9.6, 3.8))
+fig.subplots_adjust(left=0.24, bottom=0.3)
+time_split_bars([splits[(r, 1)] for r in table.index], ax=axes[0])
+display(Image(to_png(fig)))
+
+# %%
+bf16_row = table.loc["bf16"]
+check_prediction(PREDICT_BF16_FLOOR_MS, float(bf16_row["floor (ms)"]), rel_tol=0.3, explain=(
+    f"{bf16_row['MB read per token']:.0f} MB / {bw / 1e9:.2f} GB/s = {bf16_row['floor (ms)']:.1f} ms. The measured bf16 "
+    f"token took {bf16_row['1 token (ms)']:.1f} ms, {bf16_row['x floor']:.1f}x the floor: "
+    + ("close to the floor, so bandwidth-bound." if bf16_row["x floor"] < 2 else
+       f"far above the floor, so on this machine bf16 at batch 1 is not bandwidth-bound: the split above puts "
+       f"{100 * splits[('bf16', 1)].totals()['matmul'] / splits[('bf16', 1)].parts_s:.0f}% of it in the matmuls and "
+       f"{100 * splits[('bf16', 1)].totals()['other'] / splits[('bf16', 1)].parts_s:.0f}% in everything else.")))
+
+# %% [markdown]
+# ## 5. The roofline: measured time against the floor, per batch size
+#
+# Solid: measured time of one forward step (every sequence in the batch gets one token). Dashed: that mode's
+# floor, the larger of bytes / bandwidth (flat: the weights are read once per step whatever the batch) and
+# flops / flop/s (rising with the batch). A solid line on its dashed one is bound by that resource; far above
+# it, the time goes to overhead (Python, small kernels, the decode). Right panel: tokens per second.
+
+# %%
+fig, axes = pbase.new_figure(2, figsize=(11, 4))
+roofline(points, ax=axes[0])
+crossover(points, ax=axes[1])
+display(Image(to_png(fig)))
+
+# %%
+tput = pd.DataFrame(points).assign(tokens_per_s=lambda d: d.batch / d.measured_s).pivot(
+    index="label", columns="batch", values="tokens_per_s")
+tput.columns = [f"batch {b} (tok/s)" for b in tput.columns]
+tput
+
+# %% [markdown]
+# ## 6. Quality: fused int4 beside NF4 — and why group 32 fits *this* model
+#
+# The embedded weights were stored as GGUF **Q4_1**: asymmetric 4-bit with groups of 32 (min and scale per
+# group). Asymmetric int4 with groups of 32, aligned the same way, finds those very levels again, so its
+# perplexity is unusually close to bf16: this model was already quantized, and this is how you can tell. It is
+# not a property of LLMs: on weights that were never quantized, group 32 is merely a little better than 64.
+
+# %%
+for g in GROUPS:
+    if f"int4 g{g}" in ppl:
+        continue
+    model, tok = ql.load(MODEL_ID, mode="bf16")
+    qk.swap_linears(model, "int4", groupsize=g)
+    ppl[f"int4 g{g}"] = float(ql.perplexity(model, tok, max_tokens=PPL))
+    del model
+    ql.models.release_memory()
+quality = pd.Series(ppl, name=f"perplexity ({PPL} tokens)").to_frame()
+quality
+
+# %% [markdown]
+# ## 7. Explore: mode × batch size
+#
+# Pick a mode and a batch size: left, where the time of one step goes (hatched = dequantize; black tick =
+# the forward without hooks); right, the roofline with that mode drawn thick. (Batch sizes with a split:
+# 1 and the largest measured.)
+
+# %%
+explorer_splits = {k: v for k, v in splits.items() if isinstance(k[1], int)}
+w = speed_explorer(explorer_splits, points, mode="int4 fused", batch=1)
+w
+
+# %% [markdown]
+# ## 8. On a GPU
+#
+# bitsandbytes' CUDA path has the fused kernel this notebook built on a CPU: since 0.40, `Linear4bit` at batch
+# 1 in inference runs a 4-bit GEMV that reads the packed codes and their absmax and never writes 16-bit
+# weights; at larger batches it dequantizes to 16-bit and runs a normal matmul (the batch-1 fix of #518;
+# see FACTS.md, "Claims in common tutorials"). The same roofline applies: a GPU's memory bandwidth is far
+# higher, and so is its compute, so batch 1 is even more bandwidth-bound there, which is where 4 bits pay.
+# `scripts/gpu_check.py` measures bf16, dequantize-then-matmul and the fused GEMV per layer when CUDA is present.
+
+# %% [markdown]
+# ## Try this
+# - Set `BATCHES = (1, 2, 4, 8, 16, 32, 64)` and rerun section 4: where does the dequantize share stop mattering?
+# - In section 2, time `build_paths(..., groupsize=32)`: does the group size change the fused kernel's speed?
+# - Swap `lm_head` too (`qk.swap_linears(model, "int4", lm_head=True)`): how many MB does that add (the
+#   embedding stays bf16) and how much time per token does it save?
+
+# %%
+r = table
+fused = r.loc["int4 fused"]
+best_b = max(BATCHES)
+fastest, slowest = r["1 token (ms)"].idxmin(), r["1 token (ms)"].idxmax()
+display(Markdown(f"""## Summary (measured in this run)
+- Machine: CPU capability {info.cpu_capability}, AVX512-BF16 {'yes' if info.avx512bf16 else 'no'}, CUDA {info.cuda};
+  bitsandbytes {info.bitsandbytes_version}: `Linear4bit` on CPU {info.linear4bit}.
+- Copy bandwidth **{bw / 1e9:.2f} GB/s**; flop/s reached: bf16 F.linear {flops['bf16'] / 1e9:.2f} G,
+  fused int4 {flops['int4'] / 1e9:.2f} G, float32 matmul {flops['fp32'] / 1e9:.2f} G.
+- Per linear layer at batch 1 (one thread, layers cycled): bf16 {1e3 * t1.seconds['bf16']:.3f} ms, bitsandbytes nf4
+  dequantize + matmul {1e3 * t1.seconds['bnb-nf4']:.3f} ms, qlearn int4 decode + matmul {1e3 * t1.seconds['int4-dequant']:.3f} ms,
+  fused int4 **{1e3 * t1.seconds['int4']:.3f} ms** (**{fused_vs_bnb:.1f}x** faster than bitsandbytes' dequantize-then-matmul).
+- One token (batch 1, whole model): bf16 {r.loc['bf16', '1 token (ms)']:.1f} ms ({r.loc['bf16', 'x floor']:.1f}x its bandwidth
+  floor), nf4 {r.loc['nf4', '1 token (ms)']:.1f} ms ({r.loc['nf4', 'dequantize %']:.0f}% of it dequantize),
+  fused int4 **{fused['1 token (ms)']:.1f} ms**
+  ({fused['x floor']:.1f}x its floor of {fused['floor (ms)']:.1f} ms).
+- lm_head (kept bf16, tied): {100 * splits[('int4 fused', 1)].parts[('lm_head', 'matmul')] / splits[('int4 fused', 1)].parts_s:.0f}%
+  of the fused int4 token; swapping it too: **{r.loc['int4 fused +lm_head', '1 token (ms)']:.1f} ms** per token,
+  perplexity {ppl['int4 g64 +lm_head']:.2f} (vs {ppl['int4 g64']:.2f}).
+- Time splits add up to the forward without hooks within {table[['split gap 1 token %', 'split gap prompt %']].max().max():.0f}%.
+- Tokens/s at batch {best_b}: {', '.join(f"{k} {v:.0f}" for k, v in tput[f'batch {best_b} (tok/s)'].items())}.
+- Perplexity ({PPL} tokens): {', '.join(f"{k} {v:.2f}" for k, v in ppl.items())}.
+- Fastest mode for one token here: **{fastest}**; slowest: {slowest}. "4-bit is slower" here is a statement about
+  dequantize-then-matmul, not about 4 bits: the fused kernel reads the same 4-bit codes and never writes 16-bit weights.
+"""))
