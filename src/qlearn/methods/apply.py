@@ -293,4 +293,9 @@ def apply_method(model: nn.Module, method: str, group_size: int = 128, calib_ids
             return hqq(w.float(), group_size=group_size)
     else:
         how = _gguf_2d(method)
-    return fake_quantize(model, {name: how for name in names}, keep_originals=keep_originals)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # thousands of small ops: on a busy 2-core machine a second thread only waits
+    try:
+        return fake_quantize(model, {name: how for name in names}, keep_originals=keep_originals)
+    finally:
+        torch.set_num_threads(threads)

@@ -96,8 +96,8 @@ class MethodView:
 def block_bytes_figure(blocks: list[tuple[str, np.ndarray, list[tuple[str, int, int]]]]) -> Figure:
     """One row per block: its bytes as cells (hex), coloured by field. blocks: (title, bytes (n,) uint8,
     [(field name, first byte, last byte + 1), ...])."""
-    fig, axes = new_figure(1, nrows=len(blocks), figsize=(10.5, 1.9 * len(blocks)))
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.05, top=0.9, hspace=0.9)
+    fig, axes = new_figure(1, nrows=len(blocks), figsize=(10.5, 2.1 * len(blocks)))
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.04, top=1 - 0.7 / (2.1 * len(blocks)), hspace=1.0)
     palette = [COLORS["level"], COLORS["deq"], COLORS["fp4"], COLORS["orig"]]
     for ax, (title, data, fields) in zip(axes, blocks, strict=True):
         per_row = 48
