@@ -3,9 +3,11 @@
 #
 # **Goals.** After this notebook you can
 # 1. list exactly what a 4-bit weight stores with and without double quantization (codes, `absmax`, offset, nested scales);
-# 2. compute the bits per parameter both ways (4.5 and 4.127 at blocksize 64) and the saving at 7B and 70B;
-# 3. measure it on a real model, and see why `get_memory_footprint()` does not show it;
-# 4. see where qlearn's exact rule and bitsandbytes' CPU kernel disagree on a few scale codes.
+# 2. compute the bits per parameter both ways and the saving at 7B and 70B;
+# 3. measure it on a real model, before and after its first forward pass, and see why `get_memory_footprint()`
+#    does not show it;
+# 4. open the box: the real module, parameter and quant-state classes, and qlearn's bytes equal to the model's;
+# 5. see where qlearn's exact rule and bitsandbytes' CPU kernel disagree on a few scale codes.
 
 # %%
 import gc
@@ -15,6 +17,7 @@ import torch
 from IPython.display import Markdown, display
 
 import qlearn as ql
+from qlearn.quiz import check_prediction
 
 pd.options.display.float_format = "{:,.6g}".format
 
@@ -25,6 +28,12 @@ pd.options.display.float_format = "{:,.6g}".format
 # on top of the 4-bit codes. **Double quantization** (QLoRA; `bnb_4bit_use_double_quant=True`) subtracts the
 # mean of all `absmax` values (`offset`, one float32), quantizes the rest to **8 bits** with blocks of 256
 # (the 8-bit dynamic map), and keeps one float32 scale per 256 blocks (`nested_absmax`).
+#
+# **Predict (1).** With blocks of 64, how many bits per weight does NF4 + double quant store, everything
+# included (codes, 8-bit absmax, the float32 scales of the nested blocks)? Write a number.
+
+# %%
+PREDICT_DQ_BITS = None   # e.g. 4.5
 
 # %%
 w = ql.sources.synthetic("normal", 576 * 1536, shape=(576, 1536), seed=0)
@@ -46,6 +55,12 @@ nbytes.loc["bits per weight"] = [plain.bits_per_param, dq.bits_per_param]
 err_plain, err_dq = ql.error_stats(w, plain.dequantize()), ql.error_stats(w, dq.dequantize())
 nbytes.loc["SQNR dB"] = [err_plain["sqnr_db"], err_dq["sqnr_db"]]
 nbytes
+
+# %%
+check_prediction(PREDICT_DQ_BITS, dq.bits_per_param, tol=0.01, explain=(
+    f"4 bits of code + 8/64 for the 8-bit absmax + 32/(64·256) for one float32 per 256 blocks = "
+    f"{dq.bits_per_param:.6g}, against {plain.bits_per_param:g} without (4 + 32/64). The offset is one float32 "
+    "per tensor: too small to show."))
 
 # %% [markdown]
 # The formula: `4 + 32/64 = 4.5` bits without, `4 + 8/64 + 32/(64·256) = 4.127` with double quant,
@@ -88,8 +103,33 @@ dqx
 info = ql.backend_info()
 print(info)
 
+# %% [markdown]
+# **Predict (2).** Will `model.get_memory_footprint()` be `"smaller"`, `"same"` or `"larger"` with double quant
+# than without?
+
 # %%
-def before_and_after_one_forward(model, tok):
+PREDICT_FOOTPRINT = None   # "smaller", "same" or "larger"
+
+# %%
+LAYER = "model.layers.0.mlp.down_proj"
+box = {}   # mode -> what LAYER holds as loaded (copied out before the forward pass)
+
+
+def open_the_box(model):
+    layer = model.get_submodule(LAYER)
+    w, qs = layer.weight, layer.weight.quant_state
+    fields = {k: (f"{v.dtype} {tuple(v.shape)}" if isinstance(v, torch.Tensor) else
+                  f"{type(v).__name__} (absmax {v.absmax.dtype} {tuple(v.absmax.shape)}, blocksize {v.blocksize})"
+                  if type(v).__name__ == "QuantState" else repr(v))
+              for k, v in vars(qs).items()}
+    return {"module": f"{type(layer).__module__}.{type(layer).__name__}",
+            "weight": f"{type(w).__module__}.{type(w).__name__} {w.dtype} {tuple(w.shape)}",
+            "quant_state": f"{type(qs).__module__}.{type(qs).__name__}", "fields": fields,
+            "record": ql.Quantized4bit.from_bitsandbytes(w.data.clone(), qs)}   # the model's own bytes
+
+
+def before_and_after_one_forward(mode, model, tok):
+    box[mode] = open_the_box(model)
     loaded = ql.memory.footprint(model)
     ql.generate(model, tok, "Hi", max_new_tokens=1)              # one forward pass
     after = ql.memory.footprint(model)
@@ -103,9 +143,18 @@ def before_and_after_one_forward(model, tok):
 
 rows = {}
 for mode in ("nf4", "nf4+dq"):                                    # load, measure, free: one model at a time
-    rows[mode] = ql.models.measure_mode(MODEL_ID, mode, before_and_after_one_forward)
+    rows[mode] = ql.models.measure_mode(MODEL_ID, mode, lambda m, t, mode=mode: before_and_after_one_forward(mode, m, t))
 real = pd.DataFrame(rows).T.drop(columns=["mode", "load_s"])
 real
+
+# %%
+same = real.loc["nf4", "get_memory_footprint (MB)"] == real.loc["nf4+dq", "get_memory_footprint (MB)"]
+check_prediction(PREDICT_FOOTPRINT, "same" if same else "smaller", kind="choice",
+                 choices=("smaller", "same", "larger"), explain=(
+    "get_memory_footprint() adds up parameters and buffers: the packed 4-bit codes and the 16-bit layers. The "
+    "absmax (plain or double-quantized) lives in each weight's quant_state, an attribute it does not count: "
+    f"{real.loc['nf4', 'scales it leaves out (MB)']:.2f} MB without double quant, "
+    f"{real.loc['nf4+dq', 'scales it leaves out (MB)']:.2f} MB with it, as loaded."))
 
 # %%
 repacked = int(real.loc["nf4+dq", "layers repacked by the forward"])
@@ -114,22 +163,52 @@ if repacked:
         f"On this CPU (AVX512-BF16: `{info.avx512bf16}`) the first forward **repacked {repacked} layers**: "
         "bitsandbytes undid double quantization and keeps each block's absmax as a bfloat16, so the scales "
         f"grew from {real.loc['nf4+dq', 'scales it leaves out (MB)']:.2f} to "
-        f"{real.loc['nf4+dq', 'scales after one forward (MB)']:.2f} MB. Double quantization saves memory on this "
-        "machine only until the model runs; it still saves it on disk and on GPUs."))
+        f"{real.loc['nf4+dq', 'scales after one forward (MB)']:.2f} MB. On this machine double quantization saves "
+        "memory only until the model first runs."))
 else:
     display(Markdown(
         "On this machine a forward pass leaves the 4-bit layers as they were loaded (no repack: "
         f"AVX512-BF16 is `{info.avx512bf16}`), so the scales stay at "
         f"{real.loc['nf4+dq', 'scales after one forward (MB)']:.2f} MB with double quant. On a CPU with "
-        "AVX512-BF16, bitsandbytes would repack them on the first forward, undo double quantization and keep "
-        "bfloat16 scales (docs/formats.md)."))
+        "AVX512-BF16, bitsandbytes repacks them on the first forward, undoes double quantization and keeps "
+        "bfloat16 scales: measured on an AMD EPYC with AVX512-BF16, this model's scales went from 1,685,880 B to "
+        "3,317,760 B (FACTS.md, 'CPU-dependent behaviour'; the same code, another CPU)."))
 
 # %% [markdown]
 # `get_memory_footprint()` is **the same** with and without double quant: it counts parameters and
 # buffers, and the scales are attributes of each weight's `quant_state`. The saving is real as loaded; that
 # number just does not see it.
 #
-# ## 4. Exact rule vs bitsandbytes' CPU kernel
+# ## 4. Open the box
+#
+# What `load_in_4bit` put in `model.layers.0.mlp.down_proj`, read before the first forward: the module and
+# parameter classes, and every field of the weight's `quant_state`. Then the test of the whole notebook: quantize
+# the same bf16 weight with qlearn and compare **bytes** with the model's.
+
+# %%
+original = ql.models.measure_mode(MODEL_ID, "bf16", lambda m, t: {
+    "w": m.get_submodule(LAYER).weight.detach().clone()})["w"]              # bf16 (576, 1536), as stored
+theirs = box["nf4+dq"]
+print(f"module      {theirs['module']}\nweight      {theirs['weight']}\nquant_state {theirs['quant_state']}")
+display(pd.Series(theirs["fields"], name="quant_state fields (nf4 + double quant)").to_frame())
+mine = ql.quantize_4bit(original, "nf4", blocksize=64, double_quant=True, dq_rule="bnb_cpu")
+rec = theirs["record"]
+same_bytes = {"packed codes": torch.equal(mine.packed, rec.packed), "absmax (uint8)": torch.equal(mine.absmax, rec.absmax),
+              "offset": torch.equal(mine.offset, rec.offset), "nested absmax": torch.equal(mine.nested_absmax, rec.nested_absmax),
+              "dequantized values": torch.equal(mine.dequantize(), rec.dequantize())}
+plain_rec = box["nf4"]["record"]
+same_bytes["plain nf4: codes and float32 absmax"] = (
+    torch.equal(ql.quantize_4bit(original, "nf4", 64).packed, plain_rec.packed)
+    and torch.equal(ql.quantize_4bit(original, "nf4", 64).absmax, plain_rec.absmax))
+assert all(same_bytes.values()), same_bytes
+print(f"qlearn == the model, bit for bit: {same_bytes}")
+
+# %% [markdown]
+# So a `Linear4bit` holds a `Params4bit` of packed uint8 codes (two per byte) and a `QuantState` with the
+# block absmax: symmetric absmax scaling per block of 64, no zero point, quantized once at load time (no
+# training involved), exactly what qlearn computes from the bf16 weight.
+#
+# ## 5. Exact rule vs bitsandbytes' CPU kernel
 #
 # The nested 8-bit step maps each (absmax − offset) to the nearest of 256 dynamic-map values. qlearn does
 # this exactly by default; bitsandbytes' CPU kernel uses a 65,536-entry look-up table that picks a
@@ -147,6 +226,7 @@ print(f"{n_differ} of {n_blocks:,} absmax codes differ ({n_differ / n_blocks:.4%
 
 # %% [markdown]
 # ## Try this
+# - Set `PREDICT_DQ_BITS` and `PREDICT_FOOTPRINT`, rerun, and read the checks.
 # - In the explorer, set **blocksize** to 32: how many bits per parameter do the scales cost without double quant?
 # - `ql.memory.bits_per_param("nf4+dq", 64, dq_blocksize=64)`: what if the nested blocks were 64?
 # - Is double quant worth it for the 135M model here? Compare the MB saved with its total size.
@@ -156,9 +236,11 @@ display(Markdown(f"""## Summary (measured in this run)
 - Bits per weight at blocksize 64: **{plain.bits_per_param}** plain, **{dq.bits_per_param:.6g}** with double quant
   (saving **{saving_bits:.4f}** bit); SQNR {err_plain['sqnr_db']:.3f} → {err_dq['sqnr_db']:.3f} dB.
 - Saved at Llama-2-7B: **{saving_gb['llama-2-7b']:.3f} GB**; at Llama-2-70B: **{saving_gb['llama-2-70b']:.2f} GB**.
-- {MODEL_ID}: `get_memory_footprint()` {real.iloc[0, 0]:.1f} MB both ways; scales
+- {MODEL_ID}: `get_memory_footprint()` {real.iloc[0, 0]:.1f} MB without, {real.iloc[1, 0]:.1f} MB with double quant; scales
   {real.iloc[0, 1]:.2f} MB → {real.iloc[1, 1]:.2f} MB with double quant
   ({real.iloc[0, 3]:.3f} → {real.iloc[1, 3]:.3f} bits per quantized weight); after one forward on this machine
   {real.iloc[1, 4]:.2f} MB ({repacked} layers repacked; CPU capability {info.cpu_capability}).
+- Open the box: `{theirs['module']}` holding `{theirs['weight']}`; qlearn's bytes equal the model's for
+  `{LAYER}` (codes, uint8 absmax, offset, nested absmax).
 - Exact vs bitsandbytes-CPU rule: {n_differ} of {n_blocks:,} nested absmax codes differ (by ≤ {max_step}).
 """))
