@@ -147,3 +147,25 @@ def test_inputs_of_captures_every_named_layer_in_one_pass():
     assert not model.a._forward_pre_hooks                      # hooks removed
     with pytest.raises(ValueError, match="not linear"):
         inputs_of(model, tok, ["embed"], "x")
+
+
+def test_figures_draw_the_steps_and_the_sweep():
+    import math
+
+    import pandas as pd
+
+    from qlearn.plots._base import to_png
+    from qlearn.plots.int8 import decomposition_figure, threshold_sweep_figure
+
+    w, x = _layer_and_input()
+    steps = {t: int8_matmul(x, w, threshold=t) for t in (0.0, 6.0)}
+    fig = decomposition_figure(x, steps[6.0], x @ w.float().T, steps[0.0], threshold=6.0, title="t")
+    ax = fig.axes[0]
+    assert ax.collections[0].get_offsets()[:, 0].tolist() == [3, 50]              # the outlier columns marked
+    assert len(fig.axes[3].lines) == 2 and to_png(fig)[:4] == b"\x89PNG"
+    sweep = pd.DataFrame({"perplexity": [18.2, 17.3, 17.7, 18.2], "16-bit columns (%)": [0, 15.9, 0.44, 0]},
+                         index=[0.0, 1.0, 6.0, math.inf])
+    fig = threshold_sweep_figure(sweep, 17.2)
+    xs = fig.axes[0].lines[0].get_xdata().tolist()
+    assert xs == sorted(xs) and len(xs) == 4                                        # 0 first, inf last
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0 (off)", "1", "6", "inf"]

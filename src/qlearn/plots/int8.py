@@ -79,12 +79,16 @@ def threshold_sweep_figure(sweep, reference_ppl: float, reference_label: str = "
         ys = [sweep.loc[t, column] for t in sorted(ts, key=xpos.get)]
         axis.plot(ticks, ys, marker="o", color=color)
         for x, y in zip(ticks, ys, strict=True):
-            axis.annotate(f"{y:.3g}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+            axis.annotate(f"{y:.4g}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
         axis.set(xscale="log", xlabel="outlier threshold (llm_int8_threshold)", ylabel=column)
         axis.set_xticks(ticks, labels)
         axis.minorticks_off()
+        low, high = min(ys), max(ys)
+        axis.set_ylim(low - 0.08 * (high - low + 1e-9), high + 0.18 * (high - low + 1e-9))
     ax[0].axhline(reference_ppl, color=COLORS["muted"], ls="--", lw=0.9, label=f"{reference_label} {reference_ppl:.3g}")
-    ax[0].legend(loc="upper right")
-    ax[0].set_title("Whole-model perplexity (bitsandbytes Linear8bitLt)")
-    ax[1].set_title("Input columns multiplied in 16-bit (mean over all int8 matmuls)")
+    bottom, top = ax[0].get_ylim()
+    ax[0].set_ylim(min(bottom, reference_ppl - 0.05 * (top - bottom)), top)
+    ax[0].legend(loc="upper center")
+    ax[0].set_title("Whole-model perplexity (Linear8bitLt)")
+    ax[1].set_title("% of input columns kept in 16-bit")
     return fig
