@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import Counter
 
 import torch
 
@@ -51,6 +52,8 @@ def main(argv=None):
     parser.add_argument("--calib", default="2,128,2", help="calibration n_seqs,seq_len,every (default 2,128,2)")
     parser.add_argument("--frontier", action="store_true", help="also plans at more budgets")
     parser.add_argument("--json", default=None, help="write every number here")
+    parser.add_argument("--bnb", action="store_true", help="also load the part of the +5%% plan that bitsandbytes "
+                        "can express (nf4+dq/64 + layers kept 16-bit via llm_int8_skip_modules) and measure it")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     model, tok = ql.load(args.model, mode="fp32", verbose=False)
@@ -93,11 +96,41 @@ def main(argv=None):
           f"random {results['random']['ppl']:.3f}, llama rule {results['llama']['ppl']:.3f} at "
           f"{plans['llama'].bits_per_weight:.4f}; +5%: plan {results['plan+5']['ppl']:.3f}, "
           f"random {results['random+5']['ppl']:.3f}, llama {results['llama+5']['ppl']:.3f}")
+    if args.bnb:
+        del model
+        results["bnb"] = real_bnb(t, 1.05 * b0, args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"results": results, "sensitivity": sens.__dict__, "args": vars(args)}, f)
     print(f"gap_closed_equal_bytes={results['plan']['gap_closed']:.3f} "
           f"gap_closed_plus5={results['plan+5']['gap_closed']:.3f}")
+
+
+def real_bnb(t, budget, args):
+    """Solve over {nf4+dq/64, bf16} (what one BitsAndBytesConfig can say: 4-bit blocks are 64 in transformers),
+    load it for real with llm_int8_skip_modules, and compare its measured bytes with the plan's."""
+    from transformers import AutoModelForCausalLM
+
+    cols = [t.formats.index(f) for f in ("nf4+dq/64", "bf16")]
+    sub = mixed.Tables(t.layers, ("nf4+dq/64", "bf16"), t.cost[:, cols], t.bits[:, cols], t.numel)
+    plan = mixed.solve(sub, budget, "nf4+dq/64 + bf16 layers")
+    keep = [n for n, f in plan.as_dict().items() if f == "bf16"]
+    config = ql.models.quantization_config("nf4+dq")
+    config.llm_int8_skip_modules = ["lm_head", *keep]
+    path = ql.models.embedded_model_path() if args.model == "embedded" else args.model
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=config, dtype=torch.bfloat16,
+                                                 device_map="cpu" if not torch.cuda.is_available() else "cuda")
+    kinds = {n: type(m).__name__ for n, m in model.named_modules() if n in set(t.layers)}
+    fp = ql.memory.footprint(model)
+    predicted = plan.bits_per_weight * float(t.numel.sum()) / 8
+    measured = fp.linear_weight_bytes + fp.quant_state_bytes
+    out = {"kept_16bit": keep, "module_kinds": dict(sorted(Counter(kinds.values()).items())),
+           "predicted_linear_bytes": predicted, "linear_weight_bytes": fp.linear_weight_bytes,
+           "quant_state_bytes": fp.quant_state_bytes, "true_bytes": fp.true_bytes, "reported_bytes": fp.reported_bytes}
+    print(f"real bitsandbytes: {len(keep)} layers kept 16-bit {keep[:4]}...; modules {out['module_kinds']}; linear "
+          f"weights + quant state {measured:,} bytes, plan predicted {predicted:,.0f} "
+          f"({plan.bits_per_weight:.4f} bits/weight); whole model true bytes {fp.true_bytes:,}")
+    return out
 
 
 def validate(model, tok, sens):

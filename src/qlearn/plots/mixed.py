@@ -36,9 +36,8 @@ class MixedPlanView:
         a.set_xticks(range(len(formats)), formats, rotation=70, fontsize=7)
         step = max(1, len(layers) // 15)
         a.set_yticks(range(0, len(layers), step), [layers[i] for i in range(0, len(layers), step)], fontsize=6)
-        a.set_xlabel("format")
+        a.set_title("layers x formats; red dots: the plan", fontsize=9)
         (self.dots,) = a.plot([], [], "o", ms=2.5, color="#ff4040", label="the plan")
-        a.legend(loc="lower right", fontsize=7)
         (self.curve,) = b.plot(curve_bits, curve_cost, "-", color=COLORS["orig"], label="solver's plans")
         b.scatter([u[1] for u in uniform], [u[2] for u in uniform], s=14, color="#777777", zorder=3,
                   label="uniform formats")
@@ -97,6 +96,8 @@ def block_profile(kinds: dict, blocks, ax=None, block_kl=None):
     for kind, values in kinds.items():
         artists += ax.plot(blocks, values, ".-", lw=1, label=kind)
     ax.set_yscale("log")
+    if len(blocks) <= 12:
+        ax.set_xticks(list(blocks))
     ax.set_xlabel("decoder block")
     ax.set_ylabel("KL to bf16 (nats/position)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
