@@ -101,3 +101,9 @@ def test_check_prediction_takes_numpy_measurements():
     assert claims.check_prediction("61", np.int64(61), rel_tol=0.0, abs_tol=0.5).ok
     assert claims.check_prediction("no", np.bool_(False)).ok
     assert claims.check_prediction(5, np.float64(5.0), rel_tol=0.0, abs_tol=0.01).ok
+
+
+def test_check_prediction_lists_are_shown_with_sep():
+    c = claims.check_prediction("2, 6", ["2", "6"], sep=", ")
+    assert c.ok and "**2, 6**" in c.message
+    assert "**NF4 < FP4**" in claims.check_prediction(["nf4", "fp4"], ["NF4", "FP4"]).message

@@ -223,10 +223,11 @@ def _ordering(value) -> list[str]:
 
 
 def check_prediction(prediction, measured, *, rel_tol: float = 0.1, abs_tol: float = 0.0, explain: str = "",
-                     unit: str = "") -> Check:
+                     unit: str = "", sep: str = " < ") -> Check:
     """Compare ``prediction`` with ``measured`` and explain. Numbers: within ``rel_tol`` (10%) or
     ``abs_tol``; bools: yes/no/true/false/fits; sequences of names (an ordering): same order,
-    case-insensitive, given as a list, tuple or "a < b < c"; other strings: equal ignoring case.
+    case-insensitive, given as a list, tuple or "a < b < c" (shown joined by ``sep``); other strings:
+    equal ignoring case.
     ``prediction`` None or ``...`` means "not yet": the message asks for one and reveals nothing.
 
     >>> check_prediction("1/2", 0.503).ok, check_prediction(None, 0.503).ok
@@ -250,7 +251,7 @@ def check_prediction(prediction, measured, *, rel_tol: float = 0.1, abs_tol: flo
         elif isinstance(measured, str):
             ok, shown = str(prediction).strip().lower() == measured.strip().lower(), measured
         else:
-            ok, shown = _ordering(prediction) == _ordering(measured), " < ".join(map(str, measured))
+            ok, shown = _ordering(prediction) == _ordering(measured), sep.join(map(str, measured))
     except (TypeError, ValueError) as err:
         return Check(False, prediction, measured, f"**Could not read your prediction:** {err}")
     head = "**Right.**" if ok else "**Not quite.**"
