@@ -210,7 +210,8 @@ display(Image(ql.plots.to_png(fig_frontier)))
 # %% [markdown]
 # **Reading it.** A plan at *equal* bytes pays for every upgrade with a downgrade somewhere else. Measured by
 # `benchmarks/bench_mixed.py --frontier` on an H200 (this project, fp32 compute of bf16 values, 4,096 evaluation
-# tokens, with that machine's tokenizer version bf16 scored 15.49): uniform NF4 + double quant in blocks of
+# tokens; bf16 scored 15.49 there against 14.71 on this project's CPU, cause not established): uniform NF4 +
+# double quant in blocks of
 # 256 / 128 / 64 / 32 scored 23.13 / 21.16 / 20.07 / 19.25 at 4.032 / 4.064 / 4.127 / 4.254 bits per weight, so
 # around blocks of 64 a step down costs about 17 perplexity points per bit and a step up buys back about 6.5:
 # moving bytes between layers only pays where the layers' sensitivities differ by more than that. There the
