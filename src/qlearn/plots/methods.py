@@ -29,7 +29,8 @@ def frontier_figure(rows: list[dict], ymax: float | None = None) -> Figure:
     base = [r for r in rows if r["method"] == "bf16"]
     if base:
         ax.axhline(base[0]["ppl"], color=FAMILY_COLORS["bf16"], lw=1, ls="--")
-        ax.text(4.0, base[0]["ppl"], f"  bf16 {base[0]['ppl']:.2f} (16 bits)", va="bottom", fontsize=8)
+        ax.text(0.99, base[0]["ppl"], f"bf16 {base[0]['ppl']:.2f} (16 bits, off the axis)", va="bottom", ha="right",
+                fontsize=8, transform=ax.get_yaxis_transform())
     shown = [r for r in rows if r["method"] != "bf16"]
     for r in shown:
         color = FAMILY_COLORS.get(r["method"], COLORS["muted"])
