@@ -20,8 +20,12 @@ import pytest
 SRC = Path(__file__).resolve().parent.parent / "src" / "qlearn"
 
 MATH = {"codebooks", "quantize", "intquant", "memory", "metrics", "granularity", "levels", "codeusage",
-        "distribution", "outliers", "reference", "_checks"}
-OTHER = {"__init__", "backend", "cli", "evaluate", "models", "sources"}   # not math: numpy, models, the CLI
+        "distribution", "outliers", "reference", "_checks", "floats", "fakequant", "int8matmul", "mixed"}
+# not math: numpy, models, the CLI; claims and quiz check a learner's answers (stdlib only); sensitivity runs a model
+OTHER = {"__init__", "backend", "cli", "evaluate", "models", "sources", "claims", "quiz", "sensitivity"}
+MATH_PACKAGES = ("kernels", "methods")   # sub-packages of the math layer: torch, the stdlib and math modules
+# ... except their modules that time or apply to a real model: those import model libraries inside functions only
+PACKAGE_MODEL_MODULES = {"kernels/timesplit", "kernels/layerbench", "methods/apply"}
 MODEL_LIBS = {"transformers", "bitsandbytes", "accelerate"}
 
 TORCH_ALLOWED = {"torch.as_tensor"}
@@ -82,6 +86,19 @@ def test_math_imports_torch_stdlib_and_math_only(name):
         ok = (root in sys.stdlib_module_names or root in ("torch", "__future__")
               or imported in allowed_qlearn)
         assert ok, f"qlearn.{name} imports {imported}: the math layer imports torch, the stdlib and math modules"
+
+
+@pytest.mark.parametrize("path", [p for pkg in MATH_PACKAGES for p in _modules(SRC / pkg)],
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_math_packages_import_torch_stdlib_and_math_only(path):
+    allowed_qlearn = {f"qlearn.{m}" for m in MATH} | {f"qlearn.{path.parent.name}"}
+    model_module = f"{path.parent.name}/{path.stem}" in PACKAGE_MODEL_MODULES
+    for imported in _imports(path, module_level_only=model_module):
+        root = imported.split(".")[0]
+        ok = (root in sys.stdlib_module_names or root in ("torch", "__future__") or imported in allowed_qlearn
+              or imported.startswith(f"qlearn.{path.parent.name}."))
+        assert ok, f"qlearn.{path.parent.name}.{path.stem} imports {imported}: the math layer imports torch, " \
+                   "the stdlib and math modules"
 
 
 @pytest.mark.parametrize("path", _modules(SRC / "plots"), ids=lambda p: p.name)

@@ -2,7 +2,11 @@
 
 The math layer imports torch only: codebooks, quantize (the fast paths), reference (the textbook
 version of every format, tested byte-equal to them), intquant, granularity, levels, codeusage,
-distribution, outliers, memory, metrics. Model helpers (load, generate, perplexity, compare,
+distribution, outliers, floats (bit fields of float formats), int8matmul (LLM.int8 step by step),
+memory, metrics, fakequant (quantize->dequantize a model's layers in place), mixed (a format per
+layer under a byte budget), kernels (fused int4/int8 linears, bandwidth, where the time goes) and
+methods (RTN, GPTQ, AWQ, HQQ, GGUF blocks). sensitivity measures each layer's cost on a model;
+claims and quiz check a learner's predictions and answers. Model helpers (load, generate, perplexity, compare,
 backend_info) and the picture/interaction layers (plots, widgets) are imported lazily on first use,
 so ``import qlearn`` stays fast. ``MODES`` names every mode the model functions take.
 """
@@ -37,7 +41,8 @@ _LAZY = {
     "MODES": "qlearn.memory",
 }
 _LAZY_MODULES = ("memory", "models", "evaluate", "plots", "widgets", "sources", "cli", "backend", "reference",
-                 "granularity", "levels", "codeusage", "distribution", "outliers")
+                 "granularity", "levels", "codeusage", "distribution", "outliers", "floats", "int8matmul",
+                 "fakequant", "mixed", "sensitivity", "kernels", "methods", "claims", "quiz")
 
 __all__ = [
     "codebooks", "metrics", "quantize", "error_stats",

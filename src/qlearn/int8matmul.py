@@ -66,6 +66,10 @@ class Int8Product:
             return out
         return out.addmm(self.x_outliers.to(dtype), self.w_outliers.to(dtype).T)
 
+    def rms_error_per_token(self, reference: torch.Tensor) -> torch.Tensor:
+        """Root-mean-square error of `outputs` against `reference` (tokens, out), one value per token (tokens,)."""
+        return (self.outputs - reference.float()).pow(2).mean(dim=-1).sqrt()
+
     @property
     def outlier_share(self) -> float:
         """Fraction of input columns multiplied in 16-bit."""

@@ -8,6 +8,7 @@ No math here (levels, code usage, histograms, errors come from the math layer: `
 bytes a notebook shows.
 """
 
+from . import floats, int8, kernels, methods, mixed  # the figures of lessons 04, 06, 09, 11, 10 (by module)
 from ._base import new_figure, to_png
 from .histograms import QuantHistogramView, ZeroPointView, quantization_histograms
 from .memory import DoubleQuantView, format_params
@@ -17,4 +18,5 @@ from .report import answers_figure, memory_figure, perplexity_figure
 
 __all__ = ["new_figure", "to_png", "QuantHistogramView", "ZeroPointView", "quantization_histograms", "NF4View",
            "DoubleQuantView", "format_params", "GenerationView", "OutlierView", "block_zoom", "layer_error_map",
-           "model_error_map", "memory_figure", "perplexity_figure", "answers_figure"]
+           "model_error_map", "memory_figure", "perplexity_figure", "answers_figure",
+           "floats", "int8", "kernels", "methods", "mixed"]

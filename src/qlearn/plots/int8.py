@@ -25,7 +25,7 @@ def decomposition_figure(x, product, reference, plain, threshold: float, title: 
     x: float (tokens, in); product: the `Int8Product` at `threshold`; reference: float (tokens, out)
     x @ w.T; plain: the `Int8Product` at threshold 0.
     """
-    a = np.abs(to_numpy(x.float()))                       # (tokens, in)
+    a = np.abs(to_numpy(x))                       # (tokens, in)
     cols = to_numpy(product.outlier_cols).astype(int)
     fig = Figure(figsize=(9.6, 6.4), dpi=90, layout="constrained")
     ax = fig.subplots(2, 2).ravel()
@@ -42,15 +42,14 @@ def decomposition_figure(x, product, reference, plain, threshold: float, title: 
         ax[1].axvline(c, color="cyan", lw=0.6, alpha=0.8)
     ax[1].set(xlabel="input column", ylabel="token", title="2. |x| on this prompt (cyan: outlier columns)")
     fig.colorbar(im, ax=ax[1], shrink=0.85)
-    codes = to_numpy(product.x_codes.float())
+    codes = to_numpy(product.x_codes)
     im2 = ax[2].imshow(codes, aspect="auto", cmap="RdBu_r", vmin=-127, vmax=127, interpolation="nearest")
     ax[2].set(xlabel="input column", ylabel="token",
               title="3. int8 codes, each row scaled by its own absmax\n(outlier columns zeroed: they go 16-bit)")
     fig.colorbar(im2, ax=ax[2], shrink=0.85)
-    ref = to_numpy(reference.float())
     for prod, label, color in ((plain, "plain int8 (threshold 0)", COLORS["muted"]),
                                (product, f"int8 + 16-bit columns (threshold {threshold:g})", COLORS["nf4"])):
-        err = np.sqrt(((to_numpy(prod.outputs) - ref) ** 2).mean(axis=1))
+        err = to_numpy(prod.rms_error_per_token(reference))
         ax[3].plot(err, marker=".", lw=0.8, color=color, label=label)
     ax[3].set(yscale="log", xlabel="token", ylabel="RMS error of the layer output",
               title="4. Output error per token against the float product")

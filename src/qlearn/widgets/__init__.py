@@ -17,9 +17,14 @@ from .explorers import (
     nf4_explorer,
     zeropoint_explorer,
 )
+from .kernels import SpeedExplorer, speed_explorer
 from .memory import DoubleQuantExplorer, double_quant_explorer
+from .methods import MethodExplorer, method_explorer
+from .mixed import MixedPrecisionExplorer, mixed_precision_explorer
 from .models import GenerationExplorer, OutlierExplorer, generation_explorer, outlier_explorer
 
 __all__ = ["Explorer", "HistogramExplorer", "NF4Explorer", "ZeroPointExplorer", "histogram_explorer",
            "nf4_explorer", "zeropoint_explorer", "DoubleQuantExplorer", "double_quant_explorer",
-           "OutlierExplorer", "GenerationExplorer", "outlier_explorer", "generation_explorer"]
+           "OutlierExplorer", "GenerationExplorer", "outlier_explorer", "generation_explorer",
+           "SpeedExplorer", "speed_explorer", "MethodExplorer", "method_explorer", "MixedPrecisionExplorer",
+           "mixed_precision_explorer"]
