@@ -21,7 +21,7 @@ from qlearn.models import INSTALL_EMBEDDED, release_memory
 from qlearn.sources import layer_weight
 
 MODES = ("fp32", "bf16", "int8", "nf4", "nf4+dq", "fp4")   # fp16: the bf16 path at half speed on a CPU
-PPL_TOKENS = 1024    # 2 windows of 512: enough to order the modes, short enough for CI
+PPL_TOKENS = 512     # one window: enough to order the modes (FACTS.md: nf4 18.76 vs fp4 22.00 at 4,096), short for CI
 PPL_MODES = ("bf16", "int8", "nf4", "nf4+dq", "fp4")   # fp32/fp16 on a CPU: slow, and no new lesson
 QUESTION = "What is the capital of France?"
 LAYER = "model.layers.0.mlp.down_proj"   # (576, 1536)
@@ -59,9 +59,10 @@ class _NoNetwork:
         socket.socket.connect = self._connect
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def measured(embedded_path):
-    """mode -> dict of measurements, one model loaded at a time."""
+    """mode -> dict of measurements, one model loaded at a time. Session scope: built once per worker even when
+    xdist or pytest's parameter ordering leaves this module and comes back (module scope rebuilt it then)."""
     results = {}
     for label in MODES:
         with _NoNetwork(), warnings.catch_warnings():

@@ -162,7 +162,7 @@ def time_forwards(model, tok):
     ids = ql.evaluate.eval_tokens(tok, max_tokens=64).to(model.device)   # (1, 64) token ids of the offline text
     row = {}
     with torch.inference_mode():
-        for label, x, repeats in (("1 token (ms)", ids[:, :1], 9), ("64 tokens (ms)", ids, 3)):
+        for label, x, repeats in (("1 token (ms)", ids[:, :1], 3 if FAST else 9), ("64 tokens (ms)", ids, 1 if FAST else 3)):
             model(x)                                              # warm-up
             times = []
             for _ in range(repeats):
@@ -175,7 +175,7 @@ def time_forwards(model, tok):
 
 def measure(model, tok):
     return {"ops in one layer (one token)": ops_in_one_layer(model, tok), **time_forwards(model, tok),
-            "perplexity": float(ql.perplexity(model, tok, max_tokens=PPL_TOKENS, progress=False)),
+            "perplexity": float(ql.perplexity(model, tok, max_tokens=128 if FAST else PPL_TOKENS, progress=False)),
             "layer output error": layer_error(model, tok), "largest activation": largest_activation(model, tok)}
 
 
