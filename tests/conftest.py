@@ -15,6 +15,7 @@ import socket
 import pytest
 
 
+@pytest.hookimpl(tryfirst=True)   # before xdist's own hook, which reads the groups into the test ids
 def pytest_collection_modifyitems(config, items):
     """Under xdist (``--dist loadgroup``): one group per test file, one per lesson notebook run."""
     for item in items:
