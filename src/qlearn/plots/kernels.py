@@ -69,9 +69,7 @@ def roofline(points: list[dict], ax: Axes | None = None, highlight: str | None =
     """
     ax = axes_or_new(ax, figsize=(6.0, 3.6))
     artists = []
-    labels = list(dict.fromkeys(p["label"] for p in points))
-    for i, label in enumerate(labels):
-        pts = sorted((p for p in points if p["label"] == label), key=lambda p: p["batch"])
+    for i, (label, pts) in enumerate(_by_mode(points)):
         b = np.array([p["batch"] for p in pts], dtype=float)
         measured = np.array([p["measured_s"] for p in pts]) * 1e3
         floor = np.maximum([p["memory_s"] for p in pts], [p["compute_s"] for p in pts]) * 1e3
@@ -88,6 +86,12 @@ def roofline(points: list[dict], ax: Axes | None = None, highlight: str | None =
     return artists
 
 
+def _by_mode(points: list[dict]) -> list[tuple[str, list[dict]]]:
+    """(label, that label's points by batch size) in first-seen label order: one line per mode."""
+    labels = dict.fromkeys(p["label"] for p in points)
+    return [(label, sorted((p for p in points if p["label"] == label), key=lambda p: p["batch"])) for label in labels]
+
+
 def crossover(points: list[dict], ax: Axes | None = None) -> list:
     """Tokens per second against batch size, one line per mode (points: label, batch, measured_s).
 
@@ -96,8 +100,7 @@ def crossover(points: list[dict], ax: Axes | None = None) -> list:
     """
     ax = axes_or_new(ax, figsize=(6.0, 3.6))
     artists = []
-    for i, label in enumerate(dict.fromkeys(p["label"] for p in points)):
-        pts = sorted((p for p in points if p["label"] == label), key=lambda p: p["batch"])
+    for i, (label, pts) in enumerate(_by_mode(points)):
         b = np.array([p["batch"] for p in pts], dtype=float)
         tps = b / np.array([p["measured_s"] for p in pts])
         artists += ax.plot(b, tps, marker=_MARKERS[i % len(_MARKERS)], label=label, color=f"C{i}")
