@@ -26,6 +26,34 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.xdist_group(group))
 
 
+class _GroupsApplied:
+    """On an xdist worker with ``--dist loadgroup``: stop if the groups did not reach the test ids.
+
+    xdist schedules by a suffix ``@group`` on each test id. With pytest 9.2 and xdist 3.8 the suffix
+    was silently lost, every file was split over both workers and test_models' model fixture was
+    built twice (2 x 135 s): this turns that into an error that names the versions.
+    """
+
+    @pytest.hookimpl(trylast=True)   # after xdist's own hook has renamed the tests
+    def pytest_collection_modifyitems(self, config, items):
+        if not config.getvalue("loadgroup"):
+            return
+        ungrouped = [item.nodeid for item in items if "@" not in item.nodeid.rsplit("]", 1)[-1]]
+        if ungrouped:
+            import xdist
+
+            raise pytest.UsageError(
+                f"pytest-xdist {xdist.__version__} did not apply --dist loadgroup groups under pytest "
+                f"{pytest.__version__} (first ungrouped test: {ungrouped[0]}); pyproject.toml pins a pytest "
+                "that works with it"
+            )
+
+
+def pytest_configure(config):
+    if hasattr(config, "workerinput"):
+        config.pluginmanager.register(_GroupsApplied(), "qlearn-groups-applied")
+
+
 @pytest.fixture(scope="session")
 def embedded_path():
     """Path of the converted embedded model folder (bf16 safetensors + tokenizer).
