@@ -6,7 +6,8 @@ of the embedded model on the GPU. Prints one JSON document (and writes it to --o
 
 Part 1, kernels: quantize_4bit (nf4/fp4, blocksizes, dtypes, double quant) and int8_vectorwise on CUDA
 tensors, qlearn vs bitsandbytes.functional: packed bytes / codes equal, absmax equal, dequantized values
-equal (FP4's +0/-0 pattern and the nested 8-bit rounding are reported as counts, not failures).
+equal (FP4's +0/-0 pattern and the nested 8-bit rounding are reported as counts, not failures);
+int8_vectorwise on CUDA in float16 only (bitsandbytes' CUDA kernel refuses bf16).
 Part 1b (lesson 09), GEMV: per linear layer at batch 1 and 16, bf16 F.linear vs dequantize_4bit + F.linear
 vs bitsandbytes.matmul_4bit (the fused 4-bit GEMV at batch 1), with the device's copy bandwidth.
 Part 2, models: per mode, load seconds, tokens/s (greedy, fixed length), torch.cuda.max_memory_allocated,
@@ -61,14 +62,17 @@ def check_4bit(quant_type, blocksize, dtype, double_quant, shape=(1024, 1000)):
 
 
 def check_int8(dtype, threshold):
+    """qlearn's int8_vectorwise against bitsandbytes' int8_vectorwise_quant on the same (512, 768) input with an
+    outlier column. dtype: float16 on CUDA (the only dtype its CUDA kernel takes); the default (CPU) backend
+    zeroes the outliers of its input in place, so each side gets its own copy."""
     import bitsandbytes.functional as F
 
     import qlearn as ql
 
     x = _rand((512, 768), dtype, seed=7)
     x[:, 3] *= 20   # an outlier column
-    codes, row_stats, outlier_cols = F.int8_vectorwise_quant(x, threshold=threshold)
-    ours = ql.int8_vectorwise(x, threshold=threshold)
+    ours = ql.int8_vectorwise(x.clone(), threshold=threshold)
+    codes, row_stats, outlier_cols = F.int8_vectorwise_quant(x.clone(), threshold=threshold)
     theirs_cols = outlier_cols if outlier_cols is not None else torch.empty(0, dtype=torch.int64)
     return dict(dtype=str(dtype).removeprefix("torch."), threshold=threshold,
                 codes_differ=int((ours.codes != codes).sum()),
@@ -181,7 +185,10 @@ def main(argv=None):
                   bitsandbytes=bitsandbytes.__version__, transformers=transformers.__version__)
     report["kernels_4bit"] = [check_4bit(qt, bs, dt, dq) for qt in ("nf4", "fp4") for bs in (64, 128, 4096)
                               for dt in (torch.float32, torch.float16, torch.bfloat16) for dq in (False, True)]
-    report["kernels_int8"] = [check_int8(dt, th) for dt in (torch.float16, torch.bfloat16) for th in (0.0, 6.0)]
+    # bitsandbytes' CUDA int8_vectorwise_quant takes float16 only (it raises "A must be float16" on bf16,
+    # backends/cuda/ops.py); LLM.int8 casts activations to fp16 before it. Its default (CPU) backend takes any dtype.
+    int8_dtypes = (torch.float16,) if DEVICE == "cuda" else (torch.float16, torch.bfloat16)
+    report["kernels_int8"] = [check_int8(dt, th) for dt in int8_dtypes for th in (0.0, 6.0)]
     report["kernels_ok"] = all(r["ok"] for r in report["kernels_4bit"] + report["kernels_int8"])
     if not args.skip_gemv and DEVICE == "cuda":
         report["gemv_4bit"] = check_gemv()
