@@ -46,6 +46,11 @@ def test_the_measured_text_quotes_the_numbers():
     assert "137.9 GB" in text["gb_70b"] and "36.4 GB" in text["gb_70b"]
     assert "Linear8bitLt / Int8Params" in text["class_names"]
     assert "6.64 MB -> 1.69 MB" in text["dq_saves"]
+    assert "NF4+DQ 27.41" in text["nf4_best"] and "Int4 34.34" in text["nf4_best"]
+    assert "37.7 GB > 32 GB" in text["consumer_70b"] and "fits 2 x 24 GB" in text["consumer_70b"]
+    assert "this machine" not in text["bf16_compute"]          # the path is said only where it was read
+    path = claims.seed_claims(MEASURED | {"linear4bit_path": "a fused 4-bit matmul"})[8].measured
+    assert "on this machine: a fused 4-bit matmul" in path
 
 
 def test_missing_measurements_say_so():
@@ -107,3 +112,15 @@ def test_check_prediction_lists_are_shown_with_sep():
     c = claims.check_prediction("2, 6", ["2", "6"], sep=", ")
     assert c.ok and "**2, 6**" in c.message
     assert "**NF4 < FP4**" in claims.check_prediction(["nf4", "fp4"], ["NF4", "FP4"]).message
+
+
+@pytest.mark.parametrize("kwargs, said, ok", [
+    (dict(rel_tol=0.0, abs_tol=0.5), "(within ±0.5)", True),             # was "(within 0%)"
+    (dict(rel_tol=0.0, abs_tol=0.05, unit=" GB"), "(within ±0.05 GB)", False),
+    (dict(rel_tol=0.15), "(within 15%)", True),
+    (dict(rel_tol=0.01, abs_tol=0.5), "(within 1% or ±0.5)", True),    # isclose: either suffices
+    (dict(rel_tol=0.0), "(exactly)", False),
+])
+def test_check_prediction_states_the_tolerance_it_used(kwargs, said, ok):
+    c = claims.check_prediction(10.4, 10.0, **kwargs)
+    assert c.ok is ok and said in c.message and "0%)" not in c.message

@@ -130,3 +130,18 @@ def test_lesson_08_answered_right_scores_full_marks(embedded_path, monkeypatch):
     right, answered, total = quiz.score()
     assert total >= 12 and right == answered == total, quiz.summary()
     assert os.environ["QLEARN_FAST"] == "1"
+
+
+def test_tolerance_words_match_the_rule():
+    assert Question("Q", "?", 1, rel_tol=0.005).tolerance == "within 0.5%"        # was "within 0%"
+    both = Question("Q", "?", 10.0, tol=0.5, rel_tol=0.1)
+    assert both.tolerance == "within 0.5 + 10% of the value"
+    assert both.check(11.5).status == "right" and both.check(11.6).status == "wrong"   # 0.5 + 1.0 = 1.5
+
+
+def test_check_prediction_reveals_nothing_before_a_prediction(capsys):
+    from qlearn.quiz import check_prediction
+    r = check_prediction(None, 0.605, rel_tol=0.05, explain="the embeddings stay bf16 (0.605)")
+    assert r.status == "unanswered" and "0.605" not in r.message and "embeddings" not in r.message
+    assert "0.605" in check_prediction(0.5, 0.605, rel_tol=0.05).message
+    capsys.readouterr()

@@ -17,13 +17,15 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
-__all__ = ["Claim", "Check", "SEED_CLAIMS", "CONSUMER_GPU_GB", "LLAMA_CPP_70B", "seed_claims", "records",
-           "parse_number", "check_prediction"]
+__all__ = ["Claim", "Check", "SEED_CLAIMS", "CONSUMER_GPU_GB", "LLAMA_CPP_70B", "QLORA_TABLE2", "seed_claims",
+           "records", "parse_number", "check_prediction"]
 
 # The largest memory of a consumer GPU: GeForce RTX 5090, 32 GB (RTX 4090: 24 GB); NVIDIA's spec pages.
 CONSUMER_GPU_GB = 32
 # llama.cpp tools/perplexity/README.md, "Llama 2 70B Scorechart" (Wikitext-2): perplexity vs fp16 3.4313.
 LLAMA_CPP_70B = {"Q4_0": 0.0361, "Q4_1": 0.0237, "Q4_K_M": 0.0120, "Q6_K": 0.0016}
+# QLoRA (Dettmers et al. 2023) Table 2: mean Pile-CC perplexity over OPT/LLaMA/Pythia 125M-13B.
+QLORA_TABLE2 = {"Int4": 34.34, "FP4 (E2M1)": 31.07, "FP4 (E3M0)": 29.48, "NF4+DQ": 27.41}
 
 # key -> (the seed article's words, lessons that measure it)
 SEED_CLAIMS = {
@@ -106,8 +108,9 @@ def _nf4_best(m):
     best = max(s, key=s.get)
     verdict = "holds" if best == "nf4" else "wrong"
     text = ", ".join(f"{k} {v:.2f} dB" for k, v in s.items())
-    return (f"SQNR on normal samples, blocks of 64: {text}; on this model's layers: perplexity decides "
-            "(lesson 04)", verdict)
+    return (f"SQNR on normal samples, blocks of 64: {text}; QLoRA Table 2 (Pile-CC perplexity, 125M-13B): "
+            f"NF4+DQ {QLORA_TABLE2['NF4+DQ']}, FP4 {QLORA_TABLE2['FP4 (E2M1)']}, Int4 {QLORA_TABLE2['Int4']}; "
+            "this model's layers: lesson 04", verdict)
 
 
 def _dq(m):
@@ -120,18 +123,20 @@ def _dq(m):
 def _bf16(m):
     q, c, alone = m["err_weights"], m["err_bf16_compute"], m["err_bf16_only"]
     verdict = "partly" if c <= 1.5 * q else "wrong"
-    return (f"one layer's output, relative error: 4-bit weights with fp32 compute {q:.2%}, with bf16 compute "
-            f"{c:.2%}; bf16 compute on the original weights {alone:.2%}. It does compute in 16-bit after "
-            "dequantizing, but the loss is the 4-bit weights'; bf16 does not remove it (fp16 vs bf16: lesson 07)",
-            verdict)
+    path = m.get("linear4bit_path")
+    ran = f"bitsandbytes' 4-bit forward on this machine: {path}. " if path else ""
+    return (f"{ran}One layer's output, relative error: 4-bit weights with fp32 compute {q:.2%}, with bf16 compute "
+            f"{c:.2%}; bf16 compute on the original weights {alone:.2%}: the loss is the 4-bit weights'; bf16 "
+            "compute does not remove it (fp16 vs bf16: lesson 07)", verdict)
 
 
 def _consumer(m):
     need = m["gb_70b_4bit"] + m["kv_70b_4k"]
     verdict = "wrong" if need / 1e9 > CONSUMER_GPU_GB else "holds"
+    fits = [f"{n} x {gb} GB" for n, gb in ((2, 24), (2, CONSUMER_GPU_GB)) if need / 1e9 <= n * gb]
     return (f"70B nf4+dq {_gb(m['gb_70b_4bit'])} + KV cache at 4k tokens {_gb(m['kv_70b_4k'])} = {_gb(need)} "
-            f"> {CONSUMER_GPU_GB} GB of the largest consumer GPU; fits 2 x 24 GB or 64 GB of CPU RAM",
-            verdict)
+            f"{'>' if need / 1e9 > CONSUMER_GPU_GB else '<='} {CONSUMER_GPU_GB} GB of the largest consumer GPU"
+            f"{'; fits ' + fits[0] if fits else ''} (before runtime overhead)", verdict)
 
 
 _RULES = {"int8_quarter": _int8_quarter, "int4_halves": _int4_halves, "gb_70b": _gb_70b, "ppl_1pct": _ppl,
@@ -146,7 +151,8 @@ def seed_claims(measured: Mapping) -> list[Claim]:
     _4bit, kv_70b_4k (bytes); ppl_bf16, ppl_4bit, ppl_tokens, model_name; state_fields_4bit (names),
     bytes_equal_4bit, bytes_equal_int8 (bools); int8_classes, four_bit_classes (names); sqnr_normal
     ({format: dB}); state_nf4, state_nf4dq, model_true_nf4 (bytes); err_weights, err_bf16_compute,
-    err_bf16_only (relative errors of one layer's output). A claim whose keys are missing says "not measured".
+    err_bf16_only (relative errors of one layer's output); optional linear4bit_path (``backend_info().linear4bit``,
+    the path bitsandbytes' 4-bit forward takes on this machine). A claim whose keys are missing says "not measured".
     Worked: int8_over_bf16_linear 0.5 -> "wrong" (a quarter is int8 vs fp32).
 
     >>> seed_claims({"int8_over_bf16_linear": 0.5, "int8_over_bf16_model": 0.61})[0].verdict
@@ -222,6 +228,18 @@ def _ordering(value) -> list[str]:
     return [str(v).strip().lower() for v in value if str(v).strip()]
 
 
+def _tolerance(rel_tol: float, abs_tol: float, unit: str) -> str:
+    """The tolerance ``math.isclose`` used, in words: " (within 10%)", " (within ±0.05 GB)",
+    " (within 5% or ±0.5)" (either one suffices), " (exactly)" when both are 0.
+
+    >>> _tolerance(0.0, 0.5, " dB"), _tolerance(0.1, 0.0, "")
+    (' (within ±0.5 dB)', ' (within 10%)')
+    """
+    parts = [f"{100 * rel_tol:.3g}%"] if rel_tol > 0 else []
+    parts += [f"±{abs_tol:.4g}{unit}"] if abs_tol > 0 else []
+    return f" (within {' or '.join(parts)})" if parts else " (exactly)"
+
+
 def check_prediction(prediction, measured, *, rel_tol: float = 0.1, abs_tol: float = 0.0, explain: str = "",
                      unit: str = "", sep: str = " < ") -> Check:
     """Compare ``prediction`` with ``measured`` and explain. Numbers: within ``rel_tol`` (10%) or
@@ -255,6 +273,7 @@ def check_prediction(prediction, measured, *, rel_tol: float = 0.1, abs_tol: flo
     except (TypeError, ValueError) as err:
         return Check(False, prediction, measured, f"**Could not read your prediction:** {err}")
     head = "**Right.**" if ok else "**Not quite.**"
-    tol = f" (within {rel_tol:.0%})" if isinstance(measured, numbers.Real) and not isinstance(measured, bool) else ""
+    numeric = isinstance(measured, numbers.Real) and not isinstance(measured, bool)
+    tol = _tolerance(rel_tol, abs_tol, unit) if numeric else ""
     return Check(ok, prediction, measured,
                  f"{head} You predicted {prediction!r}; this run measured **{shown}**{tol}. {explain}".strip())

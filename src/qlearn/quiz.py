@@ -125,10 +125,12 @@ class Question:
 
     @property
     def tolerance(self) -> str:
-        """The tolerance in words, for the prompt: 'within 0.05', 'within 5%', 'exact'."""
-        parts = [f"within {self.tol:g}"] if self.tol else []
-        parts += [f"within {self.rel_tol:.0%}"] if self.rel_tol else []
-        return " or ".join(parts) if parts else "exact"
+        """The tolerance in words, for the prompt: 'within 0.05', 'within 5%', 'within 0.05 + 5% of the value',
+        'exact' (the two add up: see ``_close``)."""
+        rel = f"{100 * self.rel_tol:.3g}%"
+        if self.tol and self.rel_tol:
+            return f"within {self.tol:g} + {rel} of the value"
+        return f"within {self.tol:g}" if self.tol else f"within {rel}" if self.rel_tol else "exact"
 
     def _close(self, answer: float, expected: float) -> bool:
         return abs(answer - expected) <= self.tol + self.rel_tol * abs(expected) + 1e-12
@@ -251,8 +253,10 @@ def check_prediction(prediction, measured, kind: str = "number", tol: float = 0.
     shown = f"{measured:.4g}{unit}" if isinstance(measured, float) else f"{measured}{unit}"
     verdict = {"right": f"close: this run measured {shown} ({q.tolerance}).",
                "wrong": f"this run measured {shown}; your prediction was {prediction!r} ({q.tolerance} counts).",
-               "unanswered": f"no prediction written; this run measured {shown}.",
+               "unanswered": "no prediction written yet: set the variable in the cell above, run it, then run this "
+                             "cell again (the measurement and the explanation come after your prediction).",
                "invalid": result.message + f" This run measured {shown}."}[result.status]
-    result = Result("prediction", result.status, f"{verdict} {explain}".strip())
+    told = "" if result.status == "unanswered" else explain   # reveal nothing before a prediction
+    result = Result("prediction", result.status, f"{verdict} {told}".strip())
     print(result)
     return result

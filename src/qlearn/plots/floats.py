@@ -34,11 +34,11 @@ def _bit_rows(ax, rows: Sequence, widths: Mapping[str, tuple[int, int]]) -> None
             field = "sign" if j == 0 else "exponent" if j <= e_bits else "mantissa"
             ax.add_patch(Rectangle((j * scale, -i), scale * 0.94, 0.8, color=FIELD_COLORS[field], alpha=0.85))
             ax.text(j * scale + scale * 0.47, -i + 0.4, digit, ha="center", va="center", color="white",
-                    fontsize=7 if n > 16 else 8.5, fontweight="bold")
-        ax.text(-0.6, -i + 0.4, f"{f.format} ({n} bits)", ha="right", va="center", fontsize=8.5)
+                    fontsize=7.5 if n > 16 else 9, fontweight="bold")
+        ax.text(-0.6, -i + 0.4, f"{f.format} ({n} bits)", ha="right", va="center", fontsize=9)
         ax.text(33, -i + 0.4, f.formula, ha="left", va="center", fontsize=8)
     ax.set_xlim(-9, 62)
-    ax.set_ylim(-len(rows) + 0.6, 1.3)
+    ax.set_ylim(-len(rows) + 0.85, 1.3)
     ax.axis("off")
 
 
@@ -50,10 +50,10 @@ def float_bits_figure(value: float, rows: Sequence, widths: Mapping[str, tuple[i
 
     >>> fig = float_bits_figure(0.3, [], {}, {}, {})  # doctest: +SKIP
     """
-    fig = Figure(figsize=(9.6, 6.4), dpi=DPI)
+    fig = Figure(figsize=(9.6, 6.0), dpi=DPI)
     CachedTextCanvas(fig)
-    grid = fig.add_gridspec(2, 2, height_ratios=[1.15, 1], left=0.1, right=0.98, top=0.93, bottom=0.09,
-                            hspace=0.45, wspace=0.25)
+    grid = fig.add_gridspec(2, 2, height_ratios=[1.0, 1], left=0.1, right=0.98, top=0.92, bottom=0.09,
+                            hspace=0.3, wspace=0.25)
     top = fig.add_subplot(grid[0, :])
     _bit_rows(top, rows, widths)
     handles = [Rectangle((0, 0), 1, 1, color=c) for c in FIELD_COLORS.values()]

@@ -35,12 +35,15 @@ def decomposition_figure(x, product, reference, plain, threshold: float, title: 
     ax[0].axhline(threshold, color=COLORS["level"], ls="--", lw=0.8, label=f"threshold {threshold:g}")
     ax[0].set(yscale="log", xlabel="input column (feature)", ylabel="max |x| over tokens",
               title="1. Find columns with any |x| >= threshold")
-    ax[0].legend(loc="upper right")
+    ax[0].set_ylim(top=max(col_max.max(), threshold) * 30)       # room for the legend above the largest column
+    ax[0].legend(loc="upper center", ncols=2, fontsize=8, frameon=False)
     im = ax[1].imshow(np.maximum(a, 1e-3), aspect="auto", norm=LogNorm(vmin=1e-2, vmax=max(a.max(), 1e-1)),
                       cmap="magma", interpolation="nearest")
     for c in cols:
         ax[1].axvline(c, color="cyan", lw=0.6, alpha=0.8)
-    ax[1].set(xlabel="input column", ylabel="token", title="2. |x| on this prompt (cyan: outlier columns)")
+    ax[1].plot(cols, np.full(len(cols), -0.5), "v", color="cyan", markeredgecolor="black", markeredgewidth=0.4,
+               ms=6, clip_on=False, zorder=4)                   # a marker above each outlier column
+    ax[1].set(xlabel="input column", ylabel="token", title="2. |x| on this prompt (cyan ▼: outlier columns)")
     fig.colorbar(im, ax=ax[1], shrink=0.85)
     codes = to_numpy(product.x_codes)
     im2 = ax[2].imshow(codes, aspect="auto", cmap="RdBu_r", vmin=-127, vmax=127, interpolation="nearest")
@@ -53,7 +56,7 @@ def decomposition_figure(x, product, reference, plain, threshold: float, title: 
         ax[3].plot(err, marker=".", lw=0.8, color=color, label=label)
     ax[3].set(yscale="log", xlabel="token", ylabel="RMS error of the layer output",
               title="4. Output error per token against the float product")
-    ax[3].legend(loc="upper right")
+    ax[3].legend(loc="best", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
@@ -82,6 +85,7 @@ def threshold_sweep_figure(sweep, reference_ppl: float, reference_label: str = "
         axis.set(xscale="log", xlabel="outlier threshold (llm_int8_threshold)", ylabel=column)
         axis.set_xticks(ticks, labels)
         axis.minorticks_off()
+        axis.margins(x=0.08)                                      # end labels inside the axes
         low, high = min(ys), max(ys)
         axis.set_ylim(low - 0.08 * (high - low + 1e-9), high + 0.18 * (high - low + 1e-9))
     ax[0].axhline(reference_ppl, color=COLORS["muted"], ls="--", lw=0.9, label=f"{reference_label} {reference_ppl:.3g}")
