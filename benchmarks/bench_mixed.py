@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections import Counter
 
@@ -66,6 +67,7 @@ def main(argv=None):
                                      measure=measure)
     print(f"sensitivities: {time.perf_counter() - t0:.1f} s here (cached run's own seconds: "
           + ", ".join(f"{k} {v:.1f}" for k, v in sens.seconds.items()) + ")")
+    explorer_latency(sens)
     t = mixed.tables(sens)
     base = mixed.uniform(t, BASE)
     b0 = base.bits_per_weight
@@ -105,6 +107,31 @@ def main(argv=None):
             json.dump({"results": results, "sensitivity": sens.__dict__, "args": vars(args)}, f)
     print(f"gap_closed_equal_bytes={results['plan']['gap_closed']:.3f} "
           f"gap_closed_plus5={results['plan+5']['gap_closed']:.3f}")
+
+
+def explorer_latency(sens, budgets=(4.05, 4.127, 4.3, 4.6, 5.2, 6.0)):
+    """Issue 12's map bar: once sensitivities are cached, a budget change redraws in at most 2 s.
+
+    Times the explorer's construction (tables, the frontier curve) and each slider move as a learner makes it
+    (``controls["budget"].value = b``: re-solve the plan over every layer, redraw, render the PNG).
+    """
+    import statistics
+
+    from qlearn.widgets.mixed import mixed_precision_explorer
+
+    t0 = time.perf_counter()
+    w = mixed_precision_explorer(sens)
+    w.png()
+    build = time.perf_counter() - t0
+    moves = []
+    for b in budgets:
+        t0 = time.perf_counter()
+        w.controls["budget"].value = b
+        w.png()
+        moves.append(time.perf_counter() - t0)
+    print(f"explorer over {len(sens.layers)} layers x {len(w.tables.formats)} formats: built in {build:.2f} s; "
+          f"a budget move redraws in median {statistics.median(moves):.3f} s, max {max(moves):.3f} s "
+          f"(bar: 2 s; load {os.getloadavg()[0]:.1f}, {torch.get_num_threads()} threads)")
 
 
 def real_bnb(t, budget, args):

@@ -186,7 +186,13 @@ print(f"HQQ l0.7 error of the weights: min/max start {lp['min/max']:.4g} -> opti
 # calibration text, each layer seeing the earlier ones already quantized (the GPTQ paper's order).
 # In FAST mode only the first 2 decoder layers are quantized, 6 runs, and few tokens are scored (the full
 # run: every layer, 18 runs; on a busy 2-core CPU that takes a long while: `benchmarks/bench_methods.py`
-# measures the same things).
+# measures the same things). The table also gives the seconds each method took to quantize, here.
+#
+# **Q4_K on this model.** Most of its weight rows are 576 wide (every layer but `down_proj`), and 576 is not
+# a multiple of Q4_K's super-block of 256. llama.cpp's quantizer does not write Q4_K there: it stores such a
+# tensor in a fallback type (Q5_0 for Q4_K; `src/llama-quant.cpp`, "tensor cols ... are not divisible by
+# 256"). Here the flattened weight is cut into super-blocks instead, so the Q4_K row measures Q4_K's
+# arithmetic (6-bit scales of 32-weight blocks), not the file llama.cpp would write for this model.
 
 # %%
 QUANT_LAYERS = 2 if FAST else None
@@ -200,20 +206,22 @@ folder = ql.models.embedded_model_path()
 frontier = []
 t0 = time.perf_counter()
 for method, group in RUNS:
+    t1 = time.perf_counter()
     fq = qa.apply_method(model, method, group or 128, calib_ids=calib, keep_originals=False, layers=QUANT_LAYERS)
+    seconds = time.perf_counter() - t1
     bits = qa.bits_per_param(fq, model)
     ppl = float(ql.perplexity(model, tok, max_tokens=PPL_TOKENS, progress=False))
     qa.restore_from_checkpoint(model, folder)
-    frontier.append({"method": method, "group": group, "bits": bits, "ppl": ppl})
+    frontier.append({"method": method, "group": group, "bits": bits, "ppl": ppl, "quantize s": seconds})
 print(f"{len(RUNS)} runs in {time.perf_counter() - t0:.0f} s ({PPL_TOKENS} tokens each, "
       f"{'first ' + str(QUANT_LAYERS) + ' decoder layers' if QUANT_LAYERS else 'all 30 decoder layers'})")
-table = pd.DataFrame(frontier)
-table["label"] = [m + (f" g{g}" if g else "") for m, g in zip(table["method"], table["group"], strict=True)]
-table = table.set_index("label")[["bits", "ppl"]].sort_values("bits")
+table = pd.DataFrame(frontier, index=[r["method"] + (f" g{r['group']}" if r["group"] else "") for r in frontier])
+table = table[["bits", "ppl", "quantize s"]].sort_values("bits")
 table
 
 # %%
-display(Image(ql.plots.to_png(frontier_figure(frontier))))
+scope = f"first {QUANT_LAYERS} decoder layers fake-quantized" if QUANT_LAYERS else "every linear layer fake-quantized"
+display(Image(ql.plots.to_png(frontier_figure(frontier, scope=scope))))
 
 # %%
 ppl = {(r["method"], r["group"]): r["ppl"] for r in frontier}
@@ -223,18 +231,41 @@ closed = {m: (ppl[("rtn", 128)] - ppl[(m, 128)]) / gap if gap > 0 else float("na
 print("share of RTN's perplexity gap to bf16 closed at 4-bit g128: "
       + ", ".join(f"{m} {v:.0%}" for m, v in closed.items()))
 
+# %%
+secs = {(r["method"], r["group"]): r["quantize s"] for r in frontier}
+bits = {(r["method"], r["group"]): r["bits"] for r in frontier}
+rise = {k: v / ppl[("bf16", None)] - 1 for k, v in ppl.items() if k != ("bf16", None)}
+
+
+def measured(key, what="perplexity"):
+    """'+27.3% perplexity' from this run, or say that this run did not measure it (FAST mode runs fewer)."""
+    return f"{rise[key]:+.1%} {what} over bf16" if key in rise else "(not run in FAST mode)"
+
+
+def took(key):
+    return f"{secs[key]:.1f} s" if key in secs else "(not run in FAST mode)"
+
+
+q4_0_rise = rise.get(("Q4_0", None))
+bigger = ("" if q4_0_rise is None else f": with Q4_0 the 70B model lost {3.61 / (100 * q4_0_rise):.2f}x "
+          "the share this 135M model lost here")
+display(Markdown(f"""## 5. Which to choose when (this run's numbers beside each)
+- **No data, load-time quantization, a GPU with bitsandbytes**: NF4 (+DQ). One line in `from_pretrained`,
+  no calibration: round-to-nearest on a code book. Here: {measured(("nf4+dq", None))}.
+- **CPU / laptop / llama.cpp / Ollama**: GGUF block formats. Here Q4_1 {measured(("Q4_1", None))}, Q4_0
+  {measured(("Q4_0", None))} (the Q4_1 caveat above flatters Q4_1). llama.cpp's own scorechart for
+  Llama-2-70B (`tools/perplexity/README.md`, Wikitext-2): Q4_0 +3.61 %, Q4_1 +2.37 %, Q4_K_M +1.20 %{bigger}.
+- **Best 4-bit accuracy from a little calibration data**: GPTQ. Here it took {took(("gptq", 128))} to
+  quantize against round-to-nearest's {took(("rtn", 128))}, and closed
+  {closed.get("gptq", float("nan")):.0%} of RTN's gap at g128. AWQ: {measured(("awq", 128))}; its paper reports
+  it needs fewer calibration sequences and is less sensitive to which text they come from than GPTQ
+  (arXiv 2306.00978, Figure 8).
+- **No data but better than RTN**: HQQ, {took(("hqq", 128))} here for the same layers; it closed
+  {closed.get("hqq", float("nan")):.0%} of RTN's gap. Its authors quantize Llama-2-70B in about 4 minutes on a
+  GPU (github.com/mobiusml/hqq, README).
+"""))
+
 # %% [markdown]
-# ## 5. Which to choose when
-#
-# - **No data, load-time quantization, a GPU with bitsandbytes**: NF4 (+DQ). One line in `from_pretrained`,
-#   no calibration; it is round-to-nearest on a good code book.
-# - **CPU / laptop / llama.cpp / Ollama**: GGUF. Q4_K and friends are block formats with scales of scales;
-#   llama.cpp's quantizer searches each block's scale (and an importance matrix can weight it by data).
-# - **Best 4-bit accuracy from a little calibration data** (a few hundred samples, minutes to hours on a GPU):
-#   GPTQ; AWQ is close and less sensitive to which calibration text is used.
-# - **No data but better than RTN, fast**: HQQ (seconds per model on a GPU).
-# The numbers of this run are in the summary below; bigger models lose much less at 4 bits than this 135M one.
-#
 # ## Try this
 # - Set `PREDICT_Q41_BITS` and `PREDICT_GPTQ_RATIO`, rerun, and read the checks.
 # - In the explorer, switch **method** between gptq and rtn on `down_proj`: where does the error per column go?
@@ -254,6 +285,8 @@ display(Markdown(f"""## Summary (measured in this run)
   else 'all linear layers'}; calibration {CALIB_TOKENS} tokens of another text):
 {summary_rows}
 - Share of RTN's gap to bf16 closed at g128: {', '.join(f'{k} {v:.0%}' for k, v in closed.items())}
-  (HQQ is asymmetric with float16 scale and zero: 4.25 bits at g128, as the symmetric RTN's float32 scale).
+  (HQQ is asymmetric, a float16 scale and a float16 zero per group: {bits[("hqq", 128)]:.3f} bits here, the same
+  as symmetric RTN's one float32 scale per group, {bits[("rtn", 128)]:.3f}: above 4.25 because a row of 576 holds 4.5 groups of 128, so it
+  stores 5 scales).
   CPU capability: {info.cpu_capability}.
 """))

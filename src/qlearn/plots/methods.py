@@ -21,15 +21,17 @@ def _label(row: dict) -> str:
     return row["method"] + (f" g{row['group']}" if row.get("group") else "")
 
 
-def frontier_figure(rows: list[dict], ymax: float | None = None) -> Figure:
+def frontier_figure(rows: list[dict], ymax: float | None = None,
+                    scope: str = "every linear layer fake-quantized") -> Figure:
     """Perplexity (y) against stored bits per weight (x), one point per row of
-    {"method", "group", "bits", "ppl"}; bf16 drawn as a horizontal line, the lower-left the better."""
+    {"method", "group", "bits", "ppl"}; bf16 drawn as a horizontal line, the lower-left the better.
+    scope: what was quantized, for the title (a lesson's FAST run quantizes only some layers)."""
     fig, (ax,) = new_figure(1, figsize=(9.6, 4.6))
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.9)
     base = [r for r in rows if r["method"] == "bf16"]
     if base:
         ax.axhline(base[0]["ppl"], color=FAMILY_COLORS["bf16"], lw=1, ls="--")
-        ax.text(0.99, base[0]["ppl"], f"bf16 {base[0]['ppl']:.2f} (16 bits, off the axis)", va="bottom", ha="right",
+        ax.text(0.01, base[0]["ppl"], f"bf16 {base[0]['ppl']:.2f} (16 bits, off the axis)", va="bottom", ha="left",
                 fontsize=8, transform=ax.get_yaxis_transform())
     shown = [r for r in rows if r["method"] != "bf16"]
     for r in shown:
@@ -37,11 +39,12 @@ def frontier_figure(rows: list[dict], ymax: float | None = None) -> Figure:
         marker = {None: "o", 32: "s", 64: "^", 128: "o"}.get(r.get("group"), "o")
         ax.scatter(r["bits"], r["ppl"], color=color, marker=marker, s=36, zorder=3)
         ax.annotate(_label(r), (r["bits"], r["ppl"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
-    ax.set_xlabel("stored bits per weight (codes + scales + zero points, over the 210 linear layers)")
+    ax.margins(x=0.12)                       # room for the labels of the right-most points
+    ax.set_xlabel("stored bits per weight (codes + scales + zero points, over the linear layers quantized)")
     ax.set_ylabel("perplexity")
     top = ymax or max(r["ppl"] for r in rows) * 1.05
     ax.set_ylim(min(r["ppl"] for r in rows) * 0.97, top)
-    ax.set_title("Perplexity vs true bits per weight (embedded SmolLM2-135M, every linear layer fake-quantized)")
+    ax.set_title(f"Perplexity vs true bits per weight (embedded SmolLM2-135M, {scope})")
     return fig
 
 
