@@ -74,8 +74,8 @@ print(f"4-bit, per tensor, normal values: zero-point beats absmax by {gap0:.2f} 
 # **What bitsandbytes does.** Its weight formats are **post-training, symmetric absmax**: row-wise for
 # LLM.int8 (notebook 06), blockwise for NF4/FP4 (notebook 03). No zero point, no training: notebook 01 opens
 # a loaded model and finds its bytes equal to `ql.absmax_quantize`-style codes computed from the weights alone.
-# LLM weights are centred on zero, so the zero point buys little there (the explorer's "normal" sample);
-# skewed values such as activations after GELU/SiLU are where it helps ("skewed"). LLM.int8 quantizes
+# For values centred on zero the zero point buys little (the explorer's "normal" sample: the centred gap printed above);
+# skewed or shifted values are where it helps (the "skewed" sample, the 2-std shift). LLM.int8 quantizes
 # activations only on the fly for its matmul, with absmax as well (notebook 06).
 #
 # ## 2. The weights we use, and where they came from
@@ -92,7 +92,7 @@ gc.collect()
 {n: tuple(w.shape) for n, w in weights.items()}
 
 # %% [markdown]
-# A weight trained in bf16 holds, in a block of 32 consecutive values, almost always 32 different numbers.
+# Random normal weights hold, in a block of 32 consecutive values, 32 different numbers (section 3 counts them).
 #
 # **Predict (2).** What is the largest number of *distinct* values in any block of 32 consecutive weights of
 # this model's first layer?
