@@ -60,11 +60,11 @@ claims.check_prediction(PREDICT_70B_NF4DQ_GB, gb70, rel_tol=0.15, unit=" GB", ex
     f"69.0 B parameters × 4.127 bits / 8 ≈ {69e9 * 4.127 / 8 / 1e9:.1f} GB for the quantized weights, plus "
     f"{est['llama-2-70b']['nf4+dq'].unquantized_bytes / 1e9:.2f} GB of embeddings and lm_head kept in 16-bit."))
 
-# %% [markdown]
-# Read the 70B row: in fp16 it needs two 80 GB GPUs, in NF4 one. That is the whole reason for
-# quantizing: **memory**. The full table, with the scales and the layers that stay 16-bit:
-
 # %%
+gpus = {m: -(-est["llama-2-70b"][m].true_bytes // (80 * 10**9)) for m in ("fp16", "nf4+dq")}   # ceil(GB / 80)
+display(Markdown(f"""Read the 70B row: its weights alone need {gpus['fp16']} GPUs of 80 GB in fp16 and {gpus['nf4+dq']}
+in nf4+dq. That is the whole reason for quantizing: **memory**. The full table, with the scales and the layers
+that stay 16-bit:"""))
 sizes
 
 # %% [markdown]
@@ -202,10 +202,14 @@ print(ql.backend_info())
 #
 # ## 4. "The computation happens in BF16 after a quick dequantization"
 #
-# On this machine bitsandbytes dequantizes the 4-bit weight and runs a float matmul (see `backend_info()` above).
-# What decides the error, the 4-bit weights or the compute dtype? One layer, on what it really reads for the prompt:
+# What bitsandbytes' 4-bit forward does depends on the machine (`backend_info()` above says which path this one
+# takes; on a GPU, batch-1 inference uses a fused 4-bit kernel, FACTS.md). Whatever the path, it multiplies with
+# the values the 4-bit codes stand for (code × absmax). What decides the error, the 4-bit weights or the compute dtype? One
+# layer, on what it really reads for the prompt, decoded and multiplied here in fp32 and in bf16:
 
 # %%
+linear4bit_path = ql.backend_info().linear4bit
+print(f"bitsandbytes' Linear4bit forward on this machine: {linear4bit_path}")
 x = inside["bf16"]["inputs"]                                    # (tokens, 1536) float32
 w32 = w.float()
 w4 = theirs4.dequantize(torch.float32)                          # the model's nf4+dq weight, decoded
@@ -285,7 +289,7 @@ measured = dict(
     state_nf4=est_nf4.quant_state_bytes, state_nf4dq=table.loc["nf4+dq", "quant_state_bytes"],
     model_true_nf4=est_nf4.true_bytes,
     err_weights=errs["4-bit weights, fp32 compute"], err_bf16_compute=errs["4-bit weights, bf16 compute"],
-    err_bf16_only=errs["original weights, bf16 compute"],
+    err_bf16_only=errs["original weights, bf16 compute"], linear4bit_path=linear4bit_path,
 )
 claims_table = pd.DataFrame(claims.records(claims.seed_claims(measured)))
 with pd.option_context("display.max_colwidth", None):
@@ -294,8 +298,9 @@ with pd.option_context("display.max_colwidth", None):
 # %% [markdown]
 # Sources for what this run cannot measure: the 70B perplexity cost is llama.cpp's published "Llama 2 70B
 # Scorechart" (`tools/perplexity/README.md`, Wikitext-2, fp16 3.4313: Q4_0 +3.61 %, Q4_1 +2.37 %, Q4_K_M +1.20 %);
-# the consumer GPU is the largest GeForce card, 32 GB (RTX 5090; RTX 4090: 24 GB). A 135M model loses far
-# more at 4 bits than a 70B one: the "<1 %" depends on model size and on the 4-bit format.
+# the consumer GPU is the largest GeForce card, 32 GB (RTX 5090; RTX 4090: 24 GB). This 135M model's 4-bit cost
+# (row 4) is far above those published 70B costs, but they were measured with other 4-bit formats (llama.cpp's) on
+# another text: the comparison mixes model size and format, and "<1 %" holds for neither here (notebook 04).
 #
 # ## Try this
 #
@@ -321,8 +326,9 @@ e7 = est["llama-2-7b"]
 verdicts = claims_table["verdict"].value_counts().to_dict()
 display(Markdown(f"""## Summary (measured in this run)
 - Llama-2-7B needs **{e7['fp32'].true_bytes / 1e9:.1f} GB** in fp32, **{e7['fp16'].true_bytes / 1e9:.1f} GB** in fp16,
-  **{e7['int8'].true_bytes / 1e9:.1f} GB** in int8, **{e7['nf4'].true_bytes / 1e9:.2f} GB** in NF4 (4.5 bits a weight)
-  and **{e7['nf4+dq'].true_bytes / 1e9:.2f} GB** in NF4 + double quant (4.127 bits); 70B fp16 → nf4+dq:
+  **{e7['int8'].true_bytes / 1e9:.1f} GB** in int8, **{e7['nf4'].true_bytes / 1e9:.2f} GB** in NF4
+  ({ql.memory.bits_per_param('nf4', in_features=4096):.3f} bits a weight) and **{e7['nf4+dq'].true_bytes / 1e9:.2f} GB**
+  in NF4 + double quant ({ql.memory.bits_per_param('nf4+dq', in_features=4096):.3f} bits); 70B fp16 → nf4+dq:
   {est['llama-2-70b']['fp16'].true_bytes / 1e9:.1f} → {gb70:.1f} GB.
 - {MODEL_ID}: int8 linear weights are **{measured['int8_over_bf16_linear']:.2f}×** their bf16 bytes (half, not a
   quarter); the whole model **{ratio_int8:.2f}×**, because {share:.0%} of it (embeddings, norms) stays bf16.
@@ -335,7 +341,7 @@ display(Markdown(f"""## Summary (measured in this run)
   qlearn's symmetric absmax quantization of the bf16 weight: {same_int8 and same_4bit and same_plain}.
 - One layer's output error: 4-bit weights {errs['4-bit weights, fp32 compute']:.2%} (fp32 compute),
   {errs['4-bit weights, bf16 compute']:.2%} (bf16 compute).
-- Llama-2-13B at {CONTEXT} tokens: KV cache {kv13:.2f} GB; in 16 GiB: fp16 no, int8 {fit.loc['int8', 'left of 16 GiB (GB)']:.2f} GB
-  left before runtime overhead, nf4+dq {fit.loc['nf4+dq', 'left of 16 GiB (GB)']:.2f} GB left.
+- Llama-2-13B at {CONTEXT} tokens: KV cache {kv13:.2f} GB; GB left of 16 GiB before runtime overhead (negative: does
+  not fit): {', '.join(f'{m} {v:+.2f}' for m, v in left.items())}.
 - The tutorial's ten claims: {', '.join(f'{n} {v}' for v, n in verdicts.items())}.
 """))
