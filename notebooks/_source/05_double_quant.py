@@ -174,11 +174,15 @@ else:
         "bfloat16 scales: measured on an AMD EPYC with AVX512-BF16, this model's scales went from 1,685,880 B to "
         "3,317,760 B (FACTS.md, 'CPU-dependent behaviour'; the same code, another CPU)."))
 
+# %%
+display(Markdown(
+    f"`get_memory_footprint()` is **{'the same' if same else 'different'}** with and without double quant "
+    f"({real.loc['nf4', 'get_memory_footprint (MB)']:.2f} vs {real.loc['nf4+dq', 'get_memory_footprint (MB)']:.2f} MB): "
+    "it counts parameters and buffers, and the scales are attributes of each weight's `quant_state`. As loaded, "
+    f"double quant saves {real.loc['nf4', 'scales it leaves out (MB)'] - real.loc['nf4+dq', 'scales it leaves out (MB)']:.2f} MB "
+    "of scales that this number does not see."))
+
 # %% [markdown]
-# `get_memory_footprint()` is **the same** with and without double quant: it counts parameters and
-# buffers, and the scales are attributes of each weight's `quant_state`. The saving is real as loaded; that
-# number just does not see it.
-#
 # ## 4. Open the box
 #
 # What `load_in_4bit` put in `model.layers.0.mlp.down_proj`, read before the first forward: the module and
