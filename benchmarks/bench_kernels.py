@@ -3,6 +3,8 @@
     python benchmarks/bench_kernels.py                  # batch 1 and 16, one thread, 5 rounds
     python benchmarks/bench_kernels.py --synthetic      # random weights of the same shapes (no model file)
     python benchmarks/bench_kernels.py --batches 1,4,16,64 --threads 2 --json out.json
+    python benchmarks/bench_kernels.py --split          # also: lesson 09's time split, gap per mode
+    python benchmarks/bench_kernels.py --split --split-modes bf16,nf4   # some of the modes only
 
 The 210 linear layers of the 30 blocks (q, k, v, o, gate, up, down; lm_head is not swapped: it is tied
 to the embedding), read in bf16 from the converted embedded model, each multiplied by a batch of random
@@ -12,6 +14,13 @@ nf4 dequantize_4bit then F.linear; torch's fused int4 kernel (asymmetric, group 
 weight-only kernel. Also: this machine's copy bandwidth and the floor it puts on each path at batch 1.
 The last line is ``fused_int4_vs_dequant_matmul=<ratio>``: the FASTER of the two dequantize-then-matmul
 paths at batch 1 over the fused int4 kernel (so the ratio is the conservative one).
+
+``--split`` first measures lesson 09's bar "the time split sums to the measured forward within 15%": for
+every mode the lesson splits (bf16, bitsandbytes nf4, nf4+dq and int8, qlearn's int4 dequantize-then-matmul
+and the fused int4 kernel on the same codes), one model in memory at a time, ``qlearn.kernels.time_split``
+at batch 1 for one token and for a 64-token prompt, one thread; per mode the forward without clocks, the
+clocked forward, the gap and the load average. Before them: what timing one layer costs, with module
+hooks and with the wrapper time_split uses, times the 211 linear layers. The last line stays the ratio.
 """
 
 import argparse
@@ -22,10 +31,11 @@ import sys
 import torch
 
 import qlearn as ql
-from qlearn.kernels import copy_bandwidth
+from qlearn.kernels import copy_bandwidth, hook_overhead, swap_linears, time_split
 from qlearn.kernels.layerbench import PATHS, build_paths, time_layer_paths
 
 NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+SPLIT_MODES = ("bf16", "nf4", "nf4+dq", "int8", "int4 dequant", "int4 fused")
 
 
 def embedded_weights(synthetic=False):
@@ -44,6 +54,46 @@ def embedded_weights(synthetic=False):
         return [f.get_tensor(k).to(torch.bfloat16).clone() for k in keys]
 
 
+def _split_models(modes):
+    """(label, model) for each of ``modes``, one at a time (the previous one is freed before the next loads).
+    "int4 dequant" and "int4 fused" share one bf16 load: qlearn's int4 (group 64) decode-then-matmul, then
+    swapped to the fused kernel on the very same codes."""
+    for mode in modes:
+        if mode == "int4 fused" and "int4 dequant" in modes:
+            continue                                   # measured right after int4 dequant, on its codes
+        model, _ = ql.load("embedded", mode="bf16" if mode.startswith("int4") else mode, verbose=False)
+        if mode.startswith("int4"):
+            swap_linears(model, "int4-dequant" if mode == "int4 dequant" else "int4", groupsize=64)
+        yield mode, model
+        if mode == "int4 dequant" and "int4 fused" in modes:
+            swap_linears(model, "int4")
+            yield "int4 fused", model
+        del model
+        ql.models.release_memory()
+
+
+def print_split(modes, prompt=64, repeats=5, threads=1):
+    """Lesson 09's time split per mode at batch 1 (one token, and a ``prompt``-token prompt): the gap between
+    the sum of the parts and the forward without clocks, with the load average when each was measured."""
+    cost = hook_overhead()
+    n_layers = 211                                        # 30 blocks x 7 + lm_head, the split's layers
+    print(f"# timing one layer costs: module hooks (pre + post) {1e6 * cost['hooks']:.1f} us, time_split's "
+          f"wrapper {1e6 * cost['wrapper']:.1f} us; x {n_layers} layers: {1e3 * n_layers * cost['hooks']:.2f} ms "
+          f"vs {1e3 * n_layers * cost['wrapper']:.2f} ms per forward")
+    print(f"{'mode':13s} {'tokens':>6s} {'forward ms':>10s} {'clocked ms':>10s} {'gap %':>6s} {'dequant %':>9s}  load")
+    worst = {}
+    for label, model in _split_models(modes):
+        for seq in (1, prompt):
+            s = time_split(model, 1, seq, repeats=repeats, label=label, n_threads=threads)
+            load = os.getloadavg()
+            worst[label] = max(worst.get(label, 0.0), s.gap)
+            print(f"{label:13s} {seq:6d} {1e3 * s.forward_s:10.1f} {1e3 * s.hooked_s:10.1f} {100 * s.gap:6.1f} "
+                  f"{100 * s.totals()['dequantize'] / s.parts_s:9.1f}  {load[0]:.1f} {load[1]:.1f}", flush=True)
+        del model                                         # so the generator's release frees it
+    print("split_gap_max_pct " + " ".join(f"{k.replace(' ', '_')}={100 * v:.1f}" for k, v in worst.items()))
+    return worst
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", default="1,16")
@@ -51,8 +101,17 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--synthetic", action="store_true")
     p.add_argument("--json", default=None)
+    p.add_argument("--split", action="store_true", help="also lesson 09's time split per mode (gap at batch 1)")
+    p.add_argument("--split-modes", default=",".join(SPLIT_MODES), help=f"modes of --split, among {SPLIT_MODES}")
     a = p.parse_args(argv)
     info = ql.backend_info()
+    split_gaps = None
+    if a.split:
+        modes = [m.strip() for m in a.split_modes.split(",") if m.strip()]
+        unknown = set(modes) - set(SPLIT_MODES)
+        if unknown:
+            p.error(f"--split-modes must be among {SPLIT_MODES}; got {sorted(unknown)}")
+        split_gaps = print_split(modes, threads=a.threads)
     paths = PATHS if info.bitsandbytes_version != "not installed" else tuple(x for x in PATHS if x != "bnb-nf4")
     weights = embedded_weights(a.synthetic)
     n_bytes = {"bf16": sum(w.numel() * 2 for w in weights)}
@@ -82,6 +141,8 @@ def main(argv=None):
                 print(f"fused_int4_vs_{x.replace('-', '_')}={t.ratio(x, 'int4'):.2f}")
             ratio = min(t.seconds[x] for x in dequant) / t.seconds["int4"]
             results["fused_int4_vs_dequant_matmul"] = ratio
+    if split_gaps is not None:
+        results["split_gap_max"] = split_gaps
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)

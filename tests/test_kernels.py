@@ -14,8 +14,10 @@ from qlearn.kernels import (
     copy_bandwidth,
     dequantize_replay,
     floors,
+    hook_overhead,
     layer_type,
     quantize_int4,
+    release_checkpoint,
     swap_linears,
     time_split,
 )
@@ -190,3 +192,56 @@ def test_figures_and_explorer(tiny_llama):
     w.update(batch=4)                          # int4 was not measured at batch 4: said in the message
     assert "no time split measured" in (w.error or "")
     (ART / "speed_explorer.png").write_bytes(w.update(mode="fp32", batch=4).png())
+
+
+def test_time_split_clocks_every_layer_and_leaves_the_model_as_it_was(tiny_llama):
+    """The clock wrappers go on each linear layer for the clocked forwards only: afterwards no layer has an
+    instance ``forward`` (or keeps its own, e.g. one accelerate put there), and the logits are unchanged."""
+    ids = torch.randint(0, 2048, (1, 8), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        before = tiny_llama(ids).logits
+    head = tiny_llama.lm_head
+    own = head.forward                                    # an instance forward, as accelerate's hooks set one
+    head.forward = own
+    try:
+        split = time_split(tiny_llama, batch=1, seq=8, repeats=1, label="fp32")
+        assert head.__dict__["forward"] is own
+    finally:
+        del head.forward
+    assert not [n for n, m in tiny_llama.named_modules() if "forward" in m.__dict__]
+    assert all(split.parts[(lt, "matmul")] > 0 for lt in ("attention", "mlp", "lm_head"))
+    with torch.inference_mode():
+        assert torch.equal(tiny_llama(ids).logits, before)
+
+
+def test_hook_overhead_is_measured_for_both_ways():
+    cost = hook_overhead(n_calls=200, repeats=2)
+    assert set(cost) == {"hooks", "wrapper"} and all(0 <= v < 1e-3 for v in cost.values())
+
+
+def test_quantize_and_pack_in_row_chunks_give_the_same_bytes(monkeypatch):
+    """quantize_int4 and the int4 packing run _ROWS rows at a time (memory); torch's packed layout is blocked by
+    rows, so slices that start at multiples of 64 rows concatenate to the very bytes of a whole-matrix pack."""
+    import qlearn.kernels.fused as fused_mod
+
+    w = _seeded(336, 128, seed=12, dtype=torch.bfloat16)             # 5 chunks of 64 rows and one of 16
+    whole = quantize_int4(w, 32)
+    packed = FusedInt4Linear(whole).packed
+    monkeypatch.setattr(fused_mod, "_ROWS", 64)
+    chunked = quantize_int4(w, 32)
+    assert all(torch.equal(getattr(whole, f), getattr(chunked, f)) for f in ("codes", "scale", "zero"))
+    assert torch.equal(FusedInt4Linear(chunked).packed, packed)
+    assert torch.equal(packed, torch.ops.aten._convert_weight_to_int4pack_for_cpu(whole.codes.int(), 1))
+
+
+def test_release_checkpoint_copies_every_parameter_once_and_keeps_the_tie(tiny_llama):
+    import copy
+
+    model = copy.deepcopy(tiny_llama)
+    swap_linears(model, "int4", groupsize=64)
+    before = {n: (p.data_ptr(), p.detach().clone()) for n, p in model.named_parameters()}
+    copied = release_checkpoint(model)
+    assert copied == sum(p.numel() * p.element_size() for p in model.parameters())   # embedding + norms, once
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    for name, p in model.named_parameters():
+        assert p.data_ptr() != before[name][0] and torch.equal(p, before[name][1])

@@ -11,10 +11,20 @@ from .fused import (
     FusedInt8Linear,
     Int4Weights,
     quantize_int4,
+    release_checkpoint,
     swap_linears,
 )
-from .timesplit import LAYER_TYPES, PARTS, TimeSplit, dequantize_replay, layer_type, time_forward, time_split
+from .timesplit import (
+    LAYER_TYPES,
+    PARTS,
+    TimeSplit,
+    dequantize_replay,
+    hook_overhead,
+    layer_type,
+    time_forward,
+    time_split,
+)
 
 __all__ = ["GROUPSIZES", "Int4Weights", "quantize_int4", "FusedInt4Linear", "DequantInt4Linear", "FusedInt8Linear",
-           "swap_linears", "copy_bandwidth", "matmul_flops", "Floors", "floors", "LAYER_TYPES", "PARTS",
-           "TimeSplit", "layer_type", "dequantize_replay", "time_forward", "time_split"]
+           "swap_linears", "release_checkpoint", "copy_bandwidth", "matmul_flops", "Floors", "floors", "LAYER_TYPES",
+           "PARTS", "TimeSplit", "layer_type", "dequantize_replay", "time_forward", "time_split", "hook_overhead"]

@@ -27,7 +27,7 @@ def copy_bandwidth(nbytes: int = 64 << 20, repeats: int = 5) -> float:
     Counts read + write (2 * nbytes per copy), the traffic a kernel that reads weights and writes a copy
     would make. 64 MiB each is far larger than any CPU cache, so this is main-memory bandwidth.
 
-    >>> copy_bandwidth(1 << 20, repeats=2) > 1e8
+    >>> copy_bandwidth(1 << 20, repeats=5) > 1e7    # loose: a shared machine may deschedule a copy
     True
     """
     if not isinstance(nbytes, int) or nbytes < 4096:

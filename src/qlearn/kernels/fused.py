@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["GROUPSIZES", "Int4Weights", "quantize_int4", "FusedInt4Linear", "DequantInt4Linear",
-           "FusedInt8Linear", "swap_linears"]
+           "FusedInt8Linear", "swap_linears", "release_checkpoint"]
 
 GROUPSIZES = (32, 64, 128, 256)
 
@@ -81,19 +81,35 @@ def quantize_int4(w: torch.Tensor, groupsize: int = 64, dtype: torch.dtype | Non
                         f"{getattr(w, 'shape', type(w).__name__)} {getattr(w, 'dtype', '')}")
     if groupsize not in GROUPSIZES:
         raise ValueError(f"groupsize must be one of {GROUPSIZES} (torch's int4 CPU kernel); got {groupsize!r}")
+    dtype = dtype or w.dtype
+    parts = [_quantize_rows(w[i:i + _ROWS], groupsize, dtype) for i in range(0, w.shape[0], _ROWS)]
+    codes, scale, zero = (torch.cat(p) if len(parts) > 1 else p[0] for p in zip(*parts, strict=True))
+    return Int4Weights(codes, scale, zero, groupsize, w.shape[1])
+
+
+_ROWS = 4096   # rows quantized / packed at a time: the float32 temporaries of a 49152 x 576 lm_head stay ~10 MB
+
+
+def _quantize_rows(w: torch.Tensor, groupsize: int, dtype: torch.dtype):
+    """quantize_int4 of some rows: (codes (n, Kp) uint8, scale, zero (n, Kp/groupsize) in dtype)."""
     n, k = w.shape
     pad = -k % groupsize
     wf = w.detach().float()
     if pad:
         wf = F.pad(wf[None], (0, pad), mode="replicate")[0]
-    g = wf.view(n, -1, groupsize)                                   # (N, groups, groupsize)
+    g = wf.view(n, -1, groupsize)                                   # (n, groups, groupsize)
     lo, hi = g.amin(-1), g.amax(-1)
     scale = ((hi - lo) / 15).clamp_min(1e-12)
-    dtype = dtype or w.dtype
     codes = ((g - lo[..., None]) / scale[..., None]).round_().clamp_(0, 15).to(torch.uint8).view(n, -1)
-    scale_c = scale.to(dtype)
-    zero_c = (lo + 8 * scale).to(dtype)
-    return Int4Weights(codes, scale_c, zero_c, groupsize, k)
+    return codes, scale.to(dtype), (lo + 8 * scale).to(dtype)
+
+
+def _pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """torch's CPU int4 packing of (N, Kp) codes, ``_ROWS`` rows at a time (its int32 input is 4 bytes a code:
+    113 MB for the whole lm_head at once). The kernel's layout is blocked by rows, so packing row slices that
+    start at multiples of 64 and concatenating them gives the same bytes (tests/test_kernels.py)."""
+    return torch.cat([torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes[i:i + _ROWS].int(), 1)
+                      for i in range(0, codes.shape[0], _ROWS)])
 
 
 class FusedInt4Linear(torch.nn.Module):
@@ -114,7 +130,7 @@ class FusedInt4Linear(torch.nn.Module):
         if n % 16:
             raise ValueError(f"out_features must be a multiple of 16 for torch's int4 CPU kernel; got {n}")
         self.in_features, self.out_features, self.groupsize = weights.in_features, n, weights.groupsize
-        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(weights.codes.int(), 1))
+        self.register_buffer("packed", _pack_int4(weights.codes))
         pairs = torch.stack([weights.scale, weights.zero], -1)      # (N, groups, 2)
         self.register_buffer("scales_and_zeros", pairs.transpose(0, 1).contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().to(weights.scale.dtype))
@@ -238,3 +254,24 @@ def swap_linears(model: torch.nn.Module, kind: str = "int4", groupsize: int = 64
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
     return len(targets)
+
+
+def release_checkpoint(model: torch.nn.Module) -> int:
+    """Give every parameter of ``model`` memory of its own (a copy); returns the bytes copied.
+
+    transformers loads a safetensors checkpoint as a memory map: the parameters point into the file's
+    pages, and every page read counts in the process's RSS for as long as ANY tensor points into the
+    map. After ``swap_linears`` replaced the linear layers, the embedded model's tied embedding alone
+    (49152 x 576 bf16, 56.6 MB) keeps the whole 263 MB mapping alive; copying what is left releases it.
+    Tied parameters stay tied (one Parameter object, copied once).
+
+    >>> net = torch.nn.Linear(4, 2)
+    >>> release_checkpoint(net)    # 8 + 2 float32 values
+    40
+    """
+    copied = 0
+    with torch.no_grad():
+        for param in model.parameters():           # each shared Parameter once
+            param.data = param.data.clone()
+            copied += param.numel() * param.element_size()
+    return copied

@@ -1,8 +1,9 @@
 """Where the time of one forward goes: dequantize, matmul and everything else, per layer type.
 
 Measured, not modelled: every linear layer (``nn.Linear``, bitsandbytes' ``Linear4bit`` / ``Linear8bitLt``,
-the fused and reference layers of ``qlearn.kernels.fused``) is timed by forward hooks (clock read before
-and after). Its "dequantize" part is measured by REPLAYING the decode that layer runs on every forward,
+the fused and reference layers of ``qlearn.kernels.fused``) is timed by a clock read before and after its
+``forward`` (a wrapper put on the instance for one forward, then removed; not module hooks, which cost
+more: ``hook_overhead``). Its "dequantize" part is measured by REPLAYING the decode that layer runs on every forward,
 on the layer's own stored state, right after the forward:
 
 - bitsandbytes 4-bit, flat layout: ``bitsandbytes.functional.dequantize_4bit(weight, quant_state)`` cast
@@ -11,12 +12,13 @@ on the layer's own stored state, right after the forward:
   int8 matmul multiplies float32 copies of the int8 values);
 - ``DequantInt4Linear``: its ``Int4Weights.dequantize``.
 
-"matmul" = the layer's hooked time minus that replay (the replay is a second run of the same code on
+"matmul" = the layer's clocked time minus that replay (the replay is a second run of the same code on
 the same data, so this is an estimate, and says so). Fused layers (``FusedInt4Linear``, bitsandbytes'
 AVX512-BF16 repacked layout, int8 via ``torch._int_mm``) have no separate decode: all of it is matmul.
-"other" = the hooked forward minus all linear layers (attention scores, norms, embedding, rotary,
-activations, Python). The parts add up to the hooked forward exactly; ``gap`` compares that with a
-forward WITHOUT hooks, timed separately: that difference is what the measuring itself costs.
+"other" = the clocked forward minus all linear layers (attention scores, norms, embedding, rotary,
+activations, Python). The parts add up to the clocked forward exactly; ``gap`` compares that with a
+forward WITHOUT clocks, timed separately: that difference is what the measuring itself costs (plus
+the machine's noise between the two).
 bitsandbytes is imported only when a 4-bit layer is found.
 """
 
@@ -31,7 +33,7 @@ import torch
 from .fused import DequantInt4Linear
 
 __all__ = ["LAYER_TYPES", "PARTS", "TimeSplit", "layer_type", "dequantize_replay", "time_forward", "time_split",
-           "threads"]
+           "threads", "hook_overhead"]
 
 LAYER_TYPES = ("attention", "mlp", "lm_head")
 PARTS = ("dequantize", "matmul")
@@ -84,8 +86,9 @@ class TimeSplit:
     """One forward of ``batch`` x ``seq`` tokens, split into parts (seconds).
 
     parts: (layer type, part) -> seconds for part in PARTS, plus ("other", "other").
-    forward_s: fastest forward WITHOUT hooks; hooked_s: the fastest hooked forward, the parts come from it
-    (fastest of ``repeats``, alternating plain and hooked: on a shared machine the least disturbed run).
+    forward_s: fastest forward WITHOUT clocks; hooked_s: the fastest forward with every linear layer clocked,
+    the parts come from it (fastest of ``repeats``, alternating plain and clocked: on a shared machine the
+    least disturbed run).
     decoded_bytes: bytes the replayed decodes write (each read back by the matmul).
     """
 
@@ -104,7 +107,7 @@ class TimeSplit:
 
     @property
     def gap(self) -> float:
-        """|sum of parts - forward without hooks| / forward without hooks."""
+        """|sum of parts - forward without clocks| / forward without clocks."""
         return abs(self.parts_s - self.forward_s) / self.forward_s
 
     @property
@@ -167,23 +170,44 @@ def time_forward(model, batch: int = 1, seq: int = 1, repeats: int = 5, n_thread
     return min(times[1:])
 
 
+@contextmanager
+def _clocked(layers, spent: dict, device):
+    """Within the block, each layer's ``forward`` adds its seconds to ``spent[name]``; restored after.
+
+    A wrapper on the instance's ``forward`` (put before ``Module.__call__`` finds it, removed after), not
+    module hooks: a pre + post hook pair sends every call down ``Module.__call__``'s slow path, which
+    costs more than the two clock reads (``hook_overhead`` measures both)."""
+    clock = time.perf_counter
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    saved = []
+    try:
+        for name, module in layers:
+            inner, own = module.forward, "forward" in module.__dict__
+
+            def timed(*args, _inner=inner, _name=name, **kwargs):
+                if sync:
+                    sync()
+                start = clock()
+                out = _inner(*args, **kwargs)
+                if sync:
+                    sync()
+                spent[_name] = spent.get(_name, 0.0) + clock() - start
+                return out
+
+            saved.append((module, inner, own))
+            module.forward = timed
+        yield spent
+    finally:
+        for module, inner, own in saved:
+            if own:
+                module.forward = inner
+            else:
+                del module.forward
+
+
 def _forwards(model, ids, layers, repeats):
-    """Alternate plain and hooked forwards (after one warm-up of each), so a change in the machine's
-    load hits both alike. Returns ([plain s], [(hooked s, {layer name: s})])."""
-    clock, spent = {}, {}
-
-    def pre(name):
-        def hook(module, args):
-            _sync(ids.device)
-            clock[name] = time.perf_counter()
-        return hook
-
-    def post(name):
-        def hook(module, args, out):
-            _sync(ids.device)
-            spent[name] = spent.get(name, 0.0) + time.perf_counter() - clock[name]
-        return hook
-
+    """Alternate plain and clocked forwards (after one warm-up of each), so a change in the machine's
+    load hits both alike. Returns ([plain s], [(clocked s, {layer name: s})])."""
     def timed():
         _sync(ids.device)
         start = time.perf_counter()
@@ -195,18 +219,46 @@ def _forwards(model, ids, layers, repeats):
     with torch.inference_mode():
         for i in range(repeats + 1):
             t = timed()
-            handles = [h for name, m in layers
-                       for h in (m.register_forward_pre_hook(pre(name)), m.register_forward_hook(post(name)))]
-            spent.clear()
-            try:
+            with _clocked(layers, {}, ids.device) as spent:
                 th = timed()
-            finally:
-                for h in handles:
-                    h.remove()
             if i:
                 plain.append(t)
                 hooked.append((th, dict(spent)))
     return plain, hooked
+
+
+def hook_overhead(n_calls: int = 2000, repeats: int = 5) -> dict:
+    """Seconds one call of a tiny ``nn.Linear(8, 8)`` (batch 1) gains from being timed, per method, fastest of
+    ``repeats`` rounds of ``n_calls`` calls each: {"hooks": pre + post forward hooks, "wrapper": ``_clocked``}.
+    Times the number of layers, it is what the measuring adds to one forward (the split's ``gap``).
+
+    >>> sorted(hook_overhead(200, 1))
+    ['hooks', 'wrapper']
+    """
+    lin, x = torch.nn.Linear(8, 8), torch.zeros(1, 8)
+
+    def per_call():
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(n_calls):
+                lin(x)
+            best = min(best, (time.perf_counter() - start) / n_calls)
+        return best
+
+    clock, spent = {}, {}
+    with torch.inference_mode(), threads(1):
+        plain = per_call()
+        handles = (lin.register_forward_pre_hook(lambda m, a: clock.__setitem__("x", time.perf_counter())),
+                   lin.register_forward_hook(lambda m, a, o: spent.__setitem__(
+                       "x", spent.get("x", 0.0) + time.perf_counter() - clock["x"])))
+        hooked = per_call()
+        for h in handles:
+            h.remove()
+        with _clocked([("x", lin)], {}, x.device):
+            wrapped = per_call()
+        plain = min(plain, per_call())
+    return {"hooks": max(0.0, hooked - plain), "wrapper": max(0.0, wrapped - plain)}
 
 
 def _replay_s(fn, repeats) -> tuple[float, int]:

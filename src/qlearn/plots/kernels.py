@@ -51,7 +51,7 @@ def time_split_bars(splits, ax: Axes | None = None, per_token: bool = True) -> l
         artists += ax.plot([split.forward_s * scale] * 2, [y - 0.38, y + 0.38], color="black", lw=1.6)
     ax.set_yticks(ys, [f"{s.label} b{s.batch}x{s.seq}" for s in splits])
     ax.set_xlabel("ms per token" if per_token else "ms per forward")
-    ax.set_title("where the time goes (black tick: forward without hooks)")
+    ax.set_title("where the time goes (black tick: forward without clocks)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=4, frameon=False, fontsize=7)
     return artists
 
