@@ -10,8 +10,10 @@ tokens of the offline pydoc text (`ql.perplexity`), a different text.
 Default run: the bars (4-bit, group 128, symmetric): bf16, RTN, GPTQ, HQQ, AWQ. Last line:
 ``gptq_gap_closed=<fraction> hqq_gap_closed=<fraction> awq_over_rtn_ppl=<ratio>``, where
 gap_closed = (ppl_rtn - ppl_method) / (ppl_rtn - ppl_bf16).
-``--frontier`` adds the other methods and group sizes, writes the table to --json and the figure
-to --png. Run: `nice -n 5 .venv/bin/python benchmarks/bench_methods.py [--frontier]`.
+``--frontier`` adds the other methods and group sizes; ``--runs`` names the rows instead (e.g. the
+data-free formats only) and ``--merge`` adds an earlier run's --json rows (same --tokens; every row is a
+deterministic perplexity, so a row measured twice gives the same number) to the table, the bars line and
+the --png figure. Run: `nice -n 5 .venv/bin/python benchmarks/bench_methods.py [--frontier]`.
 """
 
 from __future__ import annotations
@@ -36,13 +38,44 @@ RESULTS = Path(__file__).resolve().parent.parent / "tests" / "_artifacts" / "met
 
 def measure(model, tok, method, group, calib, kept, tokens):
     """Apply one method, measure (bits per weight, perplexity, seconds to quantize), restore."""
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     fq = qa.apply_method(model, method, group or 128, calib_ids=calib, keep_originals=False)
-    quant_s = time.perf_counter() - t0
+    quant_s, quant_cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
     bits = qa.bits_per_param(fq, model)
     ppl = float(ql.perplexity(model, tok, max_tokens=tokens, progress=False))
     qa.restore_weights(model, kept)
-    return {"method": method, "group": group, "bits": bits, "ppl": ppl, "quant_s": quant_s}
+    return {"method": method, "group": group, "bits": bits, "ppl": ppl, "quant_s": quant_s, "quant_cpu_s": quant_cpu_s}
+
+
+def parse_runs(text: str) -> list[tuple[str, int | None]]:
+    """"Q4_0,nf4,rtn-asym:32" -> [("Q4_0", None), ("nf4", None), ("rtn-asym", 32)]; method names from apply.METHODS.
+
+    >>> parse_runs("Q4_0,rtn-asym:32")
+    [('Q4_0', None), ('rtn-asym', 32)]
+    """
+    runs = []
+    for item in text.split(","):
+        method, _, group = item.strip().partition(":")
+        if method not in qa.METHODS:
+            raise SystemExit(f"--runs: unknown method {method!r}; allowed: {', '.join(qa.METHODS)}")
+        runs.append((method, int(group) if group else (128 if method in qa.GROUPED else None)))
+    return runs
+
+
+def print_bars(rows):
+    """The bars line, when the rows hold bf16, RTN, GPTQ, HQQ and AWQ at group 128."""
+    ppl = {(r["method"], r["group"]): r["ppl"] for r in rows}
+    if not all(k in ppl for k in BARS):
+        return
+    base, rtn_ = ppl[("bf16", None)], ppl[("rtn", 128)]
+    gap = rtn_ - base
+    gptq = next(r for r in rows if (r["method"], r["group"]) == ("gptq", 128))
+    if "quant_cpu_s" in gptq:   # CPU seconds / threads: the wall time on idle cores (this machine is often shared)
+        print(f"GPTQ on all 210 linear layers (calibration pass included): {gptq['quant_s']:.0f} s wall, "
+              f"{gptq['quant_cpu_s']:.0f} s of CPU on {torch.get_num_threads()} threads; load {os.getloadavg()}")
+    closed = {m: (rtn_ - ppl[(m, 128)]) / gap for m in ("gptq", "hqq")}
+    print(f"gptq_gap_closed={closed['gptq']:.3f} hqq_gap_closed={closed['hqq']:.3f} "
+          f"awq_over_rtn_ppl={ppl[('awq', 128)] / rtn_:.4f}", flush=True)
 
 
 def main():
@@ -50,15 +83,26 @@ def main():
     parser.add_argument("--tokens", type=int, default=4096, help="evaluation tokens (default 4096)")
     parser.add_argument("--calib-tokens", type=int, default=4096, help="calibration tokens (default 4096)")
     parser.add_argument("--frontier", action="store_true", help="every method, also groups 64 and 32")
+    parser.add_argument("--runs", type=parse_runs, default=None,
+                        help="only these, e.g. 'Q4_0,Q4_K,nf4,rtn-asym:32' (method[:group])")
+    parser.add_argument("--merge", type=Path, action="append", default=[],
+                        help="rows of an earlier run (its --json, same --tokens) to draw and report with these")
     parser.add_argument("--json", type=Path, default=RESULTS, help=f"results file (default {RESULTS})")
-    parser.add_argument("--png", type=Path, default=None, help="frontier figure (with --frontier)")
+    parser.add_argument("--png", type=Path, default=None, help="frontier figure of every row")
     args = parser.parse_args()
+    earlier = []
+    for path in args.merge:
+        data = json.loads(path.read_text())
+        if data["tokens"] != args.tokens:
+            raise SystemExit(f"--merge {path}: scored {data['tokens']} tokens, this run {args.tokens}")
+        earlier += data["rows"]
+    runs = args.runs or BARS + (FRONTIER if args.frontier else [])
     print(f"load: {os.getloadavg()}, torch threads {torch.get_num_threads()}", flush=True)
     model, tok = ql.load("embedded", mode="fp32", verbose=False)
     calib = qa.calibration_ids(tok, args.calib_tokens)
     kept = qa.keep_weights(model)
     rows = []
-    for method, group in BARS + (FRONTIER if args.frontier else []):
+    for method, group in runs:
         row = measure(model, tok, method, group, calib, kept, args.tokens)
         rows.append(row)
         print(f"{method:10s} g={group!s:5s} bits={row['bits']:.3f} ppl={row['ppl']:.3f} "
@@ -66,18 +110,15 @@ def main():
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"tokens": args.tokens, "calib_tokens": args.calib_tokens, "rows": rows},
                                         indent=1))
-    if args.frontier and args.png:
+        if (method, group) == BARS[-1]:
+            print_bars(earlier + rows)          # as soon as the bars are in, before a frontier's other rows
+    every = earlier + rows
+    if args.png:
         from qlearn.plots.methods import frontier_figure
-        frontier_figure(rows).savefig(args.png, dpi=110)
-    ppl = {(r["method"], r["group"]): r["ppl"] for r in rows}
-    base, rtn_ = ppl[("bf16", None)], ppl[("rtn", 128)]
-    gap = rtn_ - base
-    gptq_closed = (rtn_ - ppl[("gptq", 128)]) / gap
-    hqq_closed = (rtn_ - ppl[("hqq", 128)]) / gap
-    awq_ratio = ppl[("awq", 128)] / rtn_
-    gptq_s = next(r["quant_s"] for r in rows if r["method"] == "gptq")
-    print(f"GPTQ on all 210 linear layers (calibration pass included): {gptq_s:.0f} s; load {os.getloadavg()}")
-    print(f"gptq_gap_closed={gptq_closed:.3f} hqq_gap_closed={hqq_closed:.3f} awq_over_rtn_ppl={awq_ratio:.4f}")
+        frontier_figure(every).savefig(args.png, dpi=110)
+    for r in sorted(every, key=lambda r: r["bits"]):
+        print(f"  {r['method']:10s} g={r['group']!s:5s} {r['bits']:7.3f} bits  perplexity {r['ppl']:8.3f}")
+    print_bars(every)
 
 
 if __name__ == "__main__":
