@@ -60,12 +60,15 @@ def main(argv=None):
     torch.manual_seed(0)
     model, tok = ql.load(args.model, mode="fp32", verbose=False)
     print(f"device {model.device}, dtype {model.dtype}, threads {torch.get_num_threads()}")
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     measure = mixed.LADDER[:-1] if args.measure_ladder else ()
     calibration = sensitivity.Calibration(*map(int, args.calib.split(",")))
     sens = sensitivity.sensitivities(model, tok, FORMATS, anchor=BASE, calibration=calibration, progress=False,
                                      measure=measure)
-    print(f"sensitivities: {time.perf_counter() - t0:.1f} s here (cached run's own seconds: "
+    # CPU seconds / threads: what the wall time would be on idle cores (this machine is often shared)
+    print(f"sensitivities of {len(sens.layers)} layers: {time.perf_counter() - t0:.1f} s wall here, "
+          f"{time.process_time() - cpu0:.1f} s of CPU on {torch.get_num_threads()} threads, load "
+          f"{os.getloadavg()[0]:.1f} (0 if cached; the computing run's own wall seconds: "
           + ", ".join(f"{k} {v:.1f}" for k, v in sens.seconds.items()) + ")")
     explorer_latency(sens)
     t = mixed.tables(sens)

@@ -98,8 +98,8 @@ print(info)
 # Each mode is then timed over **1 token** (a generation step at batch 1) and **64 tokens** (reading a
 # prompt), after a warm-up pass, and scored for perplexity. The 4-bit model is loaded three times, with
 # `bnb_4bit_compute_dtype` set to bf16 (the usual config), fp16 and fp32: the **compute dtype** is the
-# precision each 4-bit layer dequantizes its weight to and multiplies in (the input is cast to it and the
-# output cast back; embeddings, norms and the activations between layers stay bf16).
+# precision each 4-bit layer multiplies in (bitsandbytes' `Linear4bit.forward` casts the input to it and the
+# output back; embeddings, norms and the activations between layers stay bf16).
 
 # **Predict first.** On this machine, will a one-token step of the nf4+dq model take more or less time than
 # the bf16 model's? And by how many percent will perplexity change when the same 4-bit weights are computed
@@ -173,7 +173,31 @@ def time_forwards(model, tok):
     return row
 
 
-def measure(model, tok):
+boxes = {}   # label -> what LAYER holds as loaded, and whether its bytes equal qlearn's (before any forward)
+
+
+def open_the_box(label, model):
+    """LAYER's module and weight classes, and its bytes against qlearn's quantization of the bf16 weight."""
+    layer = model.get_submodule(LAYER)
+    w = layer.weight
+    row = {"module": type(layer).__name__, "weight": f"{type(w).__name__} {w.dtype} {tuple(w.shape)}"}
+    if label == "bf16":
+        boxes["original"] = w.detach().clone()                                  # bf16 (576, 1536)
+        row["bytes == qlearn's"] = "(the original)"
+    elif w.dtype == torch.int8:                                                 # Linear8bitLt: CB and SCB
+        ours = ql.int8_vectorwise(boxes["original"])
+        row["bytes == qlearn's"] = torch.equal(ours.codes, w.data) and torch.equal(ours.row_absmax, w.SCB)
+    else:                                                                       # Linear4bit, nf4 + double quant
+        qs = w.quant_state
+        row["quant_state fields"] = ", ".join(vars(qs))
+        theirs = ql.Quantized4bit.from_bitsandbytes(w.data.clone(), qs)
+        ours = ql.quantize_4bit(boxes["original"], qs.quant_type, qs.blocksize, double_quant=True, dq_rule="bnb_cpu")
+        row["bytes == qlearn's"] = torch.equal(ours.packed, theirs.packed) and torch.equal(ours.absmax, theirs.absmax)
+    boxes[label] = row
+
+
+def measure(label, model, tok):
+    open_the_box(label, model)                                  # first: before any forward pass
     return {"ops in one layer (one token)": ops_in_one_layer(model, tok), **time_forwards(model, tok),
             "perplexity": float(ql.perplexity(model, tok, max_tokens=128 if FAST else PPL_TOKENS, progress=False)),
             "layer output error": layer_error(model, tok), "largest activation": largest_activation(model, tok)}
@@ -181,13 +205,25 @@ def measure(model, tok):
 
 RUNS = {"bf16": ("bf16", None), "int8": ("int8", None), "nf4+dq": ("nf4+dq", torch.bfloat16),
         "nf4+dq, fp16 compute": ("nf4+dq", torch.float16), "nf4+dq, fp32 compute": ("nf4+dq", torch.float32)}
-measured = {label: ql.models.measure_mode(MODEL_ID, mode, measure, compute_dtype=compute)   # load, measure, free
+measured = {label: ql.models.measure_mode(MODEL_ID, mode, lambda m, t, label=label: measure(label, m, t),
+                                          compute_dtype=compute)                       # load, measure, free
             for label, (mode, compute) in RUNS.items()}
 table = pd.DataFrame(measured).T.drop(columns="mode").rename(columns={"load_s": "load (s)"})
 speed = table.drop(columns="ops in one layer (one token)").astype(float)
 for col in ("1 token (ms)", "64 tokens (ms)"):
     speed[col.replace("(ms)", "vs bf16")] = speed[col] / speed.loc["bf16", col]
 speed
+
+# %% [markdown]
+# **Open the box.** Before timing anything, each load recorded what `LAYER` holds: the module and weight classes,
+# the 4-bit `quant_state`'s fields, and whether the bytes equal qlearn's quantization of the bf16 weight
+# (`ql.int8_vectorwise` for `CB`/`SCB`; `ql.quantize_4bit(..., double_quant=True)` for the packed codes and absmax):
+
+# %%
+inside = pd.DataFrame({k: v for k, v in boxes.items() if k != "original"}).T.fillna("")
+display(inside)
+if boxes["original"].device.type == "cpu":   # bitsandbytes' CPU kernels are the ones qlearn's tests check byte for byte
+    assert all(bool(v) for v in inside["bytes == qlearn's"] if not isinstance(v, str)), inside
 
 # %% [markdown]
 # What one layer ran, mode by mode (operators in call order, with their own time: bitsandbytes' operators,
@@ -202,9 +238,10 @@ step = speed.loc["nf4+dq", "1 token vs bf16"]
 direction = "slower" if step > 1.05 else "faster" if step < 0.95 else "about as fast"
 nf4_ops = table.loc["nf4+dq", "ops in one layer (one token)"]
 saw_dequantize = "dequantize_4bit" in nf4_ops
-if info.cuda != "none":
-    path = ("on this GPU bitsandbytes runs a fused 4-bit matrix-vector kernel for one token at a time (batch 1); "
-            "for many tokens it dequantizes the weight to 16 bits, then multiplies")
+if "gemv_4bit" in nf4_ops:
+    path = ("the profiler shows `bitsandbytes::gemv_4bit` for that one token: a fused 4-bit matrix-vector kernel "
+            "that reads the packed weights without rebuilding them (on GPUs, bitsandbytes uses it at batch 1 since "
+            "0.40; for many tokens it dequantizes, then multiplies)")
 elif saw_dequantize:
     path = ("the profiler shows what each 4-bit layer did for that one token: `bitsandbytes::dequantize_4bit` "
             "(with `dequantize_blockwise` first for the double-quantized scales) rebuilt the whole weight in the "
@@ -240,12 +277,19 @@ display(Markdown(
     f"fp32 **{c.iloc[2]['perplexity']:.3f}** (the bf16 model: {speed.loc['bf16', 'perplexity']:.3f}).\n"
     f"- Layer output error from the compute alone: bf16 {c.iloc[0]['layer output error']:.2e}, "
     f"fp16 {c.iloc[1]['layer output error']:.2e}, fp32 {c.iloc[2]['layer output error']:.2e}. All three outputs "
-    f"are cast back to bf16 (the activations' dtype) on the way out, so bf16's own rounding (the bf16 model: "
-    f"{speed.loc['bf16', 'layer output error']:.2e}) is a floor they share.\n"
+    f"are cast back to bf16 (the activations' dtype) on the way out, so each includes that rounding; for scale, the "
+    f"bf16 model's layer (no 4-bit weights, bf16 compute) shows {speed.loc['bf16', 'layer output error']:.2e}.\n"
     f"- Largest activation entering a linear layer: {c['largest activation'].max():,.1f} "
     f"(fp16 max {fp16_max:,.0f}): {verdict}.\n"
     f"- One token: fp16 compute {c.iloc[1]['1 token vs bf16']:.2f}×, fp32 compute {c.iloc[2]['1 token vs bf16']:.2f}× "
-    f"the bf16 model's time (bf16 compute {c.iloc[0]['1 token vs bf16']:.2f}×)."))
+    f"the bf16 model's time (bf16 compute {c.iloc[0]['1 token vs bf16']:.2f}×)."
+    + ("" if c["perplexity"].round(3).nunique() > 1 or c["layer output error"].map("{:.2e}".format).nunique() > 1 else
+       "\n- **The three compute dtypes gave identical numbers here** (perplexity and layer error to every digit "
+       "shown): on this machine's path (" + info.linear4bit + ") the `bnb_4bit_compute_dtype` setting did not change "
+       "what the 4-bit layers computed. bitsandbytes' own source says why: its CPU `gemv_4bit` casts the input to "
+       "bf16 whatever the compute dtype (\"cpu fused op only support bf16 for now\", `backends/cpu/ops.py`, "
+       "bitsandbytes 0.50). The operator lists above show what each one ran for one token: "
+       + "; ".join(f"{k}: {table.loc[k, 'ops in one layer (one token)']}" for k in c.index) + ".")))
 
 # %%
 ppl = c["perplexity"]
@@ -280,6 +324,8 @@ display(Markdown(f"""## Summary (measured in this run)
   nf4+dq {r.loc['nf4+dq', 'tokens_per_s']:.1f} tokens/s.
 - One token (a generation step): int8 **{speed.loc['int8', '1 token vs bf16']:.2f}×**, nf4+dq **{step:.2f}×**
   the bf16 time; 64 tokens: int8 {speed.loc['int8', '64 tokens vs bf16']:.2f}×, nf4+dq {speed.loc['nf4+dq', '64 tokens vs bf16']:.2f}×.
+- Open the box: {', '.join(f"{k} `{v['module']}`" for k, v in boxes.items() if k != 'original')}; bytes equal
+  to qlearn's quantization of the bf16 weight: {', '.join(f"{k} {v}" for k, v in inside["bytes == qlearn's"].items() if not isinstance(v, str))}.
 - What a 4-bit layer ran for one token: {nf4_ops}.
 - The path that explains it: {info.linear4bit} (CPU capability {info.cpu_capability}, CUDA {info.cuda}).
 - Compute dtype for nf4+dq (bf16 / fp16 / fp32): perplexity {c.iloc[0]['perplexity']:.3f} / {c.iloc[1]['perplexity']:.3f} / {c.iloc[2]['perplexity']:.3f};
