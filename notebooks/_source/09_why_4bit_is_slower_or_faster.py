@@ -101,17 +101,20 @@ check_prediction(PREDICT_FUSED_SPEEDUP, fused_vs_bnb, rel_tol=0.3, explain=(
 #
 # At batch 1, each generated token reads every weight once and does 2 flops per weight: little arithmetic
 # per byte. So the time per token cannot be shorter than **bytes read / bytes per second**. A copy of 64 MiB
-# (far more than any cache) measures the bytes per second; the layer timings above give the flops per second
-# each kind of kernel reaches (the best over the batch sizes timed), the ceiling for compute.
+# (far more than any cache) measures the bytes per second. For compute, the ceiling is the fastest flop rate
+# any kernel reached on this machine: the layer timings above (at each batch size timed) and a large square
+# matmul in bf16 and in float32. A floor built on the fastest rate is a true floor: no mode can beat it.
 
 # %%
 bw = qk.copy_bandwidth(repeats=3 if FAST else 5)
 mean_params = sum(w.numel() for w in layer_weights) / len(layer_weights)
 flops = {p: max(2 * mean_params * b / t.seconds[p] for b, t in layer_t.items()) for p in ("bf16", "int4")}
-flops["fp32"] = qk.matmul_flops(repeats=2)      # LLM.int8 on a CPU without AVX-512 multiplies in float32
-print(f"copy bandwidth {bw / 1e9:.2f} GB/s; flop/s reached by the layer kernels above (the compute ceiling of "
-      f"the roofline): bf16 F.linear {flops['bf16'] / 1e9:.2f} G, fused int4 {flops['int4'] / 1e9:.2f} G; "
-      f"float32 matmul {flops['fp32'] / 1e9:.2f} G")
+flops["bf16 matmul"] = qk.matmul_flops(dtype=torch.bfloat16, repeats=2)   # 768 x 768 @ 768 x 768
+flops["fp32 matmul"] = qk.matmul_flops(repeats=2)
+peak = max(flops.values())       # the compute ceiling of the roofline: the fastest rate measured here
+print(f"copy bandwidth {bw / 1e9:.2f} GB/s; flop/s reached: bf16 F.linear {flops['bf16'] / 1e9:.2f} G, fused int4 "
+      f"{flops['int4'] / 1e9:.2f} G (layers above, best batch size); 768x768 matmul bf16 "
+      f"{flops['bf16 matmul'] / 1e9:.2f} G, float32 {flops['fp32 matmul'] / 1e9:.2f} G. Ceiling: {peak / 1e9:.2f} G")
 del layer_weights
 ql.models.release_memory()
 
@@ -163,21 +166,21 @@ def measure(label, model, ceiling):
     splits[(label, f"prompt {PROMPT_LEN}")] = prompt
 
 
-measure("bf16", model, flops["bf16"])
+measure("bf16", model, peak)
 ppl = {"bf16": float(ql.perplexity(model, tok, max_tokens=PPL))}
 if not FAST:   # qlearn's plain decode is slower than bitsandbytes' C++ one: full settings only
     qk.swap_linears(model, "int4-dequant", groupsize=64)
     # the bf16 linears are gone, but the embedding still points into the checkpoint's memory map and keeps
     # all of its pages resident: copy what is left out of it, so the map (and those pages) can go
     qk.release_checkpoint(model)
-    measure("int4 dequant+matmul", model, flops["bf16"])
+    measure("int4 dequant+matmul", model, peak)
 qk.swap_linears(model, "int4", groupsize=64)       # (after the swap above: the same codes, fused)
 qk.release_checkpoint(model)
 ql.models.release_memory()
-measure("int4 fused", model, flops["int4"])
+measure("int4 fused", model, peak)
 ppl["int4 g64"] = float(ql.perplexity(model, tok, max_tokens=PPL))
 qk.swap_linears(model, "int4", groupsize=64, lm_head=True)   # now the tied output layer too (a 4-bit copy)
-measure("int4 fused +lm_head", model, flops["int4"])
+measure("int4 fused +lm_head", model, peak)
 ppl["int4 g64 +lm_head"] = float(ql.perplexity(model, tok, max_tokens=PPL))
 del model
 ql.models.release_memory()
@@ -185,7 +188,7 @@ ql.models.release_memory()
 # %%
 for mode in (("nf4",) if FAST else ("nf4", "nf4+dq", "fp4", "int8")):
     model, tok = ql.load(MODEL_ID, mode=mode)
-    measure(mode, model, flops["fp32" if mode == "int8" else "bf16"])
+    measure(mode, model, peak)
     if mode == "nf4":
         ppl["nf4"] = float(ql.perplexity(model, tok, max_tokens=PPL))
     del model
@@ -354,7 +357,8 @@ display(Markdown(f"""## Summary (measured in this run)
 - Machine: CPU capability {info.cpu_capability}, AVX512-BF16 {'yes' if info.avx512bf16 else 'no'}, CUDA {info.cuda};
   bitsandbytes {info.bitsandbytes_version}: `Linear4bit` on CPU {info.linear4bit}.
 - Copy bandwidth **{bw / 1e9:.2f} GB/s**; flop/s reached: bf16 F.linear {flops['bf16'] / 1e9:.2f} G,
-  fused int4 {flops['int4'] / 1e9:.2f} G, float32 matmul {flops['fp32'] / 1e9:.2f} G.
+  fused int4 {flops['int4'] / 1e9:.2f} G, 768x768 matmul bf16 {flops['bf16 matmul'] / 1e9:.2f} G and float32
+  {flops['fp32 matmul'] / 1e9:.2f} G (the roofline's compute ceiling: {peak / 1e9:.2f} G).
 - Per linear layer at batch 1 (one thread, layers cycled): bf16 {1e3 * t1.seconds['bf16']:.3f} ms, bitsandbytes nf4
   dequantize + matmul {1e3 * t1.seconds['bnb-nf4']:.3f} ms, qlearn int4 decode + matmul {1e3 * t1.seconds['int4-dequant']:.3f} ms,
   fused int4 **{1e3 * t1.seconds['int4']:.3f} ms** (**{fused_vs_bnb:.1f}x** faster than bitsandbytes' dequantize-then-matmul).

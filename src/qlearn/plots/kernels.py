@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from ._base import axes_or_new, new_figure
 
@@ -78,13 +79,24 @@ def roofline(points: list[dict], ax: Axes | None = None, highlight: str | None =
         (line,) = ax.plot(b, measured, marker=_MARKERS[i % len(_MARKERS)], lw=lw, label=label, color=f"C{i}")
         (dash,) = ax.plot(b, floor, ls="--", lw=1.0, color=f"C{i}", alpha=0.8)
         artists += [line, dash]
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
+    _log_axes(ax)
     ax.set_xlabel("batch size (sequences, one token each)")
     ax.set_ylabel("ms per forward step")
     ax.set_title("measured (solid) vs floor (dashed)")
-    ax.legend(frameon=False, fontsize=7, ncols=2)
+    ax.legend(frameon=False, fontsize=7, ncols=2, loc="best")
     return artists
+
+
+def _log_axes(ax: Axes) -> None:
+    """Log-log axes labelled with plain numbers (1, 4, 16; 20, 50) instead of powers (2^2, 2x10^1)."""
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_formatter(plain)
+    # minor ticks: label the 2s and 5s of each decade (20, 50, 200, ...) so a short range still has numbers
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
 
 
 def _by_mode(points: list[dict]) -> list[tuple[str, list[dict]]]:
@@ -105,8 +117,7 @@ def crossover(points: list[dict], ax: Axes | None = None) -> list:
         b = np.array([p["batch"] for p in pts], dtype=float)
         tps = b / np.array([p["measured_s"] for p in pts])
         artists += ax.plot(b, tps, marker=_MARKERS[i % len(_MARKERS)], label=label, color=f"C{i}")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
+    _log_axes(ax)
     ax.set_xlabel("batch size")
     ax.set_ylabel("tokens / s")
     ax.set_title("throughput against batch size")
