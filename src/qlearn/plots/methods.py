@@ -31,21 +31,53 @@ def frontier_figure(rows: list[dict], ymax: float | None = None,
     base = [r for r in rows if r["method"] == "bf16"]
     if base:
         ax.axhline(base[0]["ppl"], color=FAMILY_COLORS["bf16"], lw=1, ls="--")
-        ax.text(0.01, base[0]["ppl"], f"bf16 {base[0]['ppl']:.2f} (16 bits, off the axis)", va="bottom", ha="left",
+        ax.text(0.01, base[0]["ppl"], f"bf16 {base[0]['ppl']:.2f} (16 bits, off the axis)", va="top", ha="left",
                 fontsize=8, transform=ax.get_yaxis_transform())
-    shown = [r for r in rows if r["method"] != "bf16"]
+    shown = list({(r["method"], r.get("group")): r for r in rows if r["method"] != "bf16"}.values())  # once each
     for r in shown:
         color = FAMILY_COLORS.get(r["method"], COLORS["muted"])
         marker = {None: "o", 32: "s", 64: "^", 128: "o"}.get(r.get("group"), "o")
         ax.scatter(r["bits"], r["ppl"], color=color, marker=marker, s=36, zorder=3)
-        ax.annotate(_label(r), (r["bits"], r["ppl"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
     ax.margins(x=0.12)                       # room for the labels of the right-most points
     ax.set_xlabel("stored bits per weight (codes + scales + zero points, over the linear layers quantized)")
     ax.set_ylabel("perplexity")
-    top = ymax or max(r["ppl"] for r in rows) * 1.05
-    ax.set_ylim(min(r["ppl"] for r in rows) * 0.97, top)
+    heights, label_x = _label_places(shown, gap=0.045 * (max(r["ppl"] for r in rows) - min(r["ppl"] for r in rows)))
+    bottom = min(r["ppl"] for r in rows) * 0.97
+    top = ymax or max([r["ppl"] for r in rows] + heights) * 1.04
+    ax.set_ylim(bottom, top)
+    for r, y, x in zip(shown, heights, label_x, strict=True):
+        moved = abs(y - r["ppl"]) > 1e-9 or x - r["bits"] > 0.07
+        ax.annotate(_label(r), (r["bits"], r["ppl"]), xytext=(x, y), fontsize=7, va="center",
+                    arrowprops=dict(arrowstyle="-", lw=0.5, color=COLORS["muted"], shrinkA=0, shrinkB=3)
+                    if moved else None)
     ax.set_title(f"Perplexity vs true bits per weight (embedded SmolLM2-135M, {scope})")
     return fig
+
+
+def _label_places(rows: list[dict], gap: float, cluster_bits: float = 0.4) -> tuple[list[float], list[float]]:
+    """Where each row's label goes, so labels do not overlap: points whose bits lie within ``cluster_bits`` of
+    their neighbour form a cluster; its labels stand in one column just right of its right-most point, each at
+    its own perplexity pushed up until it is ``gap`` above the label below (a leader line joins them).
+
+    >>> _label_places([{"bits": 4.5, "ppl": 18.0}, {"bits": 4.3, "ppl": 18.1}, {"bits": 8.0, "ppl": 18.0}], 0.5)
+    ([18.0, 18.5, 18.0], [4.56, 4.56, 8.06])
+    """
+    heights, label_x = [r["ppl"] for r in rows], [0.0] * len(rows)
+    by_bits = sorted(range(len(rows)), key=lambda i: rows[i]["bits"])
+    clusters: list[list[int]] = []
+    for i in by_bits:
+        if clusters and rows[i]["bits"] - rows[clusters[-1][-1]]["bits"] <= cluster_bits:
+            clusters[-1].append(i)
+        else:
+            clusters.append([i])
+    for members in clusters:
+        x = round(max(rows[i]["bits"] for i in members) + 0.06, 6)
+        last = None
+        for i in sorted(members, key=lambda i: (rows[i]["ppl"], rows[i]["bits"])):
+            if last is not None:
+                heights[i] = max(heights[i], last + gap)
+            last, label_x[i] = heights[i], x
+    return heights, label_x
 
 
 class MethodView:
