@@ -39,6 +39,19 @@ def test_backend_info_without_bitsandbytes(monkeypatch):
     assert info.bitsandbytes_version == "not installed" and not info.avx512bf16
 
 
+def test_which_fused_cpu_kernel_bitsandbytes_picked(monkeypatch):
+    """On AVX512-BF16 CPUs bitsandbytes 0.50 tries the Hub's kernels-community kernel at import and keeps
+    None when it fails; other CPUs never define the name. Each state is reported as it is."""
+    from bitsandbytes.backends.cpu import ops
+
+    monkeypatch.setattr(ops, "gemm_4bit_forward_kernel", None, raising=False)
+    assert "own C++ kernel" in backend._fused_cpu_kernel()
+    monkeypatch.setattr(ops, "gemm_4bit_forward_kernel", lambda *a: None)
+    assert "kernels-community" in backend._fused_cpu_kernel() and "own" not in backend._fused_cpu_kernel()
+    monkeypatch.delattr(ops, "gemm_4bit_forward_kernel")
+    assert backend._fused_cpu_kernel() == ""
+
+
 # (shape, blocksize) -> misread on an AVX-512 CPU? The 16 failures of issue 8 were exactly the True rows here.
 CASES = [
     ((64, 64), 128, True), ((64, 64), 1024, True), ((64, 64), 2048, False), ((64, 64), 64, False),

@@ -99,8 +99,23 @@ def backend_info() -> BackendInfo:
         int8 = "float32 matmul of the int8 values"
     if bf16:
         linear4bit = ("repacks the weight on the first eval forward (blocked layout, double quant undone, "
-                      "bf16 absmax), then a fused 4-bit matmul")
+                      "bf16 absmax), then a fused 4-bit matmul" + _fused_cpu_kernel())
     else:
         linear4bit = "dequantizes the whole weight every forward, then a float matmul"
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return BackendInfo(torch.__version__, version, capability, bf16, dequantize, linear4bit, int8, cuda)
+
+
+def _fused_cpu_kernel() -> str:
+    """Which fused 4-bit CPU kernel bitsandbytes (0.50) picked at import: on AVX512-BF16 CPUs it first tries
+    ``kernels-community/quantization-bitsandbytes`` from the Hugging Face Hub (the "Failed to load CPU
+    gemm_4bit_forward" warning when that fails, e.g. offline) and otherwise uses its own C++ kernel."""
+    try:
+        from bitsandbytes.backends.cpu import ops
+    except ImportError:
+        return ""
+    if not hasattr(ops, "gemm_4bit_forward_kernel"):
+        return ""
+    if ops.gemm_4bit_forward_kernel is None:
+        return " (bitsandbytes' own C++ kernel: the Hub's kernels-community one did not load)"
+    return " (the kernels-community gemm_4bit_forward, loaded from the Hub)"
