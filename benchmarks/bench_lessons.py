@@ -76,8 +76,9 @@ class KernelWatch:
         self._stop.set()
 
 
-def run_lesson(path: Path) -> tuple[KernelWatch, float]:
-    """Execute one notebook in a fresh kernel; returns its KernelWatch and the wall seconds."""
+def run_lesson(path: Path, save: Path | None = None) -> tuple[KernelWatch, float]:
+    """Execute one notebook in a fresh kernel; returns its KernelWatch and the wall seconds. With ``save``,
+    the executed notebook (outputs and figures) is written into that folder, also when a cell failed."""
     nb = nbformat.read(path, as_version=4)
     watch = KernelWatch()
     client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", allow_errors=False,
@@ -89,6 +90,9 @@ def run_lesson(path: Path) -> tuple[KernelWatch, float]:
         client.execute()
     finally:
         watch.stop()
+        if save is not None:
+            save.mkdir(parents=True, exist_ok=True)
+            nbformat.write(nb, save / path.name)
     return watch, time.perf_counter() - t0
 
 
@@ -107,6 +111,7 @@ def main(argv=None):
     p.add_argument("--only", default="", help="comma-separated lesson numbers, e.g. 04,06")
     p.add_argument("--fast", action="store_true", help="QLEARN_FAST=1 (the test suite's smaller runs)")
     p.add_argument("--cells", action="store_true", help="also list the cells that raised the peak")
+    p.add_argument("--save", type=Path, default=None, help="write each executed notebook into this folder")
     args = p.parse_args(argv)
     if not Path("/proc/self/status").exists():
         sys.exit("bench_lessons reads /proc/<pid>/status: Linux only")
@@ -119,16 +124,25 @@ def main(argv=None):
     paths = [p for p in sorted(NB_DIR.glob("[0-9][0-9]_*.ipynb")) if not wanted or p.name[:2] in wanted]
     print(f"settings: {'fast (QLEARN_FAST=1)' if args.fast else 'full'}, {os.cpu_count()} CPUs")
     print(f"{'lesson':<30} {'peak RSS GB':>11} {'polled GB':>9} {'anon GB':>7} {'wall s':>7}")
-    total = 0.0
+    total, failed = 0.0, []
     for path in paths:
-        watch, seconds = run_lesson(path)
+        t0 = time.perf_counter()
+        try:
+            watch, seconds = run_lesson(path, args.save)
+        except Exception as exc:   # a failing lesson is reported; the others still run
+            failed.append(path.stem)
+            last = str(exc).strip().splitlines()[-1][:200]
+            print(f"{path.stem:<30} FAILED after {time.perf_counter() - t0:.0f} s: {last}", flush=True)
+            continue
         total += seconds
         print(f"{path.stem:<30} {watch.hwm / 1e9:11.2f} {watch.polled / 1e9:9.2f} {watch.anon / 1e9:7.2f} "
               f"{seconds:7.0f}", flush=True)
         if args.cells:
             print_cells(watch)
     print(f"{'total':<30} {'':>11} {'':>9} {'':>7} {total:7.0f}")
-    return 0
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
