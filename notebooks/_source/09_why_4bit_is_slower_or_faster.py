@@ -243,7 +243,8 @@ tput
 # The embedded weights were stored as GGUF **Q4_1**: asymmetric 4-bit with groups of 32 (min and scale per
 # group). Asymmetric int4 with groups of 32, aligned the same way, finds those very levels again, so its
 # perplexity is unusually close to bf16: this model was already quantized, and this is how you can tell. It is
-# not a property of LLMs: on weights that were never quantized, group 32 is merely a little better than 64.
+# not a property of LLMs: lesson 02's granularity table puts the same formats side by side on synthetic normal
+# weights that were never quantized.
 
 # %%
 for g in GROUPS:
@@ -332,8 +333,11 @@ if "int8" in ms:
         ("[#347](https://github.com/bitsandbytes-foundation/bitsandbytes/issues/347) \"much slower infering "
          "llama-7b\" (fp16 32.89 ms vs LLM.int8() 154.55 ms, 4.7x)",
          f"here bf16 {ms['bf16']:.1f} ms per token, LLM.int8 {ms['int8']:.1f} ms ({ms['int8'] / ms['bf16']:.1f}x); "
-         f"{share('int8'):.0f}% of the int8 token went to the replayed float copy of its int8 weights "
-         f"({table.loc['int8', 'MB decoded per token']:.0f} MB per token)."),
+         + (f"{share('int8'):.0f}% of the int8 token went to the replayed float copy of its int8 weights "
+            f"({table.loc['int8', 'MB decoded per token']:.0f} MB per token)." if share("int8") > 0 else
+            f"this CPU multiplies the int8 codes without a float copy ({info.int8_matmul}), so the split has no "
+            f"dequantize part; the int8 layers' matmuls took {1e3 * splits[('int8', 1)].totals()['matmul']:.1f} ms "
+            f"of the token against bf16's {1e3 * splits[('bf16', 1)].totals()['matmul']:.1f} ms.")),
     ]
 else:
     answers.append(("[#518](https://github.com/bitsandbytes-foundation/bitsandbytes/issues/518) and "
