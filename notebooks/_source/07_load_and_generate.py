@@ -97,9 +97,10 @@ print(info)
 #
 # Each mode is then timed over **1 token** (a generation step at batch 1) and **64 tokens** (reading a
 # prompt), after a warm-up pass, and scored for perplexity. The 4-bit model is loaded three times, with
-# `bnb_4bit_compute_dtype` set to bf16 (the usual config), fp16 and fp32: the **compute dtype** is the
-# precision each 4-bit layer multiplies in (bitsandbytes' `Linear4bit.forward` casts the input to it and the
-# output back; embeddings, norms and the activations between layers stay bf16).
+# `bnb_4bit_compute_dtype` set to bf16 (the usual config), fp16 and fp32: the **compute dtype** is the dtype
+# bitsandbytes' `Linear4bit.forward` casts each 4-bit layer's input to (and its output back from; embeddings,
+# norms and the activations between layers stay bf16). Whether the multiply itself then runs in that dtype
+# depends on the path in the table above: section 4 measures what it changed on this machine.
 
 # **Predict first.** On this machine, will a one-token step of the nf4+dq model take more or less time than
 # the bf16 model's? And by how many percent will perplexity change when the same 4-bit weights are computed
@@ -239,9 +240,9 @@ direction = "slower" if step > 1.05 else "faster" if step < 0.95 else "about as 
 nf4_ops = table.loc["nf4+dq", "ops in one layer (one token)"]
 saw_dequantize = "dequantize_4bit" in nf4_ops
 if "gemv_4bit" in nf4_ops:
-    path = ("the profiler shows `bitsandbytes::gemv_4bit` for that one token: a fused 4-bit matrix-vector kernel "
-            "that reads the packed weights without rebuilding them (on GPUs, bitsandbytes uses it at batch 1 since "
-            "0.40; for many tokens it dequantizes, then multiplies)")
+    path = ("the profiler shows `bitsandbytes::gemv_4bit` for that one token and no `dequantize_4bit`: a fused "
+            "kernel that reads the packed 4-bit weights (repacked once, at the first forward: lesson 05 measures "
+            "it) instead of writing a 16-bit copy of them first")
 elif saw_dequantize:
     path = ("the profiler shows what each 4-bit layer did for that one token: `bitsandbytes::dequantize_4bit` "
             "(with `dequantize_blockwise` first for the double-quantized scales) rebuilt the whole weight in the "
@@ -256,12 +257,13 @@ display(Markdown(f"Measured here: a one-token step in nf4+dq is **{step:.2f}×**
 # %%
 word = {"slower": "slower", "faster": "faster", "about as fast": "same"}[direction]   # within 5%: "same"
 display(claims.check_prediction(PREDICT_STEP, word))
-print(f"Measured {step:.2f}x the bf16 time. The reason is the path, not the bit width: {path}.")
+print(f"Measured {step:.2f}x the bf16 time; {path}.")
 
 # %% [markdown]
 # ## 4. The compute dtype: what it changes, measured
 #
-# The seed tutorial says bf16 compute "prevents catastrophic loss". Three things decide that claim, all in the
+# The seed tutorial says "the computation itself often happens in a higher precision (like BF16) after a quick
+# dequantization step, preventing catastrophic accuracy loss". Three measurements test that claim, all in the
 # table above: the **perplexity** of the same 4-bit weights computed in bf16, fp16 and fp32; the **layer
 # output error** (one layer's output against the exact product of the same stored weights, so the 4-bit
 # rounding itself is not in it: only the compute); and the **largest activation** entering a linear layer,
@@ -270,6 +272,7 @@ print(f"Measured {step:.2f}x the bf16 time. The reason is the path, not the bit 
 # %%
 fp16_max = torch.finfo(torch.float16).max
 c = speed.loc[["nf4+dq", "nf4+dq, fp16 compute", "nf4+dq, fp32 compute"]]
+fused_4bit = all("gemv_4bit" in table.loc[k, "ops in one layer (one token)"] for k in c.index)
 verdict = ("no overflow risk for fp16 on this model" if c["largest activation"].max() < fp16_max / 10
            else "activations come close to fp16's limit")
 display(Markdown(
@@ -283,13 +286,15 @@ display(Markdown(
     f"(fp16 max {fp16_max:,.0f}): {verdict}.\n"
     f"- One token: fp16 compute {c.iloc[1]['1 token vs bf16']:.2f}×, fp32 compute {c.iloc[2]['1 token vs bf16']:.2f}× "
     f"the bf16 model's time (bf16 compute {c.iloc[0]['1 token vs bf16']:.2f}×)."
-    + ("" if c["perplexity"].round(3).nunique() > 1 or c["layer output error"].map("{:.2e}".format).nunique() > 1 else
-       "\n- **The three compute dtypes gave identical numbers here** (perplexity and layer error to every digit "
-       "shown): on this machine's path (" + info.linear4bit + ") the `bnb_4bit_compute_dtype` setting did not change "
-       "what the 4-bit layers computed. bitsandbytes' own source says why: its CPU `gemv_4bit` casts the input to "
-       "bf16 whatever the compute dtype (\"cpu fused op only support bf16 for now\", `backends/cpu/ops.py`, "
-       "bitsandbytes 0.50). The operator lists above show what each one ran for one token: "
-       + "; ".join(f"{k}: {table.loc[k, 'ops in one layer (one token)']}" for k in c.index) + ".")))
+    + ("" if not fused_4bit else
+       "\n- **On this machine the 4-bit layers ran `bitsandbytes::gemv_4bit`** for every compute dtype (the operator "
+       "lists above), and bitsandbytes' CPU `gemv_4bit` casts its input to bf16 whatever the compute dtype (\"cpu "
+       "fused op only support bf16 for now\", `backends/cpu/ops.py`, bitsandbytes 0.50). So the fp32 setting ran the "
+       f"same bf16 kernel (perplexity {c.iloc[2]['perplexity']:.3f} vs {c.iloc[0]['perplexity']:.3f}: "
+       f"{'equal' if round(c.iloc[2]['perplexity'], 3) == round(c.iloc[0]['perplexity'], 3) else 'different'}), and "
+       "the fp16 setting rounds the input to fp16 before that cast: its difference measures that extra rounding of "
+       "the input, not an fp16 multiply.")))
+
 
 # %%
 ppl = c["perplexity"]
@@ -301,8 +306,11 @@ print(f"Measured: fp16 compute changes perplexity by {fp16_change:+.2f}% against
       f"themselves cost {rounding:+.1f}% against the bf16 model. bf16 and fp16 both keep 16 bits: fp16 spends "
       f"more of them on the mantissa (finer steps: eps {torch.finfo(torch.float16).eps:.1e} vs "
       f"{torch.finfo(torch.bfloat16).eps:.1e}), bf16 on the exponent (range up to "
-      f"{torch.finfo(torch.bfloat16).max:.1e} vs {fp16_max:,.0f}). A 'catastrophic loss' in fp16 is an overflow to "
-      f"inf, which needs activations above {fp16_max:,.0f}; the largest here was {c['largest activation'].max():,.1f}.")
+      f"{torch.finfo(torch.bfloat16).max:.1e} vs {fp16_max:,.0f}). A 'catastrophic loss' in fp16 would be an overflow "
+      f"to inf, a value above {fp16_max:,.0f}; the largest layer input here was {c['largest activation'].max():,.1f} "
+      f"(layer outputs and the sums inside a matmul are not checked here)."
+      + (" On this machine's fused path nothing was multiplied in fp16 at all (section 4's last point)." if fused_4bit
+         else ""))
 
 # %% [markdown]
 # ## Try this
@@ -319,7 +327,8 @@ display(Markdown(f"""## Summary (measured in this run)
 - Answers to "{PROMPT}" ({MAX_NEW_TOKENS} new tokens, greedy):
   bf16 "{r.loc['bf16', 'answer']}"; int8 "{r.loc['int8', 'answer']}"; nf4+dq "{r.loc['nf4+dq', 'answer']}".
 - Footprint (`get_memory_footprint`): bf16 **{r.loc['bf16', 'footprint_mb']:.1f} MB**, int8 **{r.loc['int8', 'footprint_mb']:.1f} MB**,
-  nf4 + double quant **{r.loc['nf4+dq', 'footprint_mb']:.1f} MB** (+{r.loc['nf4+dq', 'quant_state_mb']:.2f} MB of scales it leaves out).
+  nf4 + double quant **{r.loc['nf4+dq', 'footprint_mb']:.1f} MB** (+{r.loc['nf4+dq', 'quant_state_mb']:.2f} MB of scales it leaves out, as loaded: on an AVX512-BF16 CPU the
+  first forward undoes double quantization and the scales grow, which lesson 05 measures).
 - Generation speed (after a one-token warm-up): bf16 {r.loc['bf16', 'tokens_per_s']:.1f}, int8 {r.loc['int8', 'tokens_per_s']:.1f},
   nf4+dq {r.loc['nf4+dq', 'tokens_per_s']:.1f} tokens/s.
 - One token (a generation step): int8 **{speed.loc['int8', '1 token vs bf16']:.2f}×**, nf4+dq **{step:.2f}×**
