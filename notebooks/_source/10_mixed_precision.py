@@ -226,7 +226,9 @@ display(Image(ql.plots.to_png(fig_frontier)))
 # - Drag the explorer's budget from 4.03 to 8 bits: which layers get int8 first? Are they the top of the table
 #   in section 2?
 # - Switch its colour to "output error": which layers stand out, and are they the same as by KL?
-# - Rerun with `sensitivity.Calibration(4, 256, 1)` (four times the text): does the equal-bytes plan change?
+# - Rerun with `sensitivity.Calibration(4, 256, 2)` (four times the text and the scored positions, what
+#   `benchmarks/bench_mixed.py` uses; the sensitivities take about four times as long): does the equal-bytes
+#   plan close more of the gap?
 # - Put `"int4-zp/32"` into `mixed.tables(sens, mixed.PLAN_FORMATS + ("int4-zp/32",))` and solve again: the plan
 #   will love it; explain why that is about this checkpoint, not about LLMs.
 
