@@ -52,6 +52,23 @@ def test_which_fused_cpu_kernel_bitsandbytes_picked(monkeypatch):
     assert backend._fused_cpu_kernel() == ""
 
 
+def test_hub_kernel_warning_says_what_bitsandbytes_does_instead(caplog):
+    """The warning bitsandbytes 0.50 logs on AVX512-BF16 CPUs when the Hub kernel does not load, as a learner
+    sees it after ``import qlearn``: the reason kept, the fallback named; other records untouched."""
+    import logging
+
+    backend.explain_hub_kernel_warning()          # idempotent: qlearn's import already attached it
+    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    assert sum(isinstance(f, backend.HubKernelNote) for f in log.filters) == 1
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        log.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you already "
+                    "`pip install kernels` and the kernels >= 0.11.1", RuntimeError("offline. retry later"))
+        log.warning("something else: %s", 42)
+    first, second = (r.getMessage() for r in caplog.records)
+    assert "(offline)" in first and "its own fused 4-bit CPU kernel" in first and "pip install" not in first
+    assert second == "something else: 42"
+
+
 # (shape, blocksize) -> misread on an AVX-512 CPU? The 16 failures of issue 8 were exactly the True rows here.
 CASES = [
     ((64, 64), 128, True), ((64, 64), 1024, True), ((64, 64), 2048, False), ((64, 64), 64, False),

@@ -30,6 +30,11 @@ from .quantize import (
 
 __version__ = "0.1.0"
 
+# bitsandbytes' "Failed to load CPU gemm_4bit_forward" warning (AVX512-BF16 CPUs) says what it falls back to
+from .backend import explain_hub_kernel_warning as _explain
+
+_explain()
+
 # name -> module that defines it; imported on first attribute access.
 _LAZY = {
     "load": "qlearn.models",

@@ -18,6 +18,7 @@ byte count can say which path produced it. bitsandbytes is imported only when it
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 
 import torch
@@ -119,3 +120,31 @@ def _fused_cpu_kernel() -> str:
     if ops.gemm_4bit_forward_kernel is None:
         return " (bitsandbytes' own C++ kernel: the Hub's kernels-community one did not load)"
     return " (the kernels-community gemm_4bit_forward, loaded from the Hub)"
+
+
+class HubKernelNote(logging.Filter):
+    """Rewrites one bitsandbytes 0.50 warning into what it means for a learner.
+
+    On an AVX512-BF16 CPU, ``import bitsandbytes`` first tries to fetch the fused 4-bit CPU kernel
+    ``kernels-community/quantization-bitsandbytes`` from the Hugging Face Hub. When that fails (offline, or
+    the Hub's publisher-trust check) it logs "Failed to load CPU gemm_4bit_forward from kernels-community:
+    <reason>. Please make sure you already `pip install kernels` ...", and then uses its own C++ kernel:
+    4-bit layers still run fused. The note keeps the reason and says what happens instead.
+    """
+
+    PREFIX = "Failed to load CPU gemm_4bit_forward"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith(self.PREFIX):
+            reason = str(record.args[0]) if record.args else ""
+            record.msg = ("bitsandbytes could not load the Hub's kernels-community 4-bit CPU kernel (%s); it uses "
+                          "its own fused 4-bit CPU kernel instead (qlearn.backend_info() shows the path)")
+            record.args = (reason.split(". ")[0][:160],)
+        return True
+
+
+def explain_hub_kernel_warning() -> None:
+    """Attach ``HubKernelNote`` to bitsandbytes' CPU-ops logger (once; harmless before bitsandbytes is imported)."""
+    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    if not any(isinstance(f, HubKernelNote) for f in log.filters):
+        log.addFilter(HubKernelNote())
