@@ -5,7 +5,7 @@ the embedded SmolLM2-135M loaded in float32 (its weights are bf16 values, so "bf
 unquantized model; float32 compute: 5x faster than bf16 on the AVX2 machine this was written on; an
 AVX512-BF16 CPU runs bf16 matmuls fast too: a 768x768 matmul there reached 1,146 GFLOP/s in bf16, 324 in
 float32). Both CPU kinds gave the same perplexities to 3 decimals except GPTQ g128 (20.387 on an AVX2 EPYC,
-20.801 on an AVX512-BF16 Xeon): its rounding decisions follow float-level differences in the calibration.
+20.801 on an AVX512-BF16 Xeon; the cause was not isolated).
 Calibration (GPTQ, AWQ): 4,096 tokens of `qlearn.methods.apply.calibration_text()` (stdlib
 docstrings), run layer by layer (each layer sees the earlier layers quantized); evaluation: 4,096
 tokens of the offline pydoc text (`ql.perplexity`), a different text.
