@@ -284,6 +284,7 @@ print("Int8 absmax against FP32 in the paper: " + ", ".join(f"{k} {v:+.1f} %" fo
 # - Run section 4 with `threshold=3.0`: does its perplexity move towards bf16, and at what share of 16-bit columns?
 
 # %%
+llm_int8_vs_plain = abs(sweep.loc[6.0, "perplexity"] - sweep.loc[0.0, "perplexity"])   # threshold 6 vs 0
 display(Markdown(f"""## Summary (measured in this run)
 - By hand: a 7.5 in row 0 makes its scale 7.5/127; threshold 6 moves column {mixed.outlier_cols.tolist()} to 16-bit
   and row 0's absmax back to {mixed.row_absmax[0].item():.2f}.
@@ -302,7 +303,7 @@ display(Markdown(f"""## Summary (measured in this run)
   same perplexity as bitsandbytes: {', '.join(f"{i} {'yes' if v else 'no'}" for i, v in same['equal'].items())}.
   Rounding alone (rescale 6.2000124e-05 instead of 6.200124e-05) moved perplexity by {noise:.3f}.
 - LLM.int8 at threshold 6 against plain vector-wise int8 (threshold 0): {sweep.loc[6.0, 'perplexity']:.3f} vs
-  {sweep.loc[0.0, 'perplexity']:.3f}, a difference of {abs(sweep.loc[6.0, 'perplexity'] - sweep.loc[0.0, 'perplexity']):.3f}
-  against the {noise:.3f} that rounding alone moved: {'larger than rounding, so the decomposition made a measurable difference on this model and text' if abs(sweep.loc[6.0, 'perplexity'] - sweep.loc[0.0, 'perplexity']) > noise else 'within rounding, so on this small model and text the decomposition made no difference that this measurement can resolve (the one layer of section 3 still gained SQNR)'}.
+  {sweep.loc[0.0, 'perplexity']:.3f}, a difference of {llm_int8_vs_plain:.3f}
+  against the {noise:.3f} that rounding alone moved: {'larger than rounding, so the decomposition made a measurable difference on this model and text' if llm_int8_vs_plain > noise else 'within rounding, so on this small model and text the decomposition made no difference that this measurement can resolve (the one layer of section 3 still gained SQNR)'}.
 - Paper (OPT-125M, C4): FP32 25.65, int8 absmax 87.76, zero-point 56.66, LLM.int8() 25.83.
 """))

@@ -142,7 +142,7 @@ linear_params = sum(m.weight.numel() for n, m in model.named_modules()
                     if isinstance(m, torch.nn.Linear) and qk.layer_type(n))
 
 
-def measure(label, model, ceiling):
+def measure(label, model):
     """Time split at batch 1 (one token) and for the prompt, forward time per batch size, and the floors."""
     split1 = qk.time_split(model, 1, 1, repeats=REPEATS, label=label)
     splits[(label, 1)] = split1
@@ -152,7 +152,7 @@ def measure(label, model, ceiling):
     embedding = model.get_input_embeddings().weight
     if getattr(model.get_output_embeddings(), "weight", None) is not embedding:   # untied: one row read per token
         read -= embedding.numel() * embedding.element_size()
-    fl = qk.floors(read, split1.decoded_bytes, linear_params, bw, ceiling)
+    fl = qk.floors(read, split1.decoded_bytes, linear_params, bw, peak)
     for b in BATCHES:
         t = split1.forward_s if b == 1 else qk.time_forward(model, b, 1, repeats=REPEATS)
         if b != 1 and b == BATCHES[-1] and not FAST:     # the explorer's second batch size (full settings)
@@ -166,21 +166,21 @@ def measure(label, model, ceiling):
     splits[(label, f"prompt {PROMPT_LEN}")] = prompt
 
 
-measure("bf16", model, peak)
+measure("bf16", model)
 ppl = {"bf16": float(ql.perplexity(model, tok, max_tokens=PPL))}
 if not FAST:   # qlearn's plain decode is slower than bitsandbytes' C++ one: full settings only
     qk.swap_linears(model, "int4-dequant", groupsize=64)
     # the bf16 linears are gone, but the embedding still points into the checkpoint's memory map and keeps
     # all of its pages resident: copy what is left out of it, so the map (and those pages) can go
     qk.release_checkpoint(model)
-    measure("int4 dequant+matmul", model, peak)
+    measure("int4 dequant+matmul", model)
 qk.swap_linears(model, "int4", groupsize=64)       # (after the swap above: the same codes, fused)
 qk.release_checkpoint(model)
 ql.models.release_memory()
-measure("int4 fused", model, peak)
+measure("int4 fused", model)
 ppl["int4 g64"] = float(ql.perplexity(model, tok, max_tokens=PPL))
 qk.swap_linears(model, "int4", groupsize=64, lm_head=True)   # now the tied output layer too (a 4-bit copy)
-measure("int4 fused +lm_head", model, peak)
+measure("int4 fused +lm_head", model)
 ppl["int4 g64 +lm_head"] = float(ql.perplexity(model, tok, max_tokens=PPL))
 del model
 ql.models.release_memory()
@@ -188,7 +188,7 @@ ql.models.release_memory()
 # %%
 for mode in (("nf4",) if FAST else ("nf4", "nf4+dq", "fp4", "int8")):
     model, tok = ql.load(MODEL_ID, mode=mode)
-    measure(mode, model, peak)
+    measure(mode, model)
     if mode == "nf4":
         ppl["nf4"] = float(ql.perplexity(model, tok, max_tokens=PPL))
     del model
@@ -292,6 +292,11 @@ tok_s = tput["batch 1 (tok/s)"]
 ms = table["1 token (ms)"]
 
 
+def part_ms(label, part):
+    """Milliseconds of that mode's clocked token spent in ``part`` (from its time split at batch 1)."""
+    return 1e3 * splits[(label, 1)].totals()[part]
+
+
 def share(label, part="dequantize"):
     """Percent of that mode's clocked token spent in ``part`` (from its time split)."""
     split = splits[(label, 1)]
@@ -312,11 +317,11 @@ answers = [
         f"bf16. The slowdown in the issue belongs to dequantize-then-matmul, a path this CPU's bitsandbytes does not take.")),
     ("[#712](https://github.com/bitsandbytes-foundation/bitsandbytes/issues/712) \"low performance with "
      "Llama-2-13b-hf\" (int4 below fp16)",
-     (f"the nf4 layers here ({info.linear4bit}) took {1e3 * splits[('nf4', 1)].totals()['dequantize']:.1f} ms "
-      f"decoding and {1e3 * splits[('nf4', 1)].totals()['matmul']:.1f} ms multiplying per token"
+     (f"the nf4 layers here ({info.linear4bit}) took {part_ms('nf4', 'dequantize'):.1f} ms "
+      f"decoding and {part_ms('nf4', 'matmul'):.1f} ms multiplying per token"
       if nf4_decoded else
-      f"the nf4 layers here spent {1e3 * splits[('nf4', 1)].totals()['matmul']:.1f} ms per token in bitsandbytes' "
-      f"fused kernel, against {1e3 * splits[('bf16', 1)].totals()['matmul']:.1f} ms for bf16's matmuls")
+      f"the nf4 layers here spent {part_ms('nf4', 'matmul'):.1f} ms per token in bitsandbytes' "
+      f"fused kernel, against {part_ms('bf16', 'matmul'):.1f} ms for bf16's matmuls")
      + f"; per layer, the same int4 codes took {1e3 * t1.seconds['int4-dequant']:.3f} ms decoded then multiplied "
        f"(qlearn's plain decode) and {1e3 * t1.seconds['int4']:.3f} ms in the fused kernel ({fused_vs_qlearn:.1f}x), "
        f"against {1e3 * t1.seconds['bf16']:.3f} ms for the bf16 layer: decoded first, int4 is "
@@ -336,8 +341,8 @@ if "int8" in ms:
          + (f"{share('int8'):.0f}% of the int8 token went to the replayed float copy of its int8 weights "
             f"({table.loc['int8', 'MB decoded per token']:.0f} MB per token)." if share("int8") > 0 else
             f"this CPU multiplies the int8 codes without a float copy ({info.int8_matmul}), so the split has no "
-            f"dequantize part; the int8 layers' matmuls took {1e3 * splits[('int8', 1)].totals()['matmul']:.1f} ms "
-            f"of the token against bf16's {1e3 * splits[('bf16', 1)].totals()['matmul']:.1f} ms.")),
+            f"dequantize part; the int8 layers' matmuls took {part_ms('int8', 'matmul'):.1f} ms "
+            f"of the token against bf16's {part_ms('bf16', 'matmul'):.1f} ms.")),
     ]
 else:
     answers.append(("[#518](https://github.com/bitsandbytes-foundation/bitsandbytes/issues/518) and "

@@ -41,10 +41,9 @@ def frontier_figure(rows: list[dict], ymax: float | None = None,
     ax.margins(x=0.12)                       # room for the labels of the right-most points
     ax.set_xlabel("stored bits per weight (codes + scales + zero points, over the linear layers quantized)")
     ax.set_ylabel("perplexity")
-    heights, label_x = _label_places(shown, gap=0.045 * (max(r["ppl"] for r in rows) - min(r["ppl"] for r in rows)))
-    bottom = min(r["ppl"] for r in rows) * 0.97
-    top = ymax or max([r["ppl"] for r in rows] + heights) * 1.04
-    ax.set_ylim(bottom, top)
+    lo, hi = min(r["ppl"] for r in rows), max(r["ppl"] for r in rows)
+    heights, label_x = _label_places(shown, gap=0.045 * (hi - lo))
+    ax.set_ylim(lo * 0.97, ymax or max([hi] + heights) * 1.04)
     for r, y, x in zip(shown, heights, label_x, strict=True):
         moved = abs(y - r["ppl"]) > 1e-9 or x - r["bits"] > 0.07
         ax.annotate(_label(r), (r["bits"], r["ppl"]), xytext=(x, y), fontsize=7, va="center",
