@@ -80,10 +80,12 @@ def roofline(points: list[dict], ax: Axes | None = None, highlight: str | None =
         (dash,) = ax.plot(b, floor, ls="--", lw=1.0, color=f"C{i}", alpha=0.8)
         artists += [line, dash]
     _log_axes(ax)
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, hi * (hi / lo) ** 0.45)      # headroom: the legend (up to 4 rows) sits above every line
     ax.set_xlabel("batch size (sequences, one token each)")
     ax.set_ylabel("ms per forward step")
     ax.set_title("measured (solid) vs floor (dashed)")
-    ax.legend(frameon=False, fontsize=7, ncols=2, loc="best")
+    ax.legend(frameon=False, fontsize=7, ncols=2, loc="upper left")
     return artists
 
 
