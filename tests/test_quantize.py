@@ -203,8 +203,8 @@ def test_import_qlearn_stays_light():
 def test_math_docstring_examples():
     import doctest
 
-    from qlearn import _checks, codebooks, intquant, metrics, quantize
-    for module in (codebooks, quantize, intquant, metrics, _checks, ql.reference):
+    from qlearn import _checks, codebooks, cuda_rules, intquant, metrics, quantize
+    for module in (codebooks, quantize, intquant, metrics, _checks, ql.reference, cuda_rules):
         result = doctest.testmod(module)
         assert result.failed == 0, module.__name__
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import cuda_rules
 from ._checks import check_bits, check_choice, check_finite, check_tensor
 from .granularity import group, ungroup
 
@@ -141,6 +142,7 @@ class Int8Vectorwise:
     outlier_cols: torch.Tensor
     shape: torch.Size
     dtype: torch.dtype
+    rule: str = "bnb_cpu"
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """codes * row_absmax / 127 in float32, cast to `dtype` (default: the input's), input's shape.
@@ -160,13 +162,17 @@ class Int8Vectorwise:
         return 8 * self.nbytes / self.shape.numel()
 
 
-def int8_vectorwise(x: torch.Tensor, threshold: float = 0.0) -> Int8Vectorwise:
+def int8_vectorwise(x: torch.Tensor, threshold: float = 0.0, rule: str | None = None) -> Int8Vectorwise:
     """Row-wise int8 quantization with LLM.int8 outlier columns (bitsandbytes `int8_vectorwise_quant`).
 
     x: float tensor (rows, cols) (more dims are flattened into rows). With threshold > 0, every
     |x| >= threshold is an outlier: it is left out of its row's absmax, and its whole column is
     zeroed in the codes (LLM.int8 multiplies those columns in 16-bit). codes = round(x * scale),
-    half to even, with scale = float32(127 / row_absmax) (one float32 division), exactly as bitsandbytes.
+    half to even, with scale = float32(127 / row_absmax) (one float32 division), exactly as bitsandbytes'
+    CPU backend (rule "bnb_cpu"). rule "bnb_cuda" reproduces its CUDA kernel: x is cast to float16 first
+    (the kernel's only dtype; bitsandbytes casts weights and inputs before calling it) and the scale is
+    ``__fdividef(127, absmax)``, 127 times the GPU's approximate reciprocal (`qlearn.cuda_rules`), so a
+    value within rounding of a .5 tie may go the other way. None follows x's device.
     Worked number: row [0.5, -1.27] -> absmax 1.27, codes [50, -127].
 
     >>> int8_vectorwise(torch.tensor([[0.5, -1.27]])).codes.tolist()
@@ -177,7 +183,11 @@ def int8_vectorwise(x: torch.Tensor, threshold: float = 0.0) -> Int8Vectorwise:
         raise ValueError(f"x must have at least 2 dimensions (rows, cols), got shape {tuple(x.shape)}")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
         raise ValueError(f"threshold must be a number >= 0 (0 disables outliers), got {threshold!r}")
+    rule = cuda_rules.default_rule(x) if rule is None else rule
+    check_choice(rule, "rule", cuda_rules.RULES)
     a = x.reshape(-1, x.shape[-1])                                # (rows, cols)
+    if rule == "bnb_cuda":
+        a = a.to(torch.float16)
     outlier_cols = torch.empty(0, dtype=torch.int64, device=x.device)
     if threshold > 0:
         outliers = a.abs() >= threshold
@@ -185,7 +195,11 @@ def int8_vectorwise(x: torch.Tensor, threshold: float = 0.0) -> Int8Vectorwise:
         a = a.masked_fill(outliers, 0)
     row_absmax = a.abs().amax(dim=1).float()
     check_finite(row_absmax)
-    codes = torch.round(a * (127.0 / row_absmax).unsqueeze(1)).nan_to_num_(0).to(torch.int8)
+    if rule == "bnb_cuda":
+        scale = 127.0 * cuda_rules.rcp_approx(row_absmax).to(a.device)   # (rows,) float32: __fdividef(127, absmax)
+    else:
+        scale = 127.0 / row_absmax
+    codes = torch.round(a * scale.unsqueeze(1)).nan_to_num_(0).to(torch.int8)
     if a.shape[0] > 1 and outlier_cols.numel():
         codes[:, outlier_cols] = 0
-    return Int8Vectorwise(codes.view(x.shape), row_absmax, outlier_cols, x.shape, x.dtype)
+    return Int8Vectorwise(codes.view(x.shape), row_absmax, outlier_cols, x.shape, x.dtype, rule)

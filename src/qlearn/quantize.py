@@ -13,7 +13,7 @@ from functools import cache
 
 import torch
 
-from . import codebooks
+from . import codebooks, cuda_rules
 from ._checks import check_blocksize, check_choice, check_finite, check_tensor
 from .intquant import (
     AbsmaxQuantized,
@@ -35,7 +35,8 @@ __all__ = [
 BLOCKSIZES_4BIT = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 BLOCKSIZES_8BIT = (64, 128, 256, 512, 1024, 2048, 4096)
 DQ_BLOCKSIZE = 256   # double quantization: 8-bit blocks of 256 absmax values
-DQ_RULES = ("nearest", "bnb_cpu")
+DQ_RULES = ("nearest", "bnb_cpu", "bnb_cuda")
+RULES = cuda_rules.RULES   # ("bnb_cpu", "bnb_cuda"): whose kernel's rounding the 4-bit codes follow
 
 
 def _block_absmax(flat: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,6 +97,7 @@ class Quantized4bit:
     offset: torch.Tensor | None = None
     nested_absmax: torch.Tensor | None = None
     dq_rule: str | None = None
+    rule: str = "bnb_cpu"
 
     @property
     def double_quant(self) -> bool:
@@ -120,11 +122,12 @@ class Quantized4bit:
             return cls(_pack(codes.reshape(-1)), absmax, torch.Size(quant_state.shape), dtype,
                        quant_state.quant_type, quant_state.blocksize)
         nested = getattr(quant_state, "nested", False) or getattr(quant_state, "state2", None) is not None
+        rule = cuda_rules.default_rule(packed)   # the kernels of the device that quantized it
         return cls(packed.reshape(-1).view(torch.uint8), quant_state.absmax, torch.Size(quant_state.shape),
                    quant_state.dtype, quant_state.quant_type, quant_state.blocksize,
                    offset=quant_state.offset if nested else None,
                    nested_absmax=quant_state.state2.absmax if nested else None,
-                   dq_rule="bnb_cpu" if nested else None)
+                   dq_rule=rule if nested else None, rule=rule)
 
     @property
     def codes(self) -> torch.Tensor:
@@ -142,9 +145,16 @@ class Quantized4bit:
         return nested.dequantize() + self.offset
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """code[q] * absmax in float32, cast to `dtype` (default: the input's), in the input's shape."""
+        """code[q] * absmax in float32, cast to `dtype` (default: the input's), in the input's shape.
+
+        Under rule "bnb_cuda" an FP4 code is decoded as the CUDA kernel does, magnitude times the sign
+        bit's +-1, so code 8 gives -0.0 (the CPU backend's table gives +0.0; equal as numbers)."""
         code = _table(self.quant_type, str(self.packed.device))[0]
-        values = code[self.codes.reshape(-1).long()]           # (n,) float32
+        q = self.codes.reshape(-1).long()
+        if self.rule == "bnb_cuda" and self.quant_type == "fp4":
+            values = code[q & 7] * (1 - 2 * (q >> 3))          # (n,) float32, -0.0 for code 8
+        else:
+            values = code[q]                                   # (n,) float32
         absmax = self.block_absmax()
         full = values.numel() - values.numel() % self.blocksize
         out = torch.empty_like(values)
@@ -270,15 +280,19 @@ def _quantize_4bit_packed(flat: torch.Tensor, quant_type: str, blocksize: int):
 
 
 def quantize_4bit(x: torch.Tensor, quant_type: str = "nf4", blocksize: int = 64,
-                  double_quant: bool = False, dq_rule: str = "nearest") -> Quantized4bit:
+                  double_quant: bool = False, dq_rule: str | None = None, rule: str | None = None) -> Quantized4bit:
     """Quantize `x` to 4 bits in blocks of `blocksize` consecutive elements (bitsandbytes layout).
 
     x: float tensor of any shape (flattened; a partial last block gets its own absmax).
     quant_type: "nf4" (normal-quantile code book) or "fp4" (bitsandbytes' 4-bit float).
     Each value is scaled by its block's 1/absmax into [-1, 1] and takes the nearest code.
+    rule: whose rounding to reproduce, "bnb_cpu" (bitsandbytes' CPU backend: the exact nearest code,
+    ties to the lower one) or "bnb_cuda" (its CUDA kernel's decision tree: FP4's -0 for tiny negatives and
+    three rounded thresholds; see `qlearn.cuda_rules`); None follows x's device.
     double_quant: quantize the float32 absmax again (8-bit dynamic map, blocks of 256, after
     subtracting their mean `offset`); `dq_rule` picks the nested rounding: "nearest" (the exact
-    nearest code) or "bnb_cpu" (bitsandbytes' CPU look-up table, to get its bytes exactly).
+    nearest code), "bnb_cpu" (bitsandbytes' CPU look-up table, to get its bytes exactly) or "bnb_cuda"
+    (the CUDA kernel's binary search); None: "nearest" under rule "bnb_cpu", "bnb_cuda" under "bnb_cuda".
     Worked number: block [0.5, -2.0, 1.0] has absmax 2.0, scaled [0.25, -1, 0.5], NF4 codes
     [10, 0, 12] (0.25 is nearest 0.2461, 0.5 is below the 0.4407|0.5626 midpoint 0.5017),
     dequantized [0.4922, -2.0, 0.8814].
@@ -289,16 +303,39 @@ def quantize_4bit(x: torch.Tensor, quant_type: str = "nf4", blocksize: int = 64,
     x = check_tensor(x, "x")
     check_choice(quant_type, "quant_type", ("nf4", "fp4"))
     check_blocksize(blocksize, "blocksize", BLOCKSIZES_4BIT)
+    rule = cuda_rules.default_rule(x) if rule is None else rule
+    check_choice(rule, "rule", RULES)
+    dq_rule = ("bnb_cuda" if rule == "bnb_cuda" else "nearest") if dq_rule is None else dq_rule
     check_choice(dq_rule, "dq_rule", DQ_RULES)
     flat = x.reshape(-1) if x.dtype != torch.float64 else x.reshape(-1).float()   # float64: coded in float32
     with _one_thread(flat.device):
-        packed, absmax = _quantize_4bit_packed(flat, quant_type, blocksize)
+        coder = _quantize_4bit_packed if rule == "bnb_cpu" else _quantize_4bit_packed_cuda
+        packed, absmax = coder(flat, quant_type, blocksize)
         if not double_quant:
-            return Quantized4bit(packed, absmax, x.shape, x.dtype, quant_type, blocksize)
-        offset = absmax.mean()
+            return Quantized4bit(packed, absmax, x.shape, x.dtype, quant_type, blocksize, rule=rule)
+        offset = absmax.mean() if rule == "bnb_cpu" else cuda_rules.mean(absmax)
         nested = quantize_blockwise_8bit(absmax - offset, blocksize=DQ_BLOCKSIZE, rule=dq_rule)
     return Quantized4bit(packed, nested.codes, x.shape, x.dtype, quant_type, blocksize,
-                         offset=offset, nested_absmax=nested.absmax, dq_rule=dq_rule)
+                         offset=offset, nested_absmax=nested.absmax, dq_rule=dq_rule, rule=rule)
+
+
+def _quantize_4bit_packed_cuda(flat: torch.Tensor, quant_type: str, blocksize: int):
+    """As `_quantize_4bit_packed`, by bitsandbytes' CUDA kernel: every block, the partial one too, times the
+    GPU's approximate 1/absmax (`cuda_rules.rcp_approx`; inf for an all-zero block, whose values become
+    NaN and take code 0), then the kernel's decision tree (`cuda_rules.codes_4bit`)."""
+    n = flat.numel()
+    pad = torch.nn.functional.pad(flat, (0, -n % blocksize)).view(-1, blocksize)   # (blocks, blocksize)
+    absmax = pad.abs().amax(dim=1).float()                                          # (blocks,)
+    check_finite(absmax)
+    recip = cuda_rules.rcp_approx(absmax).to(flat.device)
+    packed = torch.empty((n + 1) // 2, dtype=torch.uint8, device=flat.device)
+    rows = max(1, CHUNK // blocksize // 16)          # codes_4bit compares each value with 15 thresholds
+    for i in range(0, pad.shape[0], rows):
+        j = min(i + rows, pad.shape[0])
+        codes = cuda_rules.codes_4bit(pad[i:j] * recip[i:j, None], quant_type).view(-1)
+        end = min(j * blocksize, n + n % 2)          # an odd count keeps one padded 0.0 for its last byte
+        _pack(codes[: end - i * blocksize], out=packed[i * blocksize // 2:end // 2])
+    return packed, absmax
 
 
 @dataclass(frozen=True)
@@ -340,6 +377,8 @@ def _bnb_cpu_lut(device: str) -> torch.Tensor:
 
 
 def _codes_8bit(scaled: torch.Tensor, rule: str) -> torch.Tensor:
+    if rule == "bnb_cuda":
+        return cuda_rules.codes_dynamic(scaled, _table("dynamic", str(scaled.device))[0])
     if rule == "nearest":
         return torch.bucketize(scaled, _table("dynamic", str(scaled.device))[1], out_int32=True).to(torch.uint8)
     index = ((scaled + 1) * 0.5 * 65535 + 0.5).to(torch.int64)    # uint16 cell of [-1, 1]
@@ -351,7 +390,8 @@ def quantize_blockwise_8bit(x: torch.Tensor, blocksize: int = 4096, rule: str = 
 
     x: float tensor, flattened into blocks of `blocksize`; each block scaled by its absmax.
     rule: "nearest" picks the exact nearest code (ties to the lower one); "bnb_cpu" reproduces
-    bitsandbytes' CPU kernel, a 65536-cell look-up table that differs on ~0.2% of values.
+    bitsandbytes' CPU kernel, a 65536-cell look-up table that differs on ~0.2% of values; "bnb_cuda"
+    its CUDA kernel (a binary search, then a midpoint test; every block times the float32 1/absmax).
     Worked number: x = [1.0, -2.0] has absmax 2.0 and scales to [0.5, -1.0]; the nearest codes are
     0.50078125 and -0.99296875 (the map has no -1), so it comes back as [1.0015625, -1.9859375].
 
@@ -366,6 +406,11 @@ def quantize_blockwise_8bit(x: torch.Tensor, blocksize: int = 4096, rule: str = 
         flat = x.reshape(-1).float()
         if rule == "nearest":
             scaled, absmax = _block_absmax(flat, blocksize)
+        elif rule == "bnb_cuda":
+            absmax = torch.nn.functional.pad(flat.abs(), (0, -flat.numel() % blocksize)).view(-1, blocksize).amax(1)
+            check_finite(absmax)
+            recip = cuda_rules.rcp_approx(absmax).to(flat.device)
+            scaled = flat * recip.repeat_interleave(blocksize)[: flat.numel()]
         else:   # the C++ kernel: every block, the partial one too, times the unclamped float32 1/absmax
             absmax = torch.nn.functional.pad(flat.abs(), (0, -flat.numel() % blocksize)).view(-1, blocksize).amax(1)
             check_finite(absmax)
