@@ -3,15 +3,22 @@ of the embedded model on the GPU. Prints one JSON document (and writes it to --o
 
     python scripts/gpu_check.py                     # ~1-2 minutes on one GPU, incl. the one-time conversion
     python scripts/gpu_check.py --skip-models       # kernels only (seconds)
+    python scripts/gpu_check.py --lessons           # also every lesson executed on the GPU (nbclient, FAST)
 
 Part 1, kernels: quantize_4bit (nf4/fp4, blocksizes, dtypes, double quant) and int8_vectorwise on CUDA
-tensors, qlearn vs bitsandbytes.functional: packed bytes / codes equal, absmax equal, dequantized values
-equal (FP4's +0/-0 pattern and the nested 8-bit rounding are reported as counts, not failures);
-int8_vectorwise on CUDA in float16 only (bitsandbytes' CUDA kernel refuses bf16).
+tensors, qlearn (its default rule on a CUDA tensor, "bnb_cuda") vs bitsandbytes.functional: every byte
+equal (packed codes with the zero's sign, absmax, nested codes, offset) and the dequantized values equal,
+sign of zero included; int8_vectorwise on CUDA in float16 only (bitsandbytes' CUDA kernel refuses bf16).
+The CPU rule's mismatches on the same input are reported beside it, as counts.
 Part 1b (lesson 09), GEMV: per linear layer at batch 1 and 16, bf16 F.linear vs dequantize_4bit + F.linear
 vs bitsandbytes.matmul_4bit (the fused 4-bit GEMV at batch 1), with the device's copy bandwidth.
 Part 2, models: per mode, load seconds, tokens/s (greedy, fixed length), torch.cuda.max_memory_allocated,
 footprint (reported, quant state), the Paris answer and perplexity on the offline text.
+Part 3, generation speed (--speed): ms per token at fixed length, warm, synchronized, for bf16 and nf4 with
+transformers' default generate and with ``disable_compile=True``, and a profile of each (top ops).
+Part 4, lessons (--lessons): each notebook run top to bottom with nbclient (QLEARN_FAST=1), one kernel per
+lesson; per lesson: passed or the error, seconds, peak GPU memory (torch.cuda.max_memory_allocated in the
+lesson's kernel, read by one extra cell at the end).
 """
 
 import argparse
@@ -31,33 +38,34 @@ def _rand(shape, dtype, seed):
     return torch.randn(shape, generator=g).to(dtype).to(DEVICE)
 
 
-def check_4bit(quant_type, blocksize, dtype, double_quant, shape=(1024, 1000)):
+def check_4bit(quant_type, blocksize, dtype, double_quant, shape=(1024, 1001)):
+    """qlearn on a CUDA tensor (rule "bnb_cuda" by default) vs bitsandbytes.functional.quantize_4bit: every byte."""
     import bitsandbytes.functional as F
 
     import qlearn as ql
 
-    x = _rand(shape, dtype, seed=blocksize)
-    packed, state = F.quantize_4bit(x, blocksize=blocksize, quant_type=quant_type,
-                                    compress_statistics=double_quant)
-    ours = ql.quantize_4bit(x, quant_type=quant_type, blocksize=blocksize, double_quant=double_quant)
-    theirs_bytes, our_bytes = packed.view(-1), ours.packed.view(-1)
-    a = torch.stack([our_bytes >> 4, our_bytes & 15], 1).view(-1)
-    b = torch.stack([theirs_bytes >> 4, theirs_bytes & 15], 1).view(-1)
-    diff = a != b
-    signed_zero = int((diff & ((a & 7) == 0) & ((b & 7) == 0)).sum())
-    theirs_deq = F.dequantize_4bit(packed, state).float()
+    x = _rand(shape, dtype, seed=blocksize)   # 1,025,024 values: a partial last block at every blocksize
+    x[5, :64] = 0.0                           # a run of zeros
+    packed, state = F.quantize_4bit(x, blocksize=blocksize, quant_type=quant_type, compress_statistics=double_quant)
+    ours = ql.quantize_4bit(x, quant_type=quant_type, blocksize=blocksize, double_quant=double_quant,
+                            dq_rule=None if x.is_cuda else "bnb_cpu")   # the nested rule of the device's kernels
+    cpu_rule = ql.quantize_4bit(x.cpu(), quant_type=quant_type, blocksize=blocksize, double_quant=double_quant)
+    theirs_deq = F.dequantize_4bit(packed, state)
+    ours_deq = ours.dequantize()
     row = dict(quant_type=quant_type, blocksize=blocksize, dtype=str(dtype).removeprefix("torch."),
-               double_quant=double_quant, codes_differ=int(diff.sum()), of_which_signed_zero=signed_zero,
-               deq_equal=bool(torch.equal(ours.dequantize().float(), theirs_deq)),
-               deq_max_abs_diff=float((ours.dequantize().float() - theirs_deq).abs().max()))
+               double_quant=double_quant, rule=ours.rule,
+               bytes_differ=int((ours.packed.view(-1) != packed.view(-1)).sum()),
+               bytes_differ_cpu_rule=int((cpu_rule.packed.view(-1) != packed.view(-1).cpu()).sum()),
+               deq_equal=bool(torch.equal(ours_deq, theirs_deq)),
+               deq_sign_equal=bool(torch.equal(torch.signbit(ours_deq), torch.signbit(theirs_deq))))
     if double_quant:
-        row["nested_codes_differ"] = int((ours.absmax != state.absmax).sum())   # exact-nearest rule
-        lut = ql.quantize_4bit(x, quant_type=quant_type, blocksize=blocksize, double_quant=True, dq_rule="bnb_cpu")
-        row["nested_codes_differ_bnb_cpu_rule"] = int((lut.absmax != state.absmax).sum())
+        row["nested_codes_differ"] = int((ours.absmax != state.absmax).sum())
         row["offset_equal"] = bool(torch.equal(ours.offset.view(-1), state.offset.view(-1).float()))
+        row["nested_absmax_equal"] = bool(torch.equal(ours.nested_absmax, state.state2.absmax))
+        ok_state = row["nested_codes_differ"] == 0 and row["offset_equal"] and row["nested_absmax_equal"]
     else:
-        row["absmax_equal"] = bool(torch.equal(ours.absmax, state.absmax))
-    row["ok"] = row["codes_differ"] == signed_zero and (row["deq_equal"] or double_quant)
+        row["absmax_equal"] = ok_state = bool(torch.equal(ours.absmax, state.absmax))
+    row["ok"] = row["bytes_differ"] == 0 and ok_state and row["deq_equal"] and row["deq_sign_equal"]
     return row
 
 
@@ -69,16 +77,18 @@ def check_int8(dtype, threshold):
 
     import qlearn as ql
 
-    x = _rand((512, 768), dtype, seed=7)
+    x = _rand((4096, 768), dtype, seed=7)
     x[:, 3] *= 20   # an outlier column
     ours = ql.int8_vectorwise(x.clone(), threshold=threshold)
+    cpu_rule = ql.int8_vectorwise(x.clone(), threshold=threshold, rule="bnb_cpu")
     codes, row_stats, outlier_cols = F.int8_vectorwise_quant(x.clone(), threshold=threshold)
     theirs_cols = outlier_cols if outlier_cols is not None else torch.empty(0, dtype=torch.int64)
-    return dict(dtype=str(dtype).removeprefix("torch."), threshold=threshold,
+    return dict(dtype=str(dtype).removeprefix("torch."), threshold=threshold, rule=ours.rule,
                 codes_differ=int((ours.codes != codes).sum()),
+                codes_differ_cpu_rule=int((cpu_rule.codes != codes).sum()),
                 row_absmax_equal=bool(torch.equal(ours.row_absmax, row_stats.float())),
                 outlier_cols_equal=bool(torch.equal(ours.outlier_cols.cpu(), theirs_cols.cpu().long())),
-                ok=bool(torch.equal(ours.codes, codes)))
+                ok=bool(torch.equal(ours.codes, codes) and torch.equal(ours.row_absmax, row_stats.float())))
 
 
 def check_models(modes, new_tokens, ppl_tokens):
@@ -161,6 +171,93 @@ def check_gemv(shapes=((576, 576), (192, 576), (1536, 576), (576, 1536)), copies
     return out
 
 
+def check_speed(modes=("bf16", "nf4"), tokens=64, profile_tokens=8):
+    """Fixed-length greedy generation (min_new_tokens = max_new_tokens), warm, synchronized: ms per new token
+    with transformers' default ``generate`` and with ``disable_compile=True``, and the generation config that
+    decides between them; then a torch.profiler run of each variant (top ops by self CPU and CUDA time)."""
+    import transformers
+    from torch.profiler import ProfilerActivity, profile
+
+    import qlearn as ql
+
+    out = {"transformers": transformers.__version__, "modes": {}}
+    for mode in modes:
+        model, tok = ql.load("embedded", mode=mode, device_map="cuda", verbose=False)
+        enc = tok("What is the capital of France?", return_tensors="pt").to("cuda")
+        cfg = model.generation_config
+        row = {"cache_implementation": str(getattr(cfg, "cache_implementation", None)),
+               "compile_config": str(getattr(cfg, "compile_config", None)), "variants": {}}
+
+        def gen(n, model=model, enc=enc, **kw):
+            with torch.inference_mode():
+                model.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False, **kw)
+
+        for label, kw in (("default", {}), ("disable_compile", {"disable_compile": True})):
+            gen(8, **kw)                                              # warm-up
+            times = {}
+            for n in (1, tokens + 1):
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                gen(n, **kw)
+                torch.cuda.synchronize()
+                times[n] = time.perf_counter() - t
+            ms = (times[tokens + 1] - times[1]) / tokens * 1e3          # per token, prompt and start-up excluded
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                gen(profile_tokens, **kw)
+                torch.cuda.synchronize()
+            avg = prof.key_averages()
+            top_cpu = sorted(avg, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
+            top_cuda = sorted(avg, key=lambda e: getattr(e, "self_device_time_total", 0), reverse=True)[:8]
+            row["variants"][label] = {
+                "ms_per_token": round(ms, 3), "tokens_per_s": round(1e3 / ms, 1),
+                "top_self_cpu_us": [(e.key, round(e.self_cpu_time_total), e.count) for e in top_cpu],
+                "top_self_cuda_us": [(e.key, round(getattr(e, "self_device_time_total", 0)), e.count)
+                                     for e in top_cuda],
+                "cuda_total_us": round(sum(getattr(e, "self_device_time_total", 0) for e in avg)),
+                "cpu_total_us": round(sum(e.self_cpu_time_total for e in avg))}
+        out["modes"][mode] = row
+        del model
+        torch.cuda.empty_cache()
+    return out
+
+
+PEAK_CELL = ("import json as _j, torch as _t\n"
+             "print('QLEARN_PEAK', _j.dumps(_t.cuda.max_memory_allocated() if _t.cuda.is_available() else -1))")
+
+
+def check_lessons(only=None, timeout_s=900):
+    """Every lesson top to bottom on this machine (nbclient, kernel python3, cwd notebooks/, QLEARN_FAST=1)."""
+    from pathlib import Path
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    os.environ.setdefault("QLEARN_FAST", "1")
+    nb_dir = Path(__file__).resolve().parent.parent / "notebooks"
+    rows = []
+    for path in sorted(nb_dir.glob("[0-9][0-9]_*.ipynb")):
+        if only and path.name[:2] not in only:
+            continue
+        nb = nbformat.read(path, as_version=4)
+        nb.cells.append(nbformat.v4.new_code_cell(PEAK_CELL))
+        start = time.perf_counter()
+        row = {"lesson": path.stem}
+        try:
+            NotebookClient(nb, timeout=timeout_s, kernel_name="python3", resources={"metadata": {"path": str(nb_dir)}},
+                           allow_errors=False).execute()
+            row["passed"] = True
+        except Exception as err:   # noqa: BLE001 - report any lesson's error and go on to the next
+            row["passed"] = False
+            row["error"] = f"{type(err).__name__}: {str(err)[-1500:]}"
+        row["seconds"] = round(time.perf_counter() - start, 1)
+        peak = [o.get("text", "") for o in nb.cells[-1].get("outputs", []) if o.get("output_type") == "stream"]
+        peak = [ln.split()[1] for t in peak for ln in t.splitlines() if ln.startswith("QLEARN_PEAK")]
+        row["peak_gpu_MB"] = round(int(peak[0]) / 1e6, 1) if peak and int(peak[0]) >= 0 else None
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--modes", default="bf16,fp16,int8,nf4,nf4+dq,fp4")
@@ -168,6 +265,9 @@ def main(argv=None):
     p.add_argument("--ppl-tokens", type=int, default=4096)
     p.add_argument("--skip-models", action="store_true")
     p.add_argument("--skip-gemv", action="store_true", help="skip lesson 09's per-layer GEMV timing")
+    p.add_argument("--speed", action="store_true", help="generation speed, default vs disable_compile, profiled")
+    p.add_argument("--lessons", action="store_true", help="execute every lesson on the GPU (nbclient)")
+    p.add_argument("--only", default="", help="with --lessons: lesson numbers, e.g. 05,06")
     out = os.path.join(os.environ["OUT"], "gpu_check.json") if os.environ.get("OUT") else None
     p.add_argument("--out", default=out)
     p.add_argument("--device", default="cuda", help="'cpu' dry-runs the kernel checks on bitsandbytes' CPU backend")
@@ -192,15 +292,31 @@ def main(argv=None):
     report["kernels_ok"] = all(r["ok"] for r in report["kernels_4bit"] + report["kernels_int8"])
     if not args.skip_gemv and DEVICE == "cuda":
         report["gemv_4bit"] = check_gemv()
+    _save(report, args.out)
     if not args.skip_models and DEVICE == "cuda":
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
         report["models"] = check_models(modes, args.new_tokens, args.ppl_tokens)
-    text = json.dumps(report, indent=1)
+        _save(report, args.out)
+    if args.speed and DEVICE == "cuda":
+        report["speed"] = check_speed()
+        _save(report, args.out)
+    if args.lessons:
+        only = {n.strip().zfill(2) for n in args.only.split(",") if n.strip()}
+        report["lessons"] = check_lessons(only)
+        report["lessons_passed"] = f"{sum(r['passed'] for r in report['lessons'])} of {len(report['lessons'])}"
+    text = _save(report, args.out)
     print(text)
-    if args.out:
-        with open(args.out, "w") as f:
+    ok = report["kernels_ok"] and all(r["passed"] for r in report.get("lessons", []))
+    return 0 if ok else 1
+
+
+def _save(report, path):
+    """Write the report so far (a run cut short still leaves what it measured)."""
+    text = json.dumps(report, indent=1)
+    if path:
+        with open(path, "w") as f:
             f.write(text)
-    return 0 if report["kernels_ok"] else 1
+    return text
 
 
 if __name__ == "__main__":

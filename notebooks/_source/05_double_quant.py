@@ -195,15 +195,19 @@ original = ql.models.measure_mode(MODEL_ID, "bf16", lambda m, t: {
 theirs = box["nf4+dq"]
 print(f"module      {theirs['module']}\nweight      {theirs['weight']}\nquant_state {theirs['quant_state']}")
 display(pd.Series(theirs["fields"], name="quant_state fields (nf4 + double quant)").to_frame())
-mine = ql.quantize_4bit(original, "nf4", blocksize=64, double_quant=True, dq_rule="bnb_cpu")
-rec = theirs["record"]
+rec = theirs["record"]   # knows which kernels made it: rec.rule is "bnb_cuda" on a GPU, "bnb_cpu" on a CPU
+print(f"the layer was quantized on {rec.packed.device.type}: qlearn follows rule={rec.rule!r}, dq_rule={rec.dq_rule!r}")
+mine = ql.quantize_4bit(original.to(rec.packed.device), "nf4", blocksize=64, double_quant=True,
+                        rule=rec.rule, dq_rule=rec.dq_rule)
 same_bytes = {"packed codes": torch.equal(mine.packed, rec.packed), "absmax (uint8)": torch.equal(mine.absmax, rec.absmax),
               "offset": torch.equal(mine.offset, rec.offset), "nested absmax": torch.equal(mine.nested_absmax, rec.nested_absmax),
               "dequantized values": torch.equal(mine.dequantize(), rec.dequantize())}
 plain_rec = box["nf4"]["record"]
 same_bytes["plain nf4: codes and float32 absmax"] = (
-    torch.equal(ql.quantize_4bit(original, "nf4", 64).packed, plain_rec.packed)
-    and torch.equal(ql.quantize_4bit(original, "nf4", 64).absmax, plain_rec.absmax))
+    torch.equal(ql.quantize_4bit(original, "nf4", 64, rule=plain_rec.rule).packed.to(plain_rec.packed.device),
+                plain_rec.packed)
+    and torch.equal(ql.quantize_4bit(original, "nf4", 64, rule=plain_rec.rule).absmax.to(plain_rec.absmax.device),
+                    plain_rec.absmax))
 assert all(same_bytes.values()), same_bytes
 print(f"qlearn == the model, bit for bit: {same_bytes}")
 
@@ -212,11 +216,13 @@ print(f"qlearn == the model, bit for bit: {same_bytes}")
 # block absmax: symmetric absmax scaling per block of 64, no zero point, quantized once at load time (no
 # training involved), exactly what qlearn computes from the bf16 weight.
 #
-# ## 5. Exact rule vs bitsandbytes' CPU kernel
+# ## 5. Exact rule vs bitsandbytes' CPU and CUDA kernels
 #
 # The nested 8-bit step maps each (absmax − offset) to the nearest of 256 dynamic-map values. qlearn does
 # this exactly by default; bitsandbytes' CPU kernel uses a 65,536-entry look-up table that picks a
-# neighbouring code for a few values. `dq_rule="bnb_cpu"` reproduces bitsandbytes' bytes:
+# neighbouring code for a few values, and its CUDA kernel (`dQuantize` in csrc/kernels.cu) a binary search
+# followed by a midpoint test. `dq_rule="bnb_cpu"` and `dq_rule="bnb_cuda"` reproduce each one's bytes
+# (docs/formats.md says how each was checked), on any machine:
 
 # %%
 big = ql.sources.synthetic("normal", 4096 * 4096, seed=1)
@@ -225,8 +231,12 @@ bnb_like = ql.quantize_4bit(big, "nf4", 64, double_quant=True, dq_rule="bnb_cpu"
 differ = (exact.absmax != bnb_like.absmax)
 n_differ, n_blocks = int(differ.sum()), differ.numel()
 max_step = int((exact.absmax.int() - bnb_like.absmax.int()).abs().max())
-print(f"{n_differ} of {n_blocks:,} absmax codes differ ({n_differ / n_blocks:.4%}), by at most {max_step} code(s); "
-      f"4-bit codes identical: {torch.equal(exact.packed, bnb_like.packed)}")
+print(f"CPU table: {n_differ} of {n_blocks:,} absmax codes differ from the exact rule ({n_differ / n_blocks:.4%}), "
+      f"by at most {max_step} code(s); 4-bit codes identical: {torch.equal(exact.packed, bnb_like.packed)}")
+cuda_like = ql.quantize_4bit(big, "nf4", 64, double_quant=True, rule="bnb_cpu", dq_rule="bnb_cuda")
+n_cuda = int((exact.absmax != cuda_like.absmax).sum())
+print(f"CUDA search: {n_cuda} of {n_blocks:,} absmax codes differ from the exact rule "
+      f"(its offset and 1/absmax differ slightly too: rule='bnb_cuda' reproduces all of it)")
 
 # %% [markdown]
 # ## Try this

@@ -159,7 +159,10 @@ ql.models.release_memory()
 #
 # `load_in_8bit=True` replaces each linear layer by bitsandbytes' `Linear8bitLt`. Its weight is an `Int8Params`
 # holding `CB` (int8 codes, one row per output feature) and `SCB` (float32 row absmax). qlearn's
-# `int8_vectorwise` on the same bf16 weight (cast to fp16, as bitsandbytes does) must give the same bytes:
+# `int8_vectorwise` on the same bf16 weight (cast to fp16, as bitsandbytes does) must give the same bytes, with
+# the rounding of the kernel that quantized it: on a GPU, bitsandbytes' CUDA kernel scales each row by
+# `__fdividef(127, absmax)`, an approximate division, so a value within rounding of a .5 tie can land on the
+# other code than the CPU's exact division gives (`rule="bnb_cuda"` reproduces it; docs/formats.md):
 
 # %%
 model, tok = ql.load(MODEL_ID, mode="int8")
@@ -167,9 +170,13 @@ layer = model.get_submodule(name)
 print(f"{name}: {type(layer).__module__}.{type(layer).__name__}, weight {type(layer.weight).__name__} "
       f"{layer.weight.dtype} {tuple(layer.weight.shape)}, SCB {layer.weight.SCB.dtype} {tuple(layer.weight.SCB.shape)}, "
       f"threshold {layer.state.threshold}")
-ours = ql.int8_vectorwise(W.to(torch.float16).float())
+rule = ql.cuda_rules.default_rule(layer.weight)                      # the kernels of the layer's device
+ours = ql.int8_vectorwise(W.to(torch.float16).to(layer.weight.device), rule=rule)
 assert torch.equal(ours.codes, layer.weight.data) and torch.equal(ours.row_absmax, layer.weight.SCB)
-print("qlearn's codes == CB and row absmax == SCB, bit for bit")
+other = ql.int8_vectorwise(W.to(torch.float16), rule="bnb_cuda" if rule == "bnb_cpu" else "bnb_cpu")
+n_other = int((other.codes.cpu() != ours.codes.cpu()).sum())
+print(f"qlearn's codes == CB and row absmax == SCB, bit for bit (rule {rule!r}, the layer is on "
+      f"{layer.weight.device.type}); the other device's rule would change {n_other} of {ours.codes.numel():,} codes")
 
 # %% [markdown]
 # In the 16-bit part, bitsandbytes 0.50 (`int8_mixed_scaled_mm`) multiplies the outlier input columns with weight
