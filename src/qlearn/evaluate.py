@@ -1,7 +1,8 @@
 """Evaluation on a real model: perplexity on a fixed offline text, and a side-by-side mode comparison.
 
-The offline text is English prose that every CPython install carries: ``pydoc_data.topics``
-(the help topics), its keys sorted and the entries joined by blank lines. The first ``max_tokens``
+The offline text is English prose shipped in the package (`qlearn.texts`): CPython 3.11.7's help
+topics (``pydoc_data.topics``), its keys sorted and the entries joined by blank lines, frozen so that
+every Python scores the same tokens (its sha256 is ``OFFLINE_TEXT_SHA256``). The first ``max_tokens``
 tokens (tokenized without special tokens) are scored in windows of ``window`` tokens, so a number is
 reproducible from (model, tokenizer, max_tokens, window, stride) alone, without a network.
 
@@ -17,20 +18,24 @@ import math
 
 import torch
 
-__all__ = ["Perplexity", "offline_text", "eval_tokens", "perplexity", "summed_nll", "compare"]
+from . import texts
+
+__all__ = ["OFFLINE_TEXT_SHA256", "Perplexity", "offline_text", "eval_tokens", "perplexity", "summed_nll", "compare"]
 
 WIKITEXT2 = "wikitext-2"
 
 
+OFFLINE_TEXT_SHA256 = texts.TEXTS["evaluation"][1]   # 71f2ff5d99bdc1f9...: CPython 3.11.7's help topics
+
+
 def offline_text() -> str:
-    """The fixed evaluation prose: ``pydoc_data.topics``, keys sorted, joined by blank lines (~465k chars).
+    """The fixed evaluation prose: CPython 3.11.7's help topics, keys sorted, joined by blank lines (465,126
+    chars), read from the package and checked against ``OFFLINE_TEXT_SHA256``.
 
-    >>> offline_text()[:13]
-    '\\nThe "assert"'
+    >>> offline_text()[:12]
+    'The "assert"'
     """
-    from pydoc_data.topics import topics
-
-    return "\n\n".join(topics[k] for k in sorted(topics))
+    return texts.evaluation_text()
 
 
 def _hub_text(name):

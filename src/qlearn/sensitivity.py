@@ -2,7 +2,8 @@
 
 Measured on CALIBRATION text, never on the evaluation text of ``qlearn.evaluate``: the module
 docstrings of a fixed list of standard-library modules (Python's own prose, like the evaluation text,
-but not in ``pydoc_data.topics``; ``tests/test_mixed.py`` checks they share no run of 8 words).
+but not in the help topics; ``tests/test_mixed.py`` checks they share no run of 8 words), frozen in the
+package (`qlearn.texts`).
 
 One reference run of the unquantized model keeps (a) each decoder block's input, (b) each linear
 layer's input energy per channel (mean x^2 over the calibration tokens) and (c) the reference
@@ -21,7 +22,6 @@ log-probabilities at every ``every``-th position. Then:
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from . import texts
 from .fakequant import fake_quantize, quantizable_layers, quantizer
 
 __all__ = ["CALIBRATION_MODULES", "Calibration", "calibration_text", "calibration_ids", "Reference", "reference",
@@ -43,10 +44,9 @@ _VERSION = 2   # bump when what a format name means or how KL is measured change
 
 
 def calibration_text() -> str:
-    """The calibration prose: heapq.__about__ then the docstrings of ``CALIBRATION_MODULES`` (~25k chars)."""
-    docs = [importlib.import_module("heapq").__about__]
-    docs += [importlib.import_module(m).__doc__ or "" for m in CALIBRATION_MODULES]
-    return "\n\n".join(d.strip() for d in docs if d.strip())
+    """The calibration prose: heapq.__about__ then the docstrings of ``CALIBRATION_MODULES``, as CPython
+    3.11.7 has them (21,855 chars), frozen in the package (`qlearn.texts`: the same on every Python)."""
+    return texts.calibration_text("sensitivity")
 
 
 @dataclass(frozen=True)

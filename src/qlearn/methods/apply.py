@@ -2,8 +2,9 @@
 fake quantization (each linear weight replaced by its quantized-then-dequantized values).
 
 Calibration text: docstrings of a fixed list of standard-library modules (and their public classes and
-functions), a different source from the evaluation text (`qlearn.evaluate.offline_text`, the
-``pydoc_data.topics`` help pages); a test checks that no 64-character span of one is in the other.
+functions) as CPython 3.11.7 has them, frozen in the package (`qlearn.texts`), a different source from
+the evaluation text (`qlearn.evaluate.offline_text`, the help topics); a test checks that no 64-character
+span of one is in the other.
 
 `sequential` runs the model the GPTQ paper's way: the inputs of decoder layer 0 are captured once;
 then for each layer in turn its linear layers' inputs are collected (Hessian, mean |x|, a sample of
@@ -14,14 +15,13 @@ This module works on any torch model whose decoder layers sit in one ``nn.Module
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .. import texts
 from ..fakequant import FakeQuantized, fake_quantize, quantizable_layers
 from .awq import awq
 from .gguf import GGUF_TYPES, quantize_gguf
@@ -39,23 +39,13 @@ CALIBRATION_MODULES = ("argparse", "collections", "json", "logging", "subprocess
 
 
 def calibration_text() -> str:
-    """Docstrings of `CALIBRATION_MODULES` and their public classes / functions, joined by blank lines.
+    """Docstrings of `CALIBRATION_MODULES` and their public classes / functions (each over 80 characters),
+    joined by blank lines, as CPython 3.11.7 has them (107,262 characters; `qlearn.texts`).
 
     English prose about Python, like the evaluation text, but written for a different purpose
-    (library reference, not the language reference). About 200k characters.
+    (library reference, not the language reference).
     """
-    parts = []
-    for mod_name in CALIBRATION_MODULES:
-        mod = importlib.import_module(mod_name)
-        parts.append(inspect.getdoc(mod) or "")
-        for name in sorted(getattr(mod, "__all__", None) or dir(mod)):
-            obj = getattr(mod, name, None)
-            if name.startswith("_") or not (inspect.isclass(obj) or inspect.isfunction(obj)):
-                continue
-            if getattr(obj, "__module__", None) != mod.__name__:
-                continue
-            parts.append(inspect.getdoc(obj) or "")
-    return "\n\n".join(p for p in parts if len(p) > 80)
+    return texts.calibration_text("methods")
 
 
 def calibration_ids(tok, n_tokens: int = 2048, window: int = 512) -> torch.Tensor:
