@@ -5,6 +5,7 @@
     python benchmarks/bench_kernels.py --batches 1,4,16,64 --threads 2 --json out.json
     python benchmarks/bench_kernels.py --split          # also: lesson 09's time split, gap per mode
     python benchmarks/bench_kernels.py --split --split-modes bf16,nf4   # some of the modes only
+    python benchmarks/bench_kernels.py --device cuda    # on a GPU (default: CUDA when present, else CPU)
 
 The 210 linear layers of the 30 blocks (q, k, v, o, gate, up, down; lm_head is not swapped: it is tied
 to the embedding), read in bf16 from the converted embedded model, each multiplied by a batch of random
@@ -12,6 +13,10 @@ inputs in turn, path after path (qlearn.kernels.layerbench: alternating rounds, 
 bf16 F.linear; qlearn int4 decode then F.linear (the same codes the fused kernel reads); bitsandbytes
 nf4 dequantize_4bit then F.linear; torch's fused int4 kernel (asymmetric, group 64); torch's int8
 weight-only kernel. Also: this machine's copy bandwidth and the floor it puts on each path at batch 1.
+On a CUDA device the weights and inputs live on the GPU, the fused int4 kernel is the one
+``qlearn.kernels.int4_path`` picks (torch's CUDA int4 kernel from compute capability 8.0), one more path is
+timed (bitsandbytes.matmul_4bit, what its 4-bit layer runs there), the bandwidth is the GPU's own
+(device-to-device copy) and every clock read waits for the GPU.
 The last line is ``fused_int4_vs_dequant_matmul=<ratio>``: the FASTER of the two dequantize-then-matmul
 paths at batch 1 over the fused int4 kernel (so the ratio is the conservative one).
 
@@ -31,8 +36,8 @@ import sys
 import torch
 
 import qlearn as ql
-from qlearn.kernels import copy_bandwidth, hook_overhead, swap_linears, time_split
-from qlearn.kernels.layerbench import PATHS, build_paths, time_layer_paths
+from qlearn.kernels import copy_bandwidth, describe_int4_path, hook_overhead, int4_path, swap_linears, time_split
+from qlearn.kernels.layerbench import build_paths, default_paths, time_layer_paths
 
 NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SPLIT_MODES = ("bf16", "nf4", "nf4+dq", "int8", "int4 dequant", "int4 fused")
@@ -54,14 +59,15 @@ def embedded_weights(synthetic=False):
         return [f.get_tensor(k).to(torch.bfloat16).clone() for k in keys]
 
 
-def _split_models(modes):
+def _split_models(modes, device="auto"):
     """(label, model) for each of ``modes``, one at a time (the previous one is freed before the next loads).
     "int4 dequant" and "int4 fused" share one bf16 load: qlearn's int4 (group 64) decode-then-matmul, then
     swapped to the fused kernel on the very same codes."""
     for mode in modes:
         if mode == "int4 fused" and "int4 dequant" in modes:
             continue                                   # measured right after int4 dequant, on its codes
-        model, _ = ql.load("embedded", mode="bf16" if mode.startswith("int4") else mode, verbose=False)
+        model, _ = ql.load("embedded", mode="bf16" if mode.startswith("int4") else mode, device_map=device,
+                           verbose=False)
         if mode.startswith("int4"):
             swap_linears(model, "int4-dequant" if mode == "int4 dequant" else "int4", groupsize=64)
         yield mode, model
@@ -72,7 +78,7 @@ def _split_models(modes):
         ql.models.release_memory()
 
 
-def print_split(modes, prompt=64, repeats=5, threads=1):
+def print_split(modes, prompt=64, repeats=5, threads=1, device="auto"):
     """Lesson 09's time split per mode at batch 1 (one token, and a ``prompt``-token prompt): the gap between
     the sum of the parts and the forward without clocks, with the load average when each was measured."""
     cost = hook_overhead()
@@ -82,7 +88,7 @@ def print_split(modes, prompt=64, repeats=5, threads=1):
           f"vs {1e3 * n_layers * cost['wrapper']:.2f} ms per forward")
     print(f"{'mode':13s} {'tokens':>6s} {'forward ms':>10s} {'clocked ms':>10s} {'gap %':>6s} {'dequant %':>9s}  load")
     worst = {}
-    for label, model in _split_models(modes):
+    for label, model in _split_models(modes, device):
         for seq in (1, prompt):
             s = time_split(model, 1, seq, repeats=repeats, label=label, n_threads=threads)
             load = os.getloadavg()
@@ -103,7 +109,9 @@ def main(argv=None):
     p.add_argument("--json", default=None)
     p.add_argument("--split", action="store_true", help="also lesson 09's time split per mode (gap at batch 1)")
     p.add_argument("--split-modes", default=",".join(SPLIT_MODES), help=f"modes of --split, among {SPLIT_MODES}")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     a = p.parse_args(argv)
+    device = torch.device(a.device)
     info = ql.backend_info()
     split_gaps = None
     if a.split:
@@ -111,9 +119,11 @@ def main(argv=None):
         unknown = set(modes) - set(SPLIT_MODES)
         if unknown:
             p.error(f"--split-modes must be among {SPLIT_MODES}; got {sorted(unknown)}")
-        split_gaps = print_split(modes, threads=a.threads)
-    paths = PATHS if info.bitsandbytes_version != "not installed" else tuple(x for x in PATHS if x != "bnb-nf4")
-    weights = embedded_weights(a.synthetic)
+        split_gaps = print_split(modes, threads=a.threads, device=device.type)
+    paths = default_paths(device)
+    if info.bitsandbytes_version == "not installed":
+        paths = tuple(x for x in paths if not x.startswith("bnb-"))
+    weights = [w.to(device) for w in embedded_weights(a.synthetic)]
     n_bytes = {"bf16": sum(w.numel() * 2 for w in weights)}
     fns = build_paths(weights, paths)
     in_features = [w.shape[1] for w in weights]
@@ -123,11 +133,13 @@ def main(argv=None):
           f"{a.threads} thread(s), load {load[0]:.1f} {load[1]:.1f}; torch {torch.__version__}, "
           f"CPU capability {info.cpu_capability}, bitsandbytes {info.bitsandbytes_version}")
     print(f"# bitsandbytes dequantize_4bit on CPU: {info.dequantize_4bit}")
-    bw = copy_bandwidth()
+    print(f"# device {device}{' (' + info.cuda + ')' if device.type == 'cuda' else ''}; fused int4: "
+          f"{describe_int4_path(int4_path(device))}")
+    bw = copy_bandwidth(device=device)
     print(f"copy_bandwidth_GBps={bw / 1e9:.2f}")
     results = {"load": load, "threads": a.threads, "copy_bandwidth": bw, "batches": {}}
     for batch in [int(b) for b in a.batches.split(",")]:
-        t = time_layer_paths(fns, in_features, batch=batch, rounds=a.rounds, n_threads=a.threads)
+        t = time_layer_paths(fns, in_features, batch=batch, rounds=a.rounds, n_threads=a.threads, device=device)
         results["batches"][batch] = t.seconds
         for path in paths:
             print(f"batch={batch} {path:13s} {1e3 * t.seconds[path]:8.3f} ms/layer  "

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 import qlearn as ql
+from qlearn.kernels import synchronize
 from qlearn.methods import apply as qa
 
 BARS = [("bf16", None), ("rtn", 128), ("gptq", 128), ("hqq", 128), ("awq", 128)]
@@ -43,6 +44,7 @@ def measure(model, tok, method, group, calib, kept, tokens):
     """Apply one method, measure (bits per weight, perplexity, seconds to quantize), restore."""
     t0, cpu0 = time.perf_counter(), time.process_time()
     fq = qa.apply_method(model, method, group or 128, calib_ids=calib, keep_originals=False)
+    synchronize(next(model.parameters()).device)          # on a GPU: the queued work is part of the time
     quant_s, quant_cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
     bits = qa.bits_per_param(fq, model)
     ppl = float(ql.perplexity(model, tok, max_tokens=tokens, progress=False))

@@ -290,6 +290,16 @@ def main(argv=None):
     int8_dtypes = (torch.float16,) if DEVICE == "cuda" else (torch.float16, torch.bfloat16)
     report["kernels_int8"] = [check_int8(dt, th) for dt in int8_dtypes for th in (0.0, 6.0)]
     report["kernels_ok"] = all(r["ok"] for r in report["kernels_4bit"] + report["kernels_int8"])
+    if DEVICE == "cuda":   # lessons 09 and 11's device paths: fused int4 layers, time split, methods on the GPU
+        from qlearn.kernels.gpucheck import check_cuda as check_kernel_paths
+        from qlearn.methods.gpucheck import check_cuda as check_method_paths
+
+        for key, check in (("kernel_paths", check_kernel_paths), ("method_paths", check_method_paths)):
+            try:
+                report[key] = check("cuda")
+            except Exception as err:   # noqa: BLE001 - report it and go on
+                report[key] = {"ok": False, "failures": [f"{type(err).__name__}: {err}"]}
+        report["device_paths_ok"] = report["kernel_paths"]["ok"] and report["method_paths"]["ok"]
     if not args.skip_gemv and DEVICE == "cuda":
         report["gemv_4bit"] = check_gemv()
     _save(report, args.out)
@@ -306,7 +316,8 @@ def main(argv=None):
         report["lessons_passed"] = f"{sum(r['passed'] for r in report['lessons'])} of {len(report['lessons'])}"
     text = _save(report, args.out)
     print(text)
-    ok = report["kernels_ok"] and all(r["passed"] for r in report.get("lessons", []))
+    ok = (report["kernels_ok"] and report.get("device_paths_ok", True)
+          and all(r["passed"] for r in report.get("lessons", [])))
     return 0 if ok else 1
 
 

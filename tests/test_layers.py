@@ -26,7 +26,7 @@ MATH = {"codebooks", "quantize", "intquant", "memory", "metrics", "granularity",
 OTHER = {"__init__", "backend", "cli", "evaluate", "models", "sources", "claims", "quiz", "sensitivity"}
 MATH_PACKAGES = ("kernels", "methods")   # sub-packages of the math layer: torch, the stdlib and math modules
 # ... except their modules that time or apply to a real model: those import model libraries inside functions only
-PACKAGE_MODEL_MODULES = {"kernels/timesplit", "kernels/layerbench", "methods/apply"}
+PACKAGE_MODEL_MODULES = {"kernels/timesplit", "kernels/layerbench", "kernels/bnb4bit", "methods/apply"}
 MODEL_LIBS = {"transformers", "bitsandbytes", "accelerate"}
 
 TORCH_ALLOWED = {"torch.as_tensor"}

@@ -6,8 +6,8 @@
 #    bf16, bitsandbytes 4-bit and a fused int4 kernel, on this machine;
 # 2. measure this machine's memory bandwidth and turn bytes per token into a floor on time per token;
 # 3. read a roofline: where a mode is memory-bound, where compute-bound, where it is pure overhead;
-# 4. swap a fused int4 `Linear` (torch's own CPU kernel) into the model and put its speed and perplexity
-#    beside bf16 and NF4;
+# 4. swap a fused int4 `Linear` (torch's own kernel, on a CPU or a CUDA GPU) into the model and put its speed
+#    and perplexity beside bf16 and NF4;
 # 5. answer the most-asked bitsandbytes question, "why is my 4-bit model slower than fp16?", with numbers.
 
 # %%
@@ -31,8 +31,13 @@ REPEATS = 1 if FAST else 5                      # timings per number (the fastes
 PPL = 64 if FAST else min(PPL_TOKENS, 1024)     # tokens scored for perplexity
 GROUPS = (64,) if FAST else (32, 64, 128)       # int4 group sizes whose perplexity is measured
 LAYER_BATCHES = (1,) if FAST else (1, 16)       # batch sizes of the per-layer comparison
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")   # where ql.load puts the model
+GPU = DEVICE.type == "cuda"
+INT4_PATH = qk.int4_path(DEVICE)                 # which fused int4 kernel this device gets
 info = ql.backend_info()
 print(info)
+if GPU:
+    print(f"The model runs on {DEVICE} ({info.cuda}); fused int4 here: {qk.describe_int4_path(INT4_PATH)}.")
 
 # %% [markdown]
 # ## 1. The question, as people ask it
@@ -55,7 +60,7 @@ print(info)
 # Two different things happen under the name "4-bit": **dequantize-then-matmul** (decode every weight to
 # 16-bit, write it, read it back in an ordinary matmul) and a **fused** kernel (read the 4-bit codes and their
 # scales and multiply at once). This notebook times both on this machine, and prints which bitsandbytes path
-# ran (above: `Linear4bit forward on CPU`).
+# ran (above: `Linear4bit forward on CPU`; on a CUDA GPU, the line after it).
 #
 # **Predict (1).** On this machine, at batch 1, how many times faster than bitsandbytes' dequantize-then-matmul
 # is a fused int4 kernel, per linear layer of this model? (e.g. `0.5` = twice as slow, `3` = three times faster)
@@ -70,7 +75,10 @@ PREDICT_FUSED_SPEEDUP = None   # e.g. 2.0
 # other so no layer's weights stay in the cache, one thread, batch 1 (and 16 on full settings):
 # bf16 `F.linear`; qlearn's int4 decode then `F.linear`; bitsandbytes `dequantize_4bit` (nf4) then `F.linear`;
 # torch's fused int4 kernel `aten._weight_int4pack_mm_for_cpu` (asymmetric, groups of 64: the same codes as
-# qlearn's decode); torch's int8 weight-only kernel `aten._weight_int8pack_mm`.
+# qlearn's decode); torch's int8 weight-only kernel `aten._weight_int8pack_mm`. On a CUDA GPU the fused int4
+# kernel is `aten._weight_int4pack_mm` (compute capability 8.0 or newer; below that bitsandbytes' NF4
+# `matmul_4bit`), and a sixth way is timed: `bitsandbytes.matmul_4bit`, what bitsandbytes' own 4-bit layer runs
+# there (the op `bitsandbytes::gemm_4bit`). On a GPU each timing waits for the GPU to finish.
 
 # %%
 model, tok = ql.load(MODEL_ID, mode="bf16")
@@ -80,7 +88,7 @@ layer_weights = [model.get_submodule(f"model.layers.{b}.{'self_attn' if n[0] in 
                  for b in blocks for n in names]
 fns = build_paths(layer_weights)
 in_features = [w.shape[1] for w in layer_weights]
-layer_t = {b: time_layer_paths(fns, in_features, batch=b, rounds=REPEATS + 1) for b in LAYER_BATCHES}
+layer_t = {b: time_layer_paths(fns, in_features, batch=b, rounds=REPEATS + 1, device=DEVICE) for b in LAYER_BATCHES}
 del fns                            # the five copies of the layers: gone before the whole model is timed
 ql.models.release_memory()
 per_layer = pd.DataFrame({f"batch {b} (ms/layer)": {p: 1e3 * s for p, s in t.seconds.items()} for b, t in layer_t.items()})
@@ -90,30 +98,38 @@ per_layer
 # %%
 t1 = layer_t[1]
 fused_vs_bnb, fused_vs_qlearn = t1.ratio("bnb-nf4", "int4"), t1.ratio("int4-dequant", "int4")
+decoder = info.dequantize_4bit if not GPU else "a CUDA kernel here"
+on_gpu = ("" if not GPU else
+          f" On this GPU bitsandbytes' own 4-bit layer calls `bitsandbytes.matmul_4bit` (op bitsandbytes::gemm_4bit: "
+          f"a fused kernel for up to 4 rows, no decode at batch 1): {1e3 * t1.seconds['bnb-gemm_4bit']:.3f} ms per "
+          f"layer, {t1.ratio('bnb-gemm_4bit', 'int4'):.2f}x the fused int4 kernel's time "
+          f"({1e3 * t1.seconds['int4']:.3f} ms, {INT4_PATH}).")
 check_prediction(PREDICT_FUSED_SPEEDUP, fused_vs_bnb, rel_tol=0.3, explain=(
-    f"bitsandbytes' decode alone writes a 16-bit copy of the layer ({info.dequantize_4bit}); the fused kernel never "
+    f"bitsandbytes' decode alone writes a 16-bit copy of the layer ({decoder}); the fused kernel never "
     f"does. Fused int4 was {fused_vs_bnb:.1f}x faster than bitsandbytes nf4 dequantize + F.linear and "
     f"{fused_vs_qlearn:.1f}x faster than qlearn's plain decode + F.linear on the very same codes; against bf16 "
-    f"F.linear it was {t1.ratio('bf16', 'int4'):.2f}x."))
+    f"F.linear it was {t1.ratio('bf16', 'int4'):.2f}x." + on_gpu))
 
 # %% [markdown]
 # ## 3. Memory bandwidth: the floor under every token
 #
 # At batch 1, each generated token reads every weight once and does 2 flops per weight: little arithmetic
 # per byte. So the time per token cannot be shorter than **bytes read / bytes per second**. A copy of 64 MiB
-# (far more than any cache) measures the bytes per second. For compute, the ceiling is the fastest flop rate
-# any kernel reached on this machine: the layer timings above (at each batch size timed) and a large square
-# matmul in bf16 and in float32. A floor built on the fastest rate is a true floor: no mode can beat it.
+# (far more than any cache) measures the bytes per second, in the memory the model sits in (on a GPU, the
+# GPU's own memory: a device-to-device copy). For compute, the ceiling is the fastest flop rate any kernel
+# reached on this machine: the layer timings above (at each batch size timed) and a large square matmul in
+# bf16 and in float32. A floor built on the fastest rate is a true floor: no mode can beat it.
 
 # %%
-bw = qk.copy_bandwidth(repeats=3 if FAST else 5)
+bw = qk.copy_bandwidth(repeats=3 if FAST else 5, device=DEVICE)
 mean_params = sum(w.numel() for w in layer_weights) / len(layer_weights)
 flops = {p: max(2 * mean_params * b / t.seconds[p] for b, t in layer_t.items()) for p in ("bf16", "int4")}
-flops["bf16 matmul"] = qk.matmul_flops(dtype=torch.bfloat16, repeats=2)   # 768 x 768 @ 768 x 768
-flops["fp32 matmul"] = qk.matmul_flops(repeats=2)
+N_MM = 4096 if GPU else 768      # a square matmul big enough to keep this device busy
+flops["bf16 matmul"] = qk.matmul_flops(N_MM, dtype=torch.bfloat16, repeats=2, device=DEVICE)
+flops["fp32 matmul"] = qk.matmul_flops(N_MM, repeats=2, device=DEVICE)
 peak = max(flops.values())       # the compute ceiling of the roofline: the fastest rate measured here
 print(f"copy bandwidth {bw / 1e9:.2f} GB/s; flop/s reached: bf16 F.linear {flops['bf16'] / 1e9:.2f} G, fused int4 "
-      f"{flops['int4'] / 1e9:.2f} G (layers above, best batch size); 768x768 matmul bf16 "
+      f"{flops['int4'] / 1e9:.2f} G (layers above, best batch size); {N_MM}x{N_MM} matmul bf16 "
       f"{flops['bf16 matmul'] / 1e9:.2f} G, float32 {flops['fp32 matmul'] / 1e9:.2f} G. Ceiling: {peak / 1e9:.2f} G")
 del layer_weights
 ql.models.release_memory()
@@ -131,10 +147,12 @@ PREDICT_BF16_FLOOR_MS = None   # e.g. 50
 # `qk.time_split` reads a clock before and after every linear layer's `forward`, replays the decode each layer
 # runs on its own stored state (bitsandbytes `dequantize_4bit`; the float copy LLM.int8 multiplies on CPUs
 # without AVX-512; qlearn's int4 decode) to split the layer into dequantize and matmul, and counts the rest of
-# the forward as "other". It alternates plain and clocked forwards: `gap` is how far the sum of the parts is
-# from a forward without clocks (what the measuring costs, plus the machine's noise). One model at a time: bf16,
-# then the same model swapped to int4 (on full settings first qlearn's dequantize-then-matmul, then the fused
-# kernel on the very same codes), then bitsandbytes modes.
+# the forward as "other". On a CUDA GPU it first measures which layers decoded at all (a layer whose forward
+# allocated a 16-bit copy of its weight) and replays only those, and every clock read waits for the GPU.
+# It alternates plain and clocked forwards: `gap` is how far the sum of the parts is from a forward without
+# clocks (what the measuring costs, plus the machine's noise). One model at a time: bf16, then the same model
+# swapped to int4 (on full settings first qlearn's dequantize-then-matmul, then the fused kernel on the very
+# same codes), then bitsandbytes modes.
 
 # %%
 splits, points, tps, rows = {}, [], [], []
@@ -194,6 +212,11 @@ for mode in (("nf4",) if FAST else ("nf4", "nf4+dq", "fp4", "int8")):
     del model
     ql.models.release_memory()
 table = pd.DataFrame(rows).set_index("mode")
+if GPU:   # what ran: layers that wrote a decoded weight (measured by the split on this GPU)
+    for label in table.index:
+        one, prompt = splits[(label, 1)], splits[(label, f"prompt {PROMPT_LEN}")]
+        print(f"{label}: {len(one.decoded_layers)} layers decoded to 16-bit for one token, "
+              f"{len(prompt.decoded_layers)} for the {PROMPT_LEN}-token prompt")
 table
 
 # %% [markdown]
@@ -274,18 +297,31 @@ w
 # %% [markdown]
 # ## 8. On a GPU
 #
-# bitsandbytes' CUDA path has the fused kernel this notebook built on a CPU: since 0.40, `Linear4bit` at batch
-# 1 in inference runs a 4-bit GEMV that reads the packed codes and their absmax and never writes 16-bit
-# weights; at larger batches it dequantizes to 16-bit and runs a normal matmul (the batch-1 fix of #518;
-# see FACTS.md, "Claims in common tutorials"). The same roofline applies: a GPU's memory bandwidth is far
-# higher, and so is its compute, so batch 1 is even more bandwidth-bound there, which is where 4 bits pay.
-# `scripts/gpu_check.py` measures bf16, dequantize-then-matmul and the fused GEMV per layer when CUDA is present.
+# bitsandbytes' CUDA path has a fused kernel: since 0.40, `Linear4bit` at batch 1 in inference reads the packed
+# codes and their absmax and never writes 16-bit weights (the batch-1 fix of #518). In bitsandbytes 0.50 every
+# 4-bit forward without gradients is one op, `bitsandbytes::gemm_4bit` (`bitsandbytes/autograd/_functions.py`,
+# `matmul_4bit`); on CUDA it runs the fused kernel for up to 4 input rows, and above that the fused kernel or
+# dequantize + `F.linear`, as a table per GPU generation picks (`bitsandbytes/backends/cuda/ops.py`,
+# `_gemm_4bit_use_custom_cuda`; always dequantize above 1536 rows). The same roofline applies: a GPU's memory
+# bandwidth is far higher, and so is its compute. A small model's token on a GPU can still be far above its
+# bandwidth floor: each of its ~200 small layers costs a kernel launch. When this notebook runs on a GPU, the
+# cell below says what that GPU ran; `scripts/gpu_check.py` measures the per-layer paths on CUDA too.
+
+# %%
+if GPU:
+    nf4_one, nf4_prompt = splits[("nf4", 1)], splits[("nf4", f"prompt {PROMPT_LEN}")]
+    print(f"This run is on {info.cuda}. bitsandbytes nf4: {len(nf4_one.decoded_layers)} layers decoded to 16-bit "
+          f"for one token and {len(nf4_prompt.decoded_layers)} for the {PROMPT_LEN}-token prompt (the rest ran "
+          f"gemm_4bit's fused kernel); one nf4 token took {1e3 * nf4_one.forward_s:.2f} ms against bf16's "
+          f"{1e3 * splits[('bf16', 1)].forward_s:.2f} ms, {table.loc['nf4', 'x floor']:.1f}x its bandwidth floor. "
+          f"The fused int4 layers ran {qk.describe_int4_path(INT4_PATH)}.")
 
 # %% [markdown]
 # ## 9. The questions, answered with this run's numbers
 #
-# Each answer below is printed from what this notebook measured on this machine (a CPU, not the GPUs of the
-# issues): the same questions, asked of the modes timed above at batch 1, one token.
+# Each answer below is printed from what this notebook measured on this machine (a CPU unless the top of the
+# notebook printed a GPU; not the GPUs of the issues): the same questions, asked of the modes timed above at
+# batch 1, one token.
 
 # %%
 tok_s = tput["batch 1 (tok/s)"]
@@ -304,6 +340,15 @@ def share(label, part="dequantize"):
 
 
 nf4_decoded = share("nf4") > 0    # False where bitsandbytes ran its fused kernel: nothing to replay
+linear4bit = info.linear4bit if not GPU else (
+    "runs the op bitsandbytes::gemm_4bit, on CUDA a fused kernel for up to 4 input rows (above that the fused kernel "
+    "or dequantize + F.linear, as bitsandbytes' table for this GPU picks)")
+not_taken = ("a path this CPU's bitsandbytes does not take." if not GPU else
+             f"a path bitsandbytes did not take here for one token (for the {PROMPT_LEN}-token prompt "
+             f"{len(splits[('nf4', f'prompt {PROMPT_LEN}')].decoded_layers)} nf4 layers decoded first).")
+int8_path = (f"this CPU multiplies the int8 codes without a float copy ({info.int8_matmul})" if not GPU else
+             "bitsandbytes' CUDA int8 path quantizes each activation row to int8 and multiplies int8 by int8 "
+             "(`int8_linear_matmul`; outlier columns in float16), with no float copy of the weights")
 answers = [
     ("[#611](https://github.com/bitsandbytes-foundation/bitsandbytes/issues/611) \"How to obtain the 4-bit "
      "inference speedup?\" (NF4 36.5 vs FP16 48.6 tokens/s)",
@@ -312,12 +357,12 @@ answers = [
      + (f"The nf4 token spent {share('nf4'):.0f}% of its time in the replayed `dequantize_4bit`, which wrote "
         f"{table.loc['nf4', 'MB decoded per token'] / 2:.0f} MB of bf16 weights per token for the matmuls to read back."
         if nf4_decoded else
-        f"On this machine bitsandbytes' nf4 layer {info.linear4bit}: its time split has no dequantize part "
+        f"On this machine bitsandbytes' nf4 layer {linear4bit}: its time split has no dequantize part "
         f"(0 MB decoded per token), and nf4 is {'faster' if tok_s['nf4'] > tok_s['bf16'] else 'not faster'} than "
-        f"bf16. The slowdown in the issue belongs to dequantize-then-matmul, a path this CPU's bitsandbytes does not take.")),
+        f"bf16. The slowdown in the issue belongs to dequantize-then-matmul, {not_taken}")),
     ("[#712](https://github.com/bitsandbytes-foundation/bitsandbytes/issues/712) \"low performance with "
      "Llama-2-13b-hf\" (int4 below fp16)",
-     (f"the nf4 layers here ({info.linear4bit}) took {part_ms('nf4', 'dequantize'):.1f} ms "
+     (f"the nf4 layers here ({linear4bit}) took {part_ms('nf4', 'dequantize'):.1f} ms "
       f"decoding and {part_ms('nf4', 'matmul'):.1f} ms multiplying per token"
       if nf4_decoded else
       f"the nf4 layers here spent {part_ms('nf4', 'matmul'):.1f} ms per token in bitsandbytes' "
@@ -340,7 +385,7 @@ if "int8" in ms:
          f"here bf16 {ms['bf16']:.1f} ms per token, LLM.int8 {ms['int8']:.1f} ms ({ms['int8'] / ms['bf16']:.1f}x); "
          + (f"{share('int8'):.0f}% of the int8 token went to the replayed float copy of its int8 weights "
             f"({table.loc['int8', 'MB decoded per token']:.0f} MB per token)." if share("int8") > 0 else
-            f"this CPU multiplies the int8 codes without a float copy ({info.int8_matmul}), so the split has no "
+            f"{int8_path}, so the split has no "
             f"dequantize part; the int8 layers' matmuls took {part_ms('int8', 'matmul'):.1f} ms "
             f"of the token against bf16's {part_ms('bf16', 'matmul'):.1f} ms.")),
     ]
@@ -362,9 +407,14 @@ r = table
 fused = r.loc["int4 fused"]
 best_b = max(BATCHES)
 fastest, slowest = r["1 token (ms)"].idxmin(), r["1 token (ms)"].idxmax()
+if GPU:
+    machine = (f"the model ran on CUDA ({info.cuda}); CPU capability {info.cpu_capability}; bitsandbytes "
+               f"{info.bitsandbytes_version}: `Linear4bit` on CUDA {linear4bit}; fused int4: {INT4_PATH}.")
+else:
+    machine = (f"CPU capability {info.cpu_capability}, AVX512-BF16 {'yes' if info.avx512bf16 else 'no'}, "
+               f"CUDA {info.cuda};\n  bitsandbytes {info.bitsandbytes_version}: `Linear4bit` on CPU {info.linear4bit}.")
 display(Markdown(f"""## Summary (measured in this run)
-- Machine: CPU capability {info.cpu_capability}, AVX512-BF16 {'yes' if info.avx512bf16 else 'no'}, CUDA {info.cuda};
-  bitsandbytes {info.bitsandbytes_version}: `Linear4bit` on CPU {info.linear4bit}.
+- Machine: {machine}
 - Copy bandwidth **{bw / 1e9:.2f} GB/s**; flop/s reached: bf16 F.linear {flops['bf16'] / 1e9:.2f} G,
   fused int4 {flops['int4'] / 1e9:.2f} G, 768x768 matmul bf16 {flops['bf16 matmul'] / 1e9:.2f} G and float32
   {flops['fp32 matmul'] / 1e9:.2f} G (the roofline's compute ceiling: {peak / 1e9:.2f} G).

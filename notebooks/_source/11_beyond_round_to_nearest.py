@@ -10,7 +10,8 @@
 #
 # Every bitsandbytes format rounds each weight to its nearest code. The methods most models ship with
 # choose the codes with data (GPTQ, AWQ) or an optimiser (HQQ). The implementations here are plain torch
-# (`qlearn.methods`), short enough to read, and run on a CPU.
+# (`qlearn.methods`), short enough to read, and run where the weights are: on a CPU, or on a CUDA GPU when
+# the model was loaded there.
 
 # %%
 import time
@@ -30,6 +31,9 @@ from qlearn.widgets.methods import MethodExplorer, layer_data
 pd.options.display.float_format = "{:,.4g}".format
 info = ql.backend_info()
 print(info)
+GPU = torch.cuda.is_available()   # ql.load puts the model on CUDA when there is one; the methods follow its weights
+if GPU:
+    print(f"The model, its calibration inputs and every method below run on CUDA ({info.cuda}).")
 
 # %% [markdown]
 # ## 1. How GGUF stores blocks: the embedded model's own bytes
@@ -208,6 +212,8 @@ t0 = time.perf_counter()
 for method, group in RUNS:
     t1 = time.perf_counter()
     fq = qa.apply_method(model, method, group or 128, calib_ids=calib, keep_originals=False, layers=QUANT_LAYERS)
+    if GPU:
+        torch.cuda.synchronize()   # the work still queued on the GPU belongs to this method's time
     seconds = time.perf_counter() - t1
     bits = qa.bits_per_param(fq, model)
     ppl = float(ql.perplexity(model, tok, max_tokens=PPL_TOKENS, progress=False))
@@ -288,5 +294,5 @@ display(Markdown(f"""## Summary (measured in this run)
   (HQQ is asymmetric, a float16 scale and a float16 zero per group: {bits[("hqq", 128)]:.3f} bits here, the same
   as symmetric RTN's one float32 scale per group, {bits[("rtn", 128)]:.3f}: above 4.25 because a row of 576 holds 4.5 groups of 128, so it
   stores 5 scales).
-  CPU capability: {info.cpu_capability}.
+  CPU capability: {info.cpu_capability}.{f" Quantized and evaluated on CUDA ({info.cuda})." if GPU else ""}
 """))

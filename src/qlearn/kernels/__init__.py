@@ -1,9 +1,12 @@
-"""What 4-bit weights cost to compute with: a fused int4/int8 CPU ``Linear`` (``fused``), this machine's
-memory bandwidth and the floor it puts under each token (``bandwidth``), and where the time of a forward
-goes (``timesplit``). Measurements only; the figures are in ``qlearn.plots.kernels``.
+"""What 4-bit weights cost to compute with: a fused int4/int8 ``Linear`` on a CPU or a CUDA GPU (``fused``;
+``device.int4_path`` says which kernel), this machine's memory bandwidth and the floor it puts under each
+token (``bandwidth``), and where the time of a forward goes (``timesplit``). Measurements only, synchronized
+on CUDA devices; the figures are in ``qlearn.plots.kernels``.
 """
 
 from .bandwidth import Floors, copy_bandwidth, floors, matmul_flops
+from .bnb4bit import Bnb4bitLinear
+from .device import INT4_PATHS, describe_int4_path, elapsed, int4_path, module_device, synchronize, wrote_weight
 from .fused import (
     GROUPSIZES,
     DequantInt4Linear,
@@ -18,6 +21,7 @@ from .timesplit import (
     LAYER_TYPES,
     PARTS,
     TimeSplit,
+    decode_probe,
     dequantize_replay,
     hook_overhead,
     layer_type,
@@ -26,5 +30,7 @@ from .timesplit import (
 )
 
 __all__ = ["GROUPSIZES", "Int4Weights", "quantize_int4", "FusedInt4Linear", "DequantInt4Linear", "FusedInt8Linear",
-           "swap_linears", "release_checkpoint", "copy_bandwidth", "matmul_flops", "Floors", "floors", "LAYER_TYPES",
-           "PARTS", "TimeSplit", "layer_type", "dequantize_replay", "time_forward", "time_split", "hook_overhead"]
+           "Bnb4bitLinear", "swap_linears", "release_checkpoint", "INT4_PATHS", "int4_path", "describe_int4_path",
+           "module_device", "synchronize", "elapsed", "wrote_weight", "copy_bandwidth", "matmul_flops", "Floors",
+           "floors", "LAYER_TYPES", "PARTS", "TimeSplit", "layer_type", "dequantize_replay", "decode_probe",
+           "time_forward", "time_split", "hook_overhead"]

@@ -8,24 +8,29 @@ bytes read / bytes per second: the bandwidth floor. Dequantize-then-matmul adds 
 compute floor (2 * weights * batch / flop/s) takes over.
 
 Worked number: 100 MB of weights on a machine that copies 10 GB/s cannot generate faster than
-10 ms per token (100 tokens/s).
+10 ms per token (100 tokens/s). Measure on the device the model runs on (``device=``): a GPU has memory
+of its own, far faster than the CPU's.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 
+from .device import elapsed
+
 __all__ = ["copy_bandwidth", "matmul_flops", "Floors", "floors"]
 
 
-def copy_bandwidth(nbytes: int = 64 << 20, repeats: int = 5) -> float:
-    """Bytes per second of ``dst.copy_(src)`` on two float32 CPU tensors of ``nbytes`` each, best of ``repeats``.
+def copy_bandwidth(nbytes: int = 64 << 20, repeats: int = 5, device=None) -> float:
+    """Bytes per second of ``dst.copy_(src)`` on two float32 tensors of ``nbytes`` each on ``device``, best of
+    ``repeats``.
 
     Counts read + write (2 * nbytes per copy), the traffic a kernel that reads weights and writes a copy
-    would make. 64 MiB each is far larger than any CPU cache, so this is main-memory bandwidth.
+    would make. 64 MiB each is far larger than any CPU cache, so this is main-memory bandwidth. device:
+    where the model runs (default CPU). On a CUDA device the copy is device to device (the GPU's own
+    memory), 20 copies a timing, the clock read after ``torch.cuda.synchronize`` (an H200 copied ~4 TB/s).
 
     >>> copy_bandwidth(1 << 20, repeats=5) > 1e7    # loose: a shared machine may deschedule a copy
     True
@@ -34,30 +39,33 @@ def copy_bandwidth(nbytes: int = 64 << 20, repeats: int = 5) -> float:
         raise ValueError(f"nbytes must be an int >= 4096; got {nbytes!r}")
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive int; got {repeats!r}")
-    src = torch.ones(nbytes // 4)
+    device = torch.device(device or "cpu")
+    src = torch.ones(nbytes // 4, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)                     # touch the pages first
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        dst.copy_(src)
-        best = min(best, time.perf_counter() - start)
-    return 2 * src.numel() * 4 / best
+    copies = 1 if device.type == "cpu" else 20
+
+    def run():
+        for _ in range(copies):
+            dst.copy_(src)
+
+    best = min(elapsed(run, device) for _ in range(repeats))
+    return 2 * src.numel() * 4 * copies / best
 
 
-def matmul_flops(n: int = 768, dtype: torch.dtype = torch.float32, repeats: int = 3) -> float:
-    """Floating-point operations per second of an (n x n) @ (n x n) matmul in ``dtype`` (2 n^3 flops), best
-    of ``repeats``: the compute ceiling of the roofline. n = 768: 0.906 GFLOP per matmul.
+def matmul_flops(n: int | None = None, dtype: torch.dtype = torch.float32, repeats: int = 3, device=None) -> float:
+    """Floating-point operations per second of an (n x n) @ (n x n) matmul in ``dtype`` (2 n^3 flops) on
+    ``device`` (default CPU), best of ``repeats`` after one warm-up: the compute ceiling of the roofline.
+    n: default 768 on a CPU (0.906 GFLOP per matmul), 4096 on a GPU (137 GFLOP: a smaller one is over
+    before the GPU is busy).
 
     >>> matmul_flops(64, repeats=1) > 1e6
     True
     """
-    a = torch.randn(n, n, generator=torch.Generator().manual_seed(0)).to(dtype)
-    times = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        a @ a
-        times.append(time.perf_counter() - start)
+    device = torch.device(device or "cpu")
+    n = n or (768 if device.type == "cpu" else 4096)
+    a = torch.randn(n, n, generator=torch.Generator().manual_seed(0)).to(device=device, dtype=dtype)
+    times = [elapsed(lambda: a @ a, device) for _ in range(repeats + 1)]
     return 2 * n**3 / min(times[1:] or times)
 
 

@@ -1,4 +1,5 @@
-"""A fused int4 / int8 ``Linear`` on any CPU, built on torch's own weight-only kernels, and its plain reference.
+"""A fused int4 / int8 ``Linear`` on a CPU or a CUDA GPU, built on torch's own weight-only kernels, and its
+plain reference.
 
 Dequantize-then-matmul (what bitsandbytes' ``Linear4bit`` does on a CPU without AVX512-BF16) reads the
 4-bit weight, WRITES a 16-bit copy of it, then reads that copy again in the matmul. A fused kernel reads
@@ -15,6 +16,10 @@ multiple of 16) and returns (N, K/2) uint8 in its own blocked layout (we never r
 ``aten._weight_int4pack_mm_for_cpu(x, packed, groupsize, scales_and_zeros)`` takes x (M, K) in bf16,
 fp16 or fp32, scales_and_zeros (K/groupsize, N, 2) in x's dtype, groupsize 32/64/128/256 dividing K;
 ``aten._weight_int8pack_mm(x, w_int8 (N, K), scales (N,))`` computes x @ w.T * scales.
+torch's CUDA kernel (compute capability >= 8.0; ``qlearn.kernels.device.int4_path`` chooses):
+``aten._convert_weight_to_int4pack(u8, inner_k_tiles)`` takes the codes two a byte, (N, K/2) uint8, even
+column in the high nibble, N a multiple of 8 and K of 16 * inner_k_tiles (2, 4 or 8), and returns int32
+tiles; ``aten._weight_int4pack_mm(x, packed, groupsize, scales_and_zeros)`` the same product, bf16 only.
 K = 576 is not a multiple of 128: the weight is padded with codes that meet zeros in the padded input.
 """
 
@@ -24,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .device import int4_path
 
 __all__ = ["GROUPSIZES", "Int4Weights", "quantize_int4", "FusedInt4Linear", "DequantInt4Linear",
            "FusedInt8Linear", "swap_linears", "release_checkpoint"]
@@ -80,7 +87,7 @@ def quantize_int4(w: torch.Tensor, groupsize: int = 64, dtype: torch.dtype | Non
         raise TypeError(f"w must be a 2-D floating tensor (out_features, in_features); got "
                         f"{getattr(w, 'shape', type(w).__name__)} {getattr(w, 'dtype', '')}")
     if groupsize not in GROUPSIZES:
-        raise ValueError(f"groupsize must be one of {GROUPSIZES} (torch's int4 CPU kernel); got {groupsize!r}")
+        raise ValueError(f"groupsize must be one of {GROUPSIZES} (torch's int4 kernels); got {groupsize!r}")
     dtype = dtype or w.dtype
     parts = [_quantize_rows(w[i:i + _ROWS], groupsize, dtype) for i in range(0, w.shape[0], _ROWS)]
     codes, scale, zero = (torch.cat(p) if len(parts) > 1 else p[0] for p in zip(*parts, strict=True))
@@ -112,28 +119,51 @@ def _pack_int4(codes: torch.Tensor) -> torch.Tensor:
                       for i in range(0, codes.shape[0], _ROWS)])
 
 
-class FusedInt4Linear(torch.nn.Module):
-    """``nn.Linear`` replacement: torch's fused int4 CPU matmul on packed codes, never a 16-bit weight.
+def _inner_k_tiles(kp: int) -> int:
+    """The largest of 8, 4, 2 with Kp a multiple of 16 * it (torch's CUDA int4 tiles); 576 -> 4, 640 -> 8."""
+    return next(t for t in (8, 4, 2) if kp % (16 * t) == 0)
 
-    Buffers: ``packed`` (N, Kp/2) uint8 (the kernel's layout), ``scales_and_zeros`` (Kp/groupsize, N, 2),
-    optional ``bias``. A 1536 x 576 layer at groupsize 64: 442,368 + 55,296 bytes (bf16 pairs), 4.5 bits
-    per weight. Inputs are cast to the scales' dtype and the output cast back.
+
+def _pack_int4_cuda(codes: torch.Tensor) -> torch.Tensor:
+    """torch's CUDA (tinygemm) int4 packing of (N, Kp) codes: two codes a byte, even column high, then
+    ``aten._convert_weight_to_int4pack`` into its int32 tiles (N/8, Kp/(16 t), 32, t/2)."""
+    u8 = ((codes[:, 0::2] << 4) | codes[:, 1::2]).contiguous()              # (N, Kp/2) uint8
+    return torch.ops.aten._convert_weight_to_int4pack(u8, _inner_k_tiles(codes.shape[1]))
+
+
+class FusedInt4Linear(torch.nn.Module):
+    """``nn.Linear`` replacement: torch's fused int4 matmul on packed codes, never a 16-bit weight.
+
+    ``path`` (default: ``int4_path`` of the codes' device) picks torch's kernel: "torch-cpu"
+    (``_weight_int4pack_mm_for_cpu``) or "torch-cuda" (``_weight_int4pack_mm``, compute capability >= 8.0;
+    its scales are bf16, so they are rounded to bf16 there). A GPU without it takes ``Bnb4bitLinear``
+    (``swap_linears`` chooses). The packed layout belongs to the device it was made on: build the layer there.
+    Buffers: ``packed`` (the kernel's layout), ``scales_and_zeros`` (Kp/groupsize, N, 2), optional ``bias``.
+    A 1536 x 576 layer at groupsize 64: 442,368 + 55,296 bytes (bf16 pairs), 4.5 bits per weight.
+    Inputs are cast to the scales' dtype and the output cast back.
 
     >>> layer = FusedInt4Linear.from_linear(torch.nn.Linear(64, 32), groupsize=32)
-    >>> layer(torch.randn(2, 64)).shape
-    torch.Size([2, 32])
+    >>> layer(torch.randn(2, 64)).shape, layer.path
+    (torch.Size([2, 32]), 'torch-cpu')
     """
 
-    def __init__(self, weights: Int4Weights, bias: torch.Tensor | None = None):
+    def __init__(self, weights: Int4Weights, bias: torch.Tensor | None = None, path: str | None = None):
         super().__init__()
+        path = path or int4_path(weights.codes.device)
+        if path not in ("torch-cpu", "torch-cuda"):
+            raise ValueError(f"path must be 'torch-cpu' or 'torch-cuda' (bitsandbytes' path is Bnb4bitLinear); "
+                             f"got {path!r}")
         n, kp = weights.codes.shape
-        if n % 16:
-            raise ValueError(f"out_features must be a multiple of 16 for torch's int4 CPU kernel; got {n}")
-        self.in_features, self.out_features, self.groupsize = weights.in_features, n, weights.groupsize
-        self.register_buffer("packed", _pack_int4(weights.codes))
-        pairs = torch.stack([weights.scale, weights.zero], -1)      # (N, groups, 2)
+        rows = 16 if path == "torch-cpu" else 8
+        if n % rows:
+            raise ValueError(f"out_features must be a multiple of {rows} for torch's int4 kernel ({path}); got {n}")
+        self.path, self.in_features, self.out_features, self.groupsize = path, weights.in_features, n, weights.groupsize
+        dtype = torch.bfloat16 if path == "torch-cuda" else weights.scale.dtype      # tinygemm reads bf16 only
+        pack = _pack_int4 if path == "torch-cpu" else _pack_int4_cuda
+        self.register_buffer("packed", pack(weights.codes))
+        pairs = torch.stack([weights.scale, weights.zero], -1).to(dtype)      # (N, groups, 2)
         self.register_buffer("scales_and_zeros", pairs.transpose(0, 1).contiguous())
-        self.register_buffer("bias", None if bias is None else bias.detach().to(weights.scale.dtype))
+        self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
         self._pad = kp - weights.in_features
 
     @classmethod
@@ -141,17 +171,23 @@ class FusedInt4Linear(torch.nn.Module):
         return cls(quantize_int4(linear.weight, groupsize, dtype), linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.path == "torch-cpu") != (x.device.type == "cpu"):           # moved with .to() after packing
+            raise ValueError(f"this layer was packed for {self.path} on {self.packed.device}; got an input on "
+                             f"{x.device}: build the layer on the device it runs on (the layouts differ)")
         dtype, lead = x.dtype, x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1]).to(self.scales_and_zeros.dtype)
         if self._pad:
             x2 = F.pad(x2, (0, self._pad))
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.groupsize, self.scales_and_zeros)
+        mm = (torch.ops.aten._weight_int4pack_mm_for_cpu if self.path == "torch-cpu"
+              else torch.ops.aten._weight_int4pack_mm)
+        y = mm(x2.contiguous(), self.packed, self.groupsize, self.scales_and_zeros)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features).to(dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, groupsize={self.groupsize}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, groupsize={self.groupsize}, "
+                f"path={self.path}")
 
 
 class DequantInt4Linear(torch.nn.Module):
@@ -222,20 +258,24 @@ _KINDS = ("int4", "int8", "int4-dequant")
 
 
 def swap_linears(model: torch.nn.Module, kind: str = "int4", groupsize: int = 64, lm_head: bool = False,
-                 dtype: torch.dtype | None = None) -> int:
+                 dtype: torch.dtype | None = None, path: str | None = None) -> int:
     """Replace the ``nn.Linear`` layers of ``model`` in place; returns how many were swapped.
 
-    kind: "int4" (FusedInt4Linear), "int8" (FusedInt8Linear) or "int4-dequant" (DequantInt4Linear, the
-    dequantize-then-matmul reference on the same codes). A ``DequantInt4Linear`` already in the model becomes
-    a ``FusedInt4Linear`` on its very codes with kind "int4" (no second quantization, so the two paths
-    can be timed on the same weights one after the other). ``lm_head=False`` (default) keeps the output
-    layer in 16-bit: in the embedded model it is tied to the token embedding, so quantizing it would
-    ADD a 4-bit copy (49152 x 576) beside the 16-bit table the embedding still needs.
+    kind: "int4" (the fused int4 layer of ``path``), "int8" (FusedInt8Linear) or "int4-dequant"
+    (DequantInt4Linear, the dequantize-then-matmul reference on the same codes). path (kind "int4"):
+    ``int4_path`` of the layer's device by default; "torch-cpu" / "torch-cuda" give ``FusedInt4Linear``,
+    "bitsandbytes" (a CUDA GPU below compute capability 8.0) gives ``Bnb4bitLinear``: NF4 blocks of
+    ``groupsize``, not asymmetric int4. A ``DequantInt4Linear`` already in the model becomes a
+    ``FusedInt4Linear`` on its very codes with kind "int4" (no second quantization, so the two paths
+    can be timed on the same weights one after the other; on the bitsandbytes path its decoded weights
+    are quantized to NF4). ``lm_head=False`` (default) keeps the output layer in 16-bit: in the embedded
+    model it is tied to the token embedding, so quantizing it would ADD a 4-bit copy (49152 x 576)
+    beside the 16-bit table the embedding still needs.
     Embedded SmolLM2: 210 layers swapped (30 blocks x 7), 211 with lm_head.
 
     >>> net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 16))
-    >>> swap_linears(net, "int4", groupsize=32)
-    2
+    >>> swap_linears(net, "int4", groupsize=32), net[0].path
+    (2, 'torch-cpu')
     """
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {_KINDS}; got {kind!r}")
@@ -244,16 +284,27 @@ def swap_linears(model: torch.nn.Module, kind: str = "int4", groupsize: int = 64
                if (type(m) is torch.nn.Linear or (kind == "int4" and isinstance(m, DequantInt4Linear)))
                and (lm_head or m is not head)]
     for name, linear in targets:
-        if isinstance(linear, DequantInt4Linear):
-            new = FusedInt4Linear(linear.weights(), linear.bias)
-        elif kind == "int8":
-            new = FusedInt8Linear.from_linear(linear, dtype)
-        else:
-            q = quantize_int4(linear.weight, groupsize, dtype)
-            new = FusedInt4Linear(q, linear.bias) if kind == "int4" else DequantInt4Linear(q, linear.bias)
         parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, new)
+        setattr(model.get_submodule(parent) if parent else model, child,
+                _swapped(linear, kind, groupsize, dtype, path))
     return len(targets)
+
+
+def _swapped(linear, kind: str, groupsize: int, dtype, path: str | None) -> torch.nn.Module:
+    """The replacement of one layer (see ``swap_linears``)."""
+    if kind == "int8":
+        return FusedInt8Linear.from_linear(linear, dtype)
+    w = linear.packed if isinstance(linear, DequantInt4Linear) else linear.weight
+    path = (path or int4_path(w.device)) if kind == "int4" else None
+    if path == "bitsandbytes":
+        from .bnb4bit import Bnb4bitLinear
+
+        weight = linear.weights().dequantize() if isinstance(linear, DequantInt4Linear) else linear.weight
+        return Bnb4bitLinear(weight, linear.bias, blocksize=groupsize, dtype=dtype)
+    if isinstance(linear, DequantInt4Linear):
+        return FusedInt4Linear(linear.weights(), linear.bias, path)
+    q = quantize_int4(linear.weight, groupsize, dtype)
+    return FusedInt4Linear(q, linear.bias, path) if kind == "int4" else DequantInt4Linear(q, linear.bias)
 
 
 def release_checkpoint(model: torch.nn.Module) -> int:

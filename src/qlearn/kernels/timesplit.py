@@ -10,7 +10,16 @@ on the layer's own stored state, right after the forward:
   to the input's dtype (what ``matmul_4bit`` runs before ``F.linear``);
 - bitsandbytes int8 where torch's CPU capability is not AVX-512: ``weight.float()`` (the default backend's
   int8 matmul multiplies float32 copies of the int8 values);
-- ``DequantInt4Linear``: its ``Int4Weights.dequantize``.
+- ``DequantInt4Linear``: its ``Int4Weights.dequantize``; ``Bnb4bitLinear``: its ``dequantize_4bit``.
+
+On a CUDA device a layer's decode is replayed only if that layer's forward DID decode, as measured: one
+extra forward (after the timed ones) reads the allocator's running count of bytes allocated
+(``torch.cuda.memory_stats``, "allocated_bytes.all.allocated") before and after each layer, and a layer that
+allocated at least its weight's size in the compute dtype beyond its output wrote a decoded copy
+(``device.wrote_weight``). bitsandbytes' CUDA 4-bit forward is one op, ``bitsandbytes::gemm_4bit``: its fused kernel
+(always at up to 4 input rows) allocates only the output, its dequantize + ``F.linear`` fallback (larger
+batches, per GPU) the whole 16-bit weight. torch's CUDA int4 kernel and bitsandbytes' CUDA int8 matmul
+write no 16-bit weight. ``TimeSplit.decoded_layers`` names the layers whose decode was replayed.
 
 "matmul" = the layer's clocked time minus that replay (the replay is a second run of the same code on
 the same data, so this is an estimate, and says so). Fused layers (``FusedInt4Linear``, bitsandbytes'
@@ -30,10 +39,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .fused import DequantInt4Linear
+from .bnb4bit import Bnb4bitLinear
+from .device import elapsed, module_device, synchronize, wrote_weight
+from .fused import DequantInt4Linear, FusedInt4Linear, FusedInt8Linear
 
 __all__ = ["LAYER_TYPES", "PARTS", "TimeSplit", "layer_type", "dequantize_replay", "time_forward", "time_split",
-           "threads", "hook_overhead"]
+           "threads", "hook_overhead", "decode_probe"]
 
 LAYER_TYPES = ("attention", "mlp", "lm_head")
 PARTS = ("dequantize", "matmul")
@@ -55,8 +66,7 @@ def layer_type(name: str) -> str | None:
 
 
 def _is_linear(module) -> bool:
-    return isinstance(module, torch.nn.Linear) or type(module).__name__ in (
-        "FusedInt4Linear", "DequantInt4Linear", "FusedInt8Linear")
+    return isinstance(module, (torch.nn.Linear, FusedInt4Linear, DequantInt4Linear, FusedInt8Linear, Bnb4bitLinear))
 
 
 def dequantize_replay(module, dtype: torch.dtype):
@@ -72,6 +82,8 @@ def dequantize_replay(module, dtype: torch.dtype):
     kind = type(weight).__name__
     if isinstance(module, DequantInt4Linear):
         return lambda: module.weights().dequantize(dtype)
+    if isinstance(module, Bnb4bitLinear):
+        return lambda: module.dequantize(dtype)
     if kind == "Params4bit" and not getattr(weight.quant_state, "packing_format_for_cpu", False):
         import bitsandbytes.functional as bnbf
 
@@ -89,7 +101,8 @@ class TimeSplit:
     forward_s: fastest forward WITHOUT clocks; hooked_s: the fastest forward with every linear layer clocked,
     the parts come from it (fastest of ``repeats``, alternating plain and clocked: on a shared machine the
     least disturbed run).
-    decoded_bytes: bytes the replayed decodes write (each read back by the matmul).
+    decoded_bytes: bytes the replayed decodes write (each read back by the matmul). decoded_layers: the
+    names of the layers whose decode was replayed; device: where the model ran ("cpu", "cuda:0").
     """
 
     label: str
@@ -100,6 +113,8 @@ class TimeSplit:
     parts: dict = field(default_factory=dict)
     decoded_bytes: int = 0
     threads: int = 1
+    decoded_layers: tuple = ()
+    device: str = "cpu"
 
     @property
     def parts_s(self) -> float:
@@ -142,15 +157,15 @@ def threads(n: int | None):
         torch.set_num_threads(before)
 
 
+def _device(model) -> torch.device:
+    """Where the model runs: transformers' ``model.device``, else its first parameter's device."""
+    return torch.device(getattr(model, "device", None) or module_device(model))
+
+
 def _inputs(model, batch: int, seq: int) -> torch.Tensor:
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(0)
-    return torch.randint(0, vocab, (batch, seq), generator=g).to(model.device)
-
-
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    return torch.randint(0, vocab, (batch, seq), generator=g).to(_device(model))
 
 
 def time_forward(model, batch: int = 1, seq: int = 1, repeats: int = 5, n_threads: int | None = 1) -> float:
@@ -158,45 +173,26 @@ def time_forward(model, batch: int = 1, seq: int = 1, repeats: int = 5, n_thread
     (fixed seed), after one warm-up; the decode step of generation at ``seq=1`` (without the KV cache's reads)."""
     if not all(isinstance(v, int) and v >= 1 for v in (batch, seq, repeats)):
         raise ValueError(f"batch, seq and repeats must be positive ints; got {batch!r}, {seq!r}, {repeats!r}")
-    ids = _inputs(model, batch, seq)
-    times = []
+    ids, device = _inputs(model, batch, seq), _device(model)
     with torch.inference_mode(), threads(n_threads):
-        for _ in range(repeats + 1):
-            _sync(ids.device)
-            start = time.perf_counter()
-            model(ids, use_cache=False)
-            _sync(ids.device)
-            times.append(time.perf_counter() - start)
+        times = [elapsed(lambda: model(ids, use_cache=False), device) for _ in range(repeats + 1)]
     return min(times[1:])
 
 
 @contextmanager
-def _clocked(layers, spent: dict, device):
-    """Within the block, each layer's ``forward`` adds its seconds to ``spent[name]``; restored after.
+def _wrapped(layers, wrap):
+    """Within the block each layer's ``forward`` is ``wrap(name, module, inner_forward)``; restored after.
 
     A wrapper on the instance's ``forward`` (put before ``Module.__call__`` finds it, removed after), not
     module hooks: a pre + post hook pair sends every call down ``Module.__call__``'s slow path, which
     costs more than the two clock reads (``hook_overhead`` measures both)."""
-    clock = time.perf_counter
-    sync = torch.cuda.synchronize if device.type == "cuda" else None
     saved = []
     try:
         for name, module in layers:
             inner, own = module.forward, "forward" in module.__dict__
-
-            def timed(*args, _inner=inner, _name=name, **kwargs):
-                if sync:
-                    sync()
-                start = clock()
-                out = _inner(*args, **kwargs)
-                if sync:
-                    sync()
-                spent[_name] = spent.get(_name, 0.0) + clock() - start
-                return out
-
             saved.append((module, inner, own))
-            module.forward = timed
-        yield spent
+            module.forward = wrap(name, module, inner)
+        yield
     finally:
         for module, inner, own in saved:
             if own:
@@ -205,21 +201,40 @@ def _clocked(layers, spent: dict, device):
                 del module.forward
 
 
-def _forwards(model, ids, layers, repeats):
+@contextmanager
+def _clocked(layers, spent: dict, device):
+    """Within the block, each layer's ``forward`` adds its seconds to ``spent[name]`` (on a CUDA device the
+    clock is read after ``synchronize``: the layer's kernels have finished)."""
+    clock = time.perf_counter
+    sync = (lambda: synchronize(device)) if device.type == "cuda" else None
+
+    def wrap(name, _module, inner):
+        def timed(*args, **kwargs):
+            if sync:
+                sync()
+            start = clock()
+            out = inner(*args, **kwargs)
+            if sync:
+                sync()
+            spent[name] = spent.get(name, 0.0) + clock() - start
+            return out
+        return timed
+
+    with _wrapped(layers, wrap):
+        yield spent
+
+
+def _forwards(model, ids, layers, repeats, device):
     """Alternate plain and clocked forwards (after one warm-up of each), so a change in the machine's
     load hits both alike. Returns ([plain s], [(clocked s, {layer name: s})])."""
     def timed():
-        _sync(ids.device)
-        start = time.perf_counter()
-        model(ids, use_cache=False)
-        _sync(ids.device)
-        return time.perf_counter() - start
+        return elapsed(lambda: model(ids, use_cache=False), device)
 
     plain, hooked = [], []
     with torch.inference_mode():
         for i in range(repeats + 1):
             t = timed()
-            with _clocked(layers, {}, ids.device) as spent:
+            with _clocked(layers, {}, device) as spent:
                 th = timed()
             if i:
                 plain.append(t)
@@ -261,16 +276,35 @@ def hook_overhead(n_calls: int = 2000, repeats: int = 5) -> dict:
     return {"hooks": max(0.0, hooked - plain), "wrapper": max(0.0, wrapped - plain)}
 
 
-def _replay_s(fn, repeats) -> tuple[float, int]:
-    """Fastest seconds of ``fn()`` and the bytes it writes."""
+def _replay_s(fn, repeats, device) -> tuple[float, int]:
+    """Fastest seconds of ``fn()`` (synchronized on ``device``) and the bytes it writes."""
     with torch.inference_mode():
         out = fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
+        times = [elapsed(fn, device) for _ in range(repeats)]
     return min(times), out.numel() * out.element_size()
+
+
+def decode_probe(model, ids: torch.Tensor, layers, dtype: torch.dtype, device=None) -> dict:
+    """{layer name: True if its forward wrote a decoded weight} from one forward of ``ids`` on a CUDA device,
+    reading the allocator's count of bytes allocated around each layer (``device.wrote_weight``). Run it
+    after a warm-up forward: the first matmul on a stream may allocate cuBLAS' workspace."""
+    seen = {}
+
+    def allocated() -> int:
+        return torch.cuda.memory_stats(device or ids.device).get("allocated_bytes.all.allocated", 0)
+
+    def wrap(name, module, inner):
+        def probed(*args, **kwargs):
+            before = allocated()
+            out = inner(*args, **kwargs)
+            seen[name] = wrote_weight(allocated() - before, out.numel() * out.element_size(),
+                                      module.in_features * module.out_features, dtype.itemsize)
+            return out
+        return probed
+
+    with _wrapped(layers, wrap), torch.inference_mode():
+        model(ids, use_cache=False)
+    return seen
 
 
 def time_split(model, batch: int = 1, seq: int = 1, repeats: int = 5, label: str = "",
@@ -279,7 +313,9 @@ def time_split(model, batch: int = 1, seq: int = 1, repeats: int = 5, label: str
 
     ``dtype``: the compute dtype the decodes are cast to (default: the embedding's dtype, bf16 for every
     qlearn mode but fp32). Batch 1, seq 1 is one generated token; seq 64 a 64-token prompt. Timed on
-    ``n_threads`` torch threads (default 1, see ``threads``; None: as set).
+    ``n_threads`` torch threads (default 1, see ``threads``; None: as set). On a CUDA device every clock
+    read waits for the GPU (``synchronize``) and only the layers that decoded in a probe forward get a
+    replayed dequantize (``decode_probe``; module docstring).
 
     >>> split = time_split(model, batch=1, seq=64, label="nf4")  # doctest: +SKIP
     >>> split.gap < 0.15  # doctest: +SKIP
@@ -291,10 +327,13 @@ def time_split(model, batch: int = 1, seq: int = 1, repeats: int = 5, label: str
     layers = [(n, m) for n, m in model.named_modules() if _is_linear(m) and layer_type(n)]
     if not layers:
         raise ValueError("model has no linear layers named like attention / mlp / lm_head projections")
+    ids, device = _inputs(model, batch, seq), _device(model)
     with threads(n_threads):
-        plain, runs = _forwards(model, _inputs(model, batch, seq), layers, repeats)
-        replays = [(name, m, dequantize_replay(m, dtype)) for name, m in layers]
-        measured = {name: _replay_s(fn, max(1, repeats // 2)) for name, _, fn in replays if fn is not None}
+        plain, runs = _forwards(model, ids, layers, repeats, device)
+        ran = decode_probe(model, ids, layers, dtype, device) if device.type == "cuda" else None   # what ran
+        replays = [(name, m, dequantize_replay(m, dtype) if ran is None or ran.get(name) else None)
+                   for name, m in layers]
+        measured = {name: _replay_s(fn, max(1, repeats // 2), device) for name, _, fn in replays if fn is not None}
     forward_s = min(plain)
     hooked_s, spent = min(runs, key=lambda r: r[0])   # the fastest hooked run, whole (least disturbed)
     parts = {(lt, p): 0.0 for lt in LAYER_TYPES for p in PARTS}
@@ -307,4 +346,5 @@ def time_split(model, batch: int = 1, seq: int = 1, repeats: int = 5, label: str
         parts[(layer_type(name), "matmul")] += spent.get(name, 0.0) - dq
     parts = {k: v for k, v in parts.items() if v > 0 or k[0] != "lm_head"}
     parts[("other", "other")] = max(0.0, hooked_s - sum(spent.values()))
-    return TimeSplit(label, batch, seq, forward_s, hooked_s, parts, decoded, n_threads or torch.get_num_threads())
+    return TimeSplit(label, batch, seq, forward_s, hooked_s, parts, decoded, n_threads or torch.get_num_threads(),
+                     tuple(measured), str(device))

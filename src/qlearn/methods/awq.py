@@ -68,15 +68,16 @@ def awq(w: torch.Tensor, x: torch.Tensor, bits: int = 4, group_size: int | None 
 
     w: float (out, in); x: float (tokens, in) calibration inputs of this layer (a few hundred rows
     are enough); x_mean_abs: mean |x| per input channel (in,), default from x (pass the statistic
-    of more tokens than x holds if you have it). Worked number: alpha = 0 gives exactly `rtn(w)`.
+    of more tokens than x holds if you have it). Runs on w's device (x is moved there).
+    Worked number: alpha = 0 gives exactly `rtn(w)`.
 
     >>> w, x = torch.randn(8, 16), torch.randn(32, 16)
     >>> torch.equal(awq(w, x, group_size=8, n_grid=1).dequantize(), rtn(w, group_size=8).dequantize())
     True
     """
     w = check_weight(w, group_size)
-    x = x.reshape(-1, w.shape[1]).float()
-    mean_abs = x.abs().mean(dim=0) if x_mean_abs is None else x_mean_abs.float()
+    x = x.reshape(-1, w.shape[1]).float().to(w.device)                   # the work runs on w's device
+    mean_abs = x.abs().mean(dim=0) if x_mean_abs is None else x_mean_abs.float().to(w.device)
     wf = w.detach().float()
     y = x @ wf.T                                                    # (tokens, out) the exact output
     best = None

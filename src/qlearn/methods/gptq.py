@@ -50,7 +50,8 @@ def gptq(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group_size: int | None
     (group scales are then computed up front from the unmoved weight, "static groups", so storage
     stays in plain column order). Returns the same record as `rtn` (GroupQuantized, codes (out, in));
     with return_moved=True also a float32 (out, in) tensor: each weight as it was when rounded, after
-    the compensation from earlier columns (minus w = the shift).
+    the compensation from earlier columns (minus w = the shift). Every tensor is made on w's device
+    (h is moved there), so a CUDA weight is quantized on the GPU.
     Worked number: with H = identity nothing is compensated and the codes equal `rtn`'s.
 
     >>> w = torch.tensor([[0.07, 0.034, -0.02, 0.0]])
@@ -62,7 +63,7 @@ def gptq(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group_size: int | None
         n = w.shape[1]
         raise ValueError(f"h must be ({n}, {n}) for a weight with {n} input columns; got {tuple(h.shape)}")
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # many small ops: a second thread only waits on a loaded 2-core machine
+    torch.set_num_threads(1)   # many small ops: a second thread only waits on a loaded 2-core machine (CPU)
     try:
         rec, moved = _gptq(w, h, bits, group_size, symmetric, block_size, damp, act_order)
     finally:
@@ -73,13 +74,14 @@ def gptq(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group_size: int | None
 def _gptq(w, h, bits, group_size, symmetric, block_size, damp, act_order):
     rows, cols = w.shape
     g = group_size or cols
-    W, H = w.detach().float().clone(), h.detach().float().clone()
+    W, H = w.detach().float().clone(), h.detach().float().to(w.device, copy=True)
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
-    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols, device=w.device)
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols, device=W.device)
+    order = perm.tolist()                                   # column indices as Python ints: no sync per column
     groups = -(-cols // g)                                                  # the last may be shorter
-    scales, zeros = torch.zeros(rows, groups), torch.zeros(rows, groups)
+    scales, zeros = W.new_zeros(rows, groups), W.new_zeros(rows, groups)    # on the weight's device
     if act_order:   # static groups: every group's scale from the weight before any update
         for k in range(groups):
             scales[:, k], zeros[:, k] = group_params(W[:, k * g:(k + 1) * g], bits, symmetric)
@@ -89,9 +91,9 @@ def _gptq(w, h, bits, group_size, symmetric, block_size, damp, act_order):
     qmin, qmax = (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if symmetric else (0, 2 ** bits - 1)
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
-        W1, Err1 = Wt[i1:i2].clone(), torch.zeros(i2 - i1, rows)              # (block, rows)
+        W1, Err1 = Wt[i1:i2].clone(), Wt.new_zeros(i2 - i1, rows)             # (block, rows)
         for i in range(i2 - i1):
-            j = int(perm[i1 + i])                                             # original column index
+            j = order[i1 + i]                                                 # original column index
             if not act_order and j % g == 0:                                  # a new group: its scales now
                 cur = torch.cat([W1[i:], Wt[i2:]])[:g].T                      # (rows, <= g)
                 scales[:, j // g], zeros[:, j // g] = group_params(cur, bits, symmetric)
