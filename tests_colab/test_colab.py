@@ -4,7 +4,7 @@
 before the first test, none of bitsandbytes, gguf, qlearn or the embedded model: the first test runs
 the lessons' own install cell there, as Colab would (``google.colab`` imported), with qlearn taken from
 the wheel in $QLEARN_PIP_SPEC instead of GitHub. Then the model tests and every lesson (QLEARN_FAST=1)
-run on those versions, and the perplexity of bf16 and nf4+dq is compared with the main environment's.
+run on those versions, and the perplexity of fp32, bf16 and nf4+dq is compared with the main environment's.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def test_the_model_tests_pass_on_colabs_versions():
 
 PPL = ("import json, sys, qlearn as ql\n"
        "out = {}\n"
-       "for mode in ('bf16', 'nf4+dq'):\n"
+       "for mode in ('fp32', 'bf16', 'nf4+dq'):\n"
        "    m, t = ql.load('embedded', mode=mode, device_map='cpu', verbose=False)\n"
        "    out[mode] = float(ql.perplexity(m, t, max_tokens=int(sys.argv[1]), progress=False))\n"
        "    del m\n"
@@ -68,7 +68,11 @@ PPL = ("import json, sys, qlearn as ql\n"
 
 
 def test_perplexity_is_the_same_number_as_in_the_main_environment():
-    tokens = int(os.environ.get("QLEARN_COLAB_PPL_TOKENS", "1024"))
+    """The text is the same on every Python, so float32 perplexity is the same number, bit for bit, under
+    Colab's torch 2.11 / transformers 5.15 and the main environment's. bf16 arithmetic is not: torch's CPU
+    bf16 kernels differ between the two torch releases (measured at 1,024 tokens: bf16 14.314 under 2.11,
+    14.240 under 2.13, fp32 14.2491 in both), so bf16 and nf4+dq (bf16 compute) agree to 1%, not exactly."""
+    tokens = int(os.environ.get("QLEARN_COLAB_PPL_TOKENS", "512"))
     got = {}
     for name, python in (("colab", sys.executable), ("main", MAIN_PYTHON)):
         out = subprocess.run([python, "-c", PPL, str(tokens)], capture_output=True, text=True, check=True, cwd=ROOT)
@@ -76,8 +80,9 @@ def test_perplexity_is_the_same_number_as_in_the_main_environment():
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "perplexity.json").write_text(json.dumps({"tokens": tokens, **got}, indent=1))
     print(json.dumps({"tokens": tokens, **got}))
-    for mode in got["main"]:
-        assert got["colab"][mode] == pytest.approx(got["main"][mode], rel=2e-3), (mode, got)
+    assert got["colab"]["fp32"] == got["main"]["fp32"], got
+    for mode in ("bf16", "nf4+dq"):
+        assert got["colab"][mode] == pytest.approx(got["main"][mode], rel=1e-2), (mode, got)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
