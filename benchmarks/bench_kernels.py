@@ -112,7 +112,7 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     a = p.parse_args(argv)
     device = torch.device(a.device)
-    info = ql.backend_info()
+    info = ql.backend_info("cpu")   # its CPU lines are printed under CPU labels below
     split_gaps = None
     if a.split:
         modes = [m.strip() for m in a.split_modes.split(",") if m.strip()]

@@ -280,6 +280,19 @@ def test_cuda_nf4_answers_and_footprint(embedded_path):
     assert "Paris" in ql.generate(model, tok, QUESTION, max_new_tokens=12)
 
 
+@pytest.mark.slow
+def test_timed_generate_fixed_length_on_the_embedded_model(embedded_path):
+    """The answer stops at end-of-sequence; the timed generation does not (min_new_tokens = max_new_tokens)."""
+    model, tok = ql.load("embedded", mode="bf16", device_map="cpu", verbose=False)
+    try:
+        g = ql.models.timed_generate(model, tok, QUESTION, max_new_tokens=16)
+    finally:
+        del model
+        release_memory()
+    assert "Paris" in g.text and g.answer_tokens < 16, g
+    assert g.new_tokens == 16 and g.fixed_length and g.tokens_per_s > 0
+
+
 # ---- qlearn tour: the main job, with few tokens ----
 
 @pytest.mark.slow
@@ -290,12 +303,13 @@ def test_tour_writes_report(embedded_path, tmp_path, capsys):
     assert main(["tour", "--modes", "bf16,nf4+dq", "--max-new-tokens", "8", "--ppl-tokens", "64",
                  "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "nf4+dq" in printed and "Paris" in printed
+    assert "nf4+dq" in printed and "Paris" in printed and "ms_per_token" in printed
     for name in ("report.md", "memory.png", "perplexity.png", "answers.png", "results.csv"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "memory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "report.md").read_text()
     assert "![memory per mode](memory.png)" in md and "Llama-2-7B" in md
+    assert "8 new tokens per mode at a fixed length" in md
     info = str(ql.backend_info())
     assert info in printed and info in md   # which bitsandbytes paths produced these numbers
 

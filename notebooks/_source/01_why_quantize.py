@@ -111,6 +111,7 @@ def open_the_box(mode, model, tok):
         got["state"] = {k: (type(v).__name__ if not isinstance(v, torch.Tensor) else f"{v.dtype} {tuple(v.shape)}")
                         for k, v in vars(qs).items()}
         got["record"] = ql.Quantized4bit.from_bitsandbytes(w.data.clone(), qs)       # the model's own bytes
+        got["compute dtype"] = str(layer.compute_dtype).removeprefix("torch.")       # the input is cast to it
     return got
 
 
@@ -173,26 +174,30 @@ pd.Series(inside["nf4+dq"]["state"], name="nf4+dq quant_state").to_frame()
 # itself, with symmetric absmax rules and no data, and compares with what the model holds.
 
 # %%
-w = inside["bf16"]["original"]
-ours8 = ql.int8_vectorwise(w)                                       # row-wise absmax, threshold 0 (weights)
+w = inside["bf16"]["original"]                                      # bf16 (576, 1536), on the models' device
+RULE = "bnb_cuda" if w.is_cuda else "bnb_cpu"   # the rounding of the kernels that quantized them (docs/formats.md)
+ours8 = ql.int8_vectorwise(w, rule=RULE)                            # row-wise absmax, threshold 0 (weights)
 same_int8 = torch.equal(ours8.codes, inside["int8"]["CB"]) and torch.equal(ours8.row_absmax, inside["int8"]["SCB"])
 theirs4 = inside["nf4+dq"]["record"]
-ours4 = ql.quantize_4bit(w, "nf4", blocksize=64, double_quant=True, dq_rule="bnb_cpu")
-ours4_nearest = ql.quantize_4bit(w, "nf4", blocksize=64, double_quant=True)
-same_4bit = torch.equal(ours4.packed, theirs4.packed)
-same_plain = torch.equal(ql.quantize_4bit(w, "nf4", blocksize=64).packed, theirs4.packed)   # DQ changes absmax only
-on_cpu = w.device.type == "cpu"   # bitsandbytes' CPU kernels are the ones checked byte for byte (tests/test_bnb_exact.py)
-if on_cpu:
+ours4 = ql.quantize_4bit(w, "nf4", blocksize=64, double_quant=True, rule=RULE, dq_rule=RULE)
+ours4_nearest = ql.quantize_4bit(w, "nf4", blocksize=64, double_quant=True, rule=RULE, dq_rule="nearest")
+same_4bit = torch.equal(ours4.packed, theirs4.packed) and torch.equal(ours4.absmax, theirs4.absmax)
+same_plain = torch.equal(ql.quantize_4bit(w, "nf4", blocksize=64, rule=RULE).packed, theirs4.packed)   # DQ changes absmax only
+if not w.is_cuda:   # bitsandbytes' CPU kernels: checked byte for byte by qlearn's tests (tests/test_bnb_exact.py)
     assert same_int8 and same_4bit and same_plain, "qlearn's bytes differ from the model's"
-else:
-    print(f"model on {w.device}: compared, not asserted (qlearn's tests check bitsandbytes' CPU kernels)")
+elif not (same_int8 and same_4bit and same_plain):   # the CUDA rules were recorded on one GPU (an H200)
+    print(f"On this GPU ({torch.cuda.get_device_name(w.device)}) some bytes differ from qlearn's CUDA rule, which was "
+          "recorded on an H200 (docs/formats.md: other GPU generations are not checked).")
+print(f"compared under rule {RULE!r}: the rounding of bitsandbytes' {'CUDA' if w.is_cuda else 'CPU'} kernels, "
+      "which quantized these models")
 print(f"int8:   CB == ql.int8_vectorwise(w).codes and SCB == its row absmax: {same_int8}  "
       f"({inside['int8']['CB'].numel():,} codes, {inside['int8']['SCB'].numel()} scales)")
 print(f"nf4:    the same codes as plain ql.quantize_4bit(w, 'nf4'): {same_plain} (double quant stores absmax differently)")
-print(f"nf4+dq: packed codes == ql.quantize_4bit(w, 'nf4', double_quant=True): {same_4bit}; nested absmax codes "
-      f"equal with bitsandbytes' CPU table rule: {torch.equal(ours4.absmax, theirs4.absmax)}, with exact nearest: "
-      f"{int((ours4_nearest.absmax != theirs4.absmax).sum())} of {theirs4.absmax.numel()} differ (notebook 05)")
-print(ql.backend_info())
+print(f"nf4+dq: packed codes and nested absmax codes == ql.quantize_4bit(w, 'nf4', double_quant=True): {same_4bit}; "
+      f"with the exact-nearest rule for the nested codes instead, {int((ours4_nearest.absmax != theirs4.absmax).sum())} "
+      f"of {theirs4.absmax.numel()} differ (notebook 05)")
+info = ql.backend_info(w.device)   # the paths of the device the models ran on
+print(info)
 
 # %% [markdown]
 # So: the classes are **`Linear8bitLt` / `Int8Params`** and **`Linear4bit` / `Params4bit`**; the bytes are
@@ -203,13 +208,17 @@ print(ql.backend_info())
 # ## 4. "The computation happens in BF16 after a quick dequantization"
 #
 # What bitsandbytes' 4-bit forward does depends on the machine (`backend_info()` above says which path this one
-# takes; on a GPU, batch-1 inference uses a fused 4-bit kernel, FACTS.md). Whatever the path, it multiplies with
+# takes; on a CUDA GPU, bitsandbytes 0.50 runs a fused 4-bit kernel for up to 4 input rows, `bitsandbytes::gemm_4bit` in
+# its `backends/cuda/ops.py`). Whatever the path, it multiplies with
 # the values the 4-bit codes stand for (code × absmax). What decides the error, the 4-bit weights or the compute dtype? One
 # layer, on what it really reads for the prompt, decoded and multiplied here in fp32 and in bf16:
 
 # %%
-linear4bit_path = ql.backend_info().linear4bit
-print(f"bitsandbytes' Linear4bit forward on this machine: {linear4bit_path}")
+linear4bit_path = info.linear4bit
+compute_dtype = inside["nf4+dq"]["compute dtype"]
+print(f"bitsandbytes' Linear4bit forward on {info.device}: {linear4bit_path}")
+print(f"the nf4+dq model's 4-bit layers compute in {compute_dtype}; qlearn's choice on {w.device.type}: "
+      f"{ql.backend.explain_compute_dtype(w.device)}")
 x = inside["bf16"]["inputs"]                                    # (tokens, 1536) float32
 w32 = w.float()
 w4 = theirs4.dequantize(torch.float32)                          # the model's nf4+dq weight, decoded
@@ -218,10 +227,17 @@ errs = {"4-bit weights, fp32 compute": ql.error_stats(y_ref, x @ w4.T)["rel_err"
         "4-bit weights, bf16 compute": ql.error_stats(y_ref, (x.bfloat16() @ w4.bfloat16().T).float())["rel_err"],
         "original weights, bf16 compute": ql.error_stats(y_ref, (x.bfloat16() @ w.T).float())["rel_err"]}
 display(pd.Series(errs, name=f"relative output error of {LAYER}").to_frame())
+how = ("Here bitsandbytes does decode the whole weight to 16-bit on every forward, then multiplies: the tutorial's "
+       "\"quick dequantization\" is literal on this machine." if "dequantizes the whole weight" in linear4bit_path else
+       "Here, for a generated token, bitsandbytes writes no 16-bit copy of the weight: a fused kernel reads the 4-bit "
+       "codes and scales them as it multiplies, so \"after a quick dequantization\" describes the values, not a step.")
+why_dtype = ("bf16: qlearn's choice on a CPU and on GPUs of compute capability 8.0 or newer" if compute_dtype == "bfloat16"
+             else "fp16: this GPU is older than compute capability 8.0 and has no native bf16")
 display(Markdown(f"""The 4-bit weights set the error ({errs['4-bit weights, fp32 compute']:.2%} with fp32 compute);
 computing in bf16 instead makes it {errs['4-bit weights, bf16 compute']:.2%}, and bf16 alone on the original weights costs
 {errs['original weights, bf16 compute']:.2%}. bf16 is a cheap 16-bit compute dtype with fp32's range; it does not undo what
-the weights lost. (Whole-model perplexity with bf16, fp16 and fp32 compute: notebook 07.)"""))
+the weights lost. {how} The loaded nf4+dq model computed in **{compute_dtype}** ({why_dtype}).
+(Whole-model perplexity with bf16, fp16 and fp32 compute: notebook 07.)"""))
 
 # %% [markdown]
 # ## 5. Does a 13B model fit in 16 GB at 4k context?
@@ -338,7 +354,7 @@ display(Markdown(f"""## Summary (measured in this run)
   ({table.loc['nf4+dq', 'perplexity'] / table.loc['bf16', 'perplexity'] - 1:+.1%}).
 - Inside: `{inside['int8']['module class'].rsplit('.', 1)[1]}` / `{inside['int8']['weight class'].rsplit('.', 1)[1]}` and
   `{inside['nf4+dq']['module class'].rsplit('.', 1)[1]}` / `{inside['nf4+dq']['weight class'].rsplit('.', 1)[1]}`; their bytes equal
-  qlearn's symmetric absmax quantization of the bf16 weight: {same_int8 and same_4bit and same_plain}.
+  qlearn's symmetric absmax quantization of the bf16 weight (rounding rule `{RULE}`): {same_int8 and same_4bit and same_plain}.
 - One layer's output error: 4-bit weights {errs['4-bit weights, fp32 compute']:.2%} (fp32 compute),
   {errs['4-bit weights, bf16 compute']:.2%} (bf16 compute).
 - Llama-2-13B at {CONTEXT} tokens: KV cache {kv13:.2f} GB; GB left of 16 GiB before runtime overhead (negative: does

@@ -166,13 +166,15 @@ if repacked:
         f"{real.loc['nf4+dq', 'scales after one forward (MB)']:.2f} MB. On this machine double quantization saves "
         "memory only until the model first runs."))
 else:
+    why = (f"the model runs on a GPU ({info.cuda}), where bitsandbytes never repacks" if torch.cuda.is_available()
+           else f"AVX512-BF16 is `{info.avx512bf16}`")
     display(Markdown(
-        "On this machine a forward pass leaves the 4-bit layers as they were loaded (no repack: "
-        f"AVX512-BF16 is `{info.avx512bf16}`), so the scales stay at "
+        f"On this machine a forward pass leaves the 4-bit layers as they were loaded (no repack: {why}), "
+        "so the scales stay at "
         f"{real.loc['nf4+dq', 'scales after one forward (MB)']:.2f} MB with double quant. On a CPU with "
         "AVX512-BF16, bitsandbytes repacks them on the first forward, undoes double quantization and keeps "
         "bfloat16 scales: measured on an AMD EPYC with AVX512-BF16, this model's scales went from 1,685,880 B to "
-        "3,317,760 B (FACTS.md, 'CPU-dependent behaviour'; the same code, another CPU)."))
+        "3,317,760 B (docs/formats.md, 'The CPU blocked layout'; the same code, another CPU)."))
 
 # %%
 display(Markdown(

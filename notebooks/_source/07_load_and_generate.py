@@ -2,7 +2,8 @@
 # # 07 · Load and generate: the two code paths, side by side
 #
 # **Goals.** After this notebook you can
-# 1. write the two `BitsAndBytesConfig`s people copy: `load_in_8bit=True`, and NF4 with double quant and bf16 compute;
+# 1. write the two `BitsAndBytesConfig`s people copy: `load_in_8bit=True`, and NF4 with double quant and a 16-bit
+#    compute dtype (bf16, or fp16 on a GPU without native bf16, and why);
 # 2. run both for real on a model, next to bf16, and compare answers, memory and speed;
 # 3. measure whether 4-bit is slower or faster **on this machine**, and name the bitsandbytes code path that
 #    makes it so (it differs between CPUs and GPUs; neither direction is a rule).
@@ -29,7 +30,10 @@ pd.options.display.float_format = "{:,.4g}".format
 
 # %%
 int8_config = ql.models.quantization_config("int8")
-nf4_config = ql.models.quantization_config("nf4+dq")   # NF4, double quant, bf16 compute
+nf4_config = ql.models.quantization_config("nf4+dq")   # NF4, double quant, the compute dtype of this hardware
+DEVICE = ql.models.resolve_device("auto")              # where the models below run: "cuda" if there is a GPU
+COMPUTE = nf4_config.bnb_4bit_compute_dtype            # torch.bfloat16, or torch.float16 on a GPU older than 8.0
+print(f"on {DEVICE}: compute dtype {ql.backend.explain_compute_dtype(DEVICE)}")
 show = ["load_in_8bit", "load_in_4bit", "llm_int8_threshold", "bnb_4bit_quant_type",
         "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype"]
 pd.DataFrame({"int8": {k: str(getattr(int8_config, k)) for k in show},
@@ -40,16 +44,31 @@ pd.DataFrame({"int8": {k: str(getattr(int8_config, k)) for k in show},
 # ```python
 # from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 # int8 = BitsAndBytesConfig(load_in_8bit=True)
-# nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-#                          bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
+# nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+#                          bnb_4bit_compute_dtype=torch.bfloat16)   # torch.float16 on a GPU older than 8.0 (T4)
 # model = AutoModelForCausalLM.from_pretrained(model_id, quantization_config=nf4, device_map="auto")
 # ```
+#
+# **Why the compute dtype differs by machine.** `bnb_4bit_compute_dtype` is the dtype each 4-bit layer casts its
+# input to and multiplies in. Tutorials write `torch.bfloat16`: fp32's range in 16 bits. qlearn picks it from the
+# hardware (`ql.backend.default_compute_dtype`): bf16 on a CPU and on GPUs of compute capability 8.0 or newer (A100,
+# H100/H200, RTX 30xx and later), which compute bf16 in hardware; **fp16** on older GPUs such as Colab's free T4
+# (compute capability 7.5). A T4 has no bf16 units: torch emulates bf16 there, and `torch.cuda.is_bf16_supported()`
+# still says True because its `including_emulation` argument defaults to True (ask
+# `torch.cuda.is_bf16_supported(including_emulation=False)` for the hardware). bitsandbytes' tensor-core 4-bit
+# kernel on compute capability 7.5 is fp16 only (`_gemm_4bit_use_custom_cuda` in its `backends/cuda/ops.py`).
+# The line above says which case this machine is; section 4 measures what the choice changes.
 #
 # ## 2. Same prompt, three modes
 #
 # The explorer loads each mode, answers, measures, and frees the model before the next one (one model in
 # memory at a time). Greedy decoding, so answers are deterministic. Press **Generate** to run again with
 # your own prompt or other modes.
+#
+# Its tokens/s is measured apart from the answer (`ql.models.timed_generate`): a second generation of exactly
+# `MAX_NEW_TOKENS` tokens per mode (`min_new_tokens = max_new_tokens`, so no mode stops early at a short answer),
+# after an untimed warm-up generation (the first mode does not pay for start-up), with a GPU synchronized before
+# each clock read (a CUDA call returns before the GPU has finished). Same work in every mode, so the numbers compare.
 
 # **Predict first.** The 4-bit weights take a quarter of the bytes of bf16 ones. What will
 # `get_memory_footprint()` of the bf16 model divided by that of the nf4+dq model be? Write a number.
@@ -86,18 +105,20 @@ print(f"Measured: {runs.loc['bf16', 'footprint_mb']:.1f} MB / {runs.loc['nf4+dq'
 # in a forward pass depends on the hardware and the bitsandbytes version. First, which path this machine takes:
 
 # %%
-info = ql.backend_info()
+info = ql.backend_info(DEVICE)   # the device the models run on
 print(info)
 
 # %% [markdown]
 # That table is read from this machine and its bitsandbytes version. To see the path with your own eyes,
 # ask torch's profiler which operators one layer's forward pass called. The cell below does it for one
 # linear layer (`LAYER`), on its real input for a one-token step, after a warm-up call (the first call pays
-# one-time costs; on an AVX512-BF16 CPU it is also when bitsandbytes repacks the 4-bit weights).
+# one-time costs; on an AVX512-BF16 CPU it is also when bitsandbytes repacks the 4-bit weights). The times are
+# each operator's own CPU time; on a GPU that is the time to launch it (the GPU runs it asynchronously).
 #
 # Each mode is then timed over **1 token** (a generation step at batch 1) and **64 tokens** (reading a
-# prompt), after a warm-up pass, and scored for perplexity. The 4-bit model is loaded three times, with
-# `bnb_4bit_compute_dtype` set to bf16 (the usual config), fp16 and fp32: the **compute dtype** is the dtype
+# prompt), after a warm-up pass (on a GPU synchronized before each clock read), and scored for perplexity. The
+# 4-bit model is loaded three times, with `bnb_4bit_compute_dtype` set to bf16, fp16 and fp32 (the row called
+# plain `nf4+dq` uses the one qlearn picks for this hardware, section 1): the **compute dtype** is the dtype
 # bitsandbytes' `Linear4bit.forward` casts each 4-bit layer's input to (and its output back from; embeddings,
 # norms and the activations between layers stay bf16). Whether the multiply itself then runs in that dtype
 # depends on the path in the table above: section 4 measures what it changed on this machine.
@@ -125,6 +146,7 @@ def ops_in_one_layer(model, tok):
         layer(x)                                                       # warm-up (and repack, where it happens)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             layer(x)
+            sync(model)
     first, self_ms = {}, {}
     for event in prof.events():
         first.setdefault(event.name, event.time_range.start)
@@ -159,6 +181,12 @@ def largest_activation(model, tok):
     return max(largest)
 
 
+def sync(model):
+    """Wait for the GPU to finish what was queued (a CUDA call returns before the work is done); a CPU: nothing."""
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
+
+
 def time_forwards(model, tok):
     ids = ql.evaluate.eval_tokens(tok, max_tokens=64).to(model.device)   # (1, 64) token ids of the offline text
     row = {}
@@ -167,8 +195,10 @@ def time_forwards(model, tok):
             model(x)                                              # warm-up
             times = []
             for _ in range(repeats):
+                sync(model)
                 t0 = time.perf_counter()
                 model(x)
+                sync(model)
                 times.append((time.perf_counter() - t0) * 1e3)
             row[label] = statistics.median(times)                 # the median: shared CPUs are noisy
     return row
@@ -181,19 +211,24 @@ def open_the_box(label, model):
     """LAYER's module and weight classes, and its bytes against qlearn's quantization of the bf16 weight."""
     layer = model.get_submodule(LAYER)
     w = layer.weight
+    rule = "bnb_cuda" if w.is_cuda else "bnb_cpu"   # the rounding of the kernels that quantized it (docs/formats.md)
     row = {"module": type(layer).__name__, "weight": f"{type(w).__name__} {w.dtype} {tuple(w.shape)}"}
     if label == "bf16":
         boxes["original"] = w.detach().clone()                                  # bf16 (576, 1536)
         row["bytes == qlearn's"] = "(the original)"
     elif w.dtype == torch.int8:                                                 # Linear8bitLt: CB and SCB
-        ours = ql.int8_vectorwise(boxes["original"])
+        ours = ql.int8_vectorwise(boxes["original"], rule=rule)
         row["bytes == qlearn's"] = torch.equal(ours.codes, w.data) and torch.equal(ours.row_absmax, w.SCB)
+        row["rule"] = rule
     else:                                                                       # Linear4bit, nf4 + double quant
         qs = w.quant_state
         row["quant_state fields"] = ", ".join(vars(qs))
+        row["compute dtype"] = str(layer.compute_dtype).removeprefix("torch.")
         theirs = ql.Quantized4bit.from_bitsandbytes(w.data.clone(), qs)
-        ours = ql.quantize_4bit(boxes["original"], qs.quant_type, qs.blocksize, double_quant=True, dq_rule="bnb_cpu")
+        ours = ql.quantize_4bit(boxes["original"], qs.quant_type, qs.blocksize, double_quant=True, rule=rule,
+                                dq_rule=rule)
         row["bytes == qlearn's"] = torch.equal(ours.packed, theirs.packed) and torch.equal(ours.absmax, theirs.absmax)
+        row["rule"] = rule
     boxes[label] = row
 
 
@@ -204,8 +239,10 @@ def measure(label, model, tok):
             "layer output error": layer_error(model, tok), "largest activation": largest_activation(model, tok)}
 
 
-RUNS = {"bf16": ("bf16", None), "int8": ("int8", None), "nf4+dq": ("nf4+dq", torch.bfloat16),
-        "nf4+dq, fp16 compute": ("nf4+dq", torch.float16), "nf4+dq, fp32 compute": ("nf4+dq", torch.float32)}
+NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+LABEL = {dt: "nf4+dq" if dt == COMPUTE else f"nf4+dq, {name} compute" for dt, name in NAMES.items()}   # dtype -> row
+RUNS = {"bf16": ("bf16", None), "int8": ("int8", None), **{LABEL[dt]: ("nf4+dq", dt) for dt in sorted(
+    NAMES, key=lambda dt: dt != COMPUTE)}}   # plain "nf4+dq" first: the compute dtype qlearn picks here
 measured = {label: ql.models.measure_mode(MODEL_ID, mode, lambda m, t, label=label: measure(label, m, t),
                                           compute_dtype=compute)                       # load, measure, free
             for label, (mode, compute) in RUNS.items()}
@@ -218,38 +255,57 @@ speed
 # %% [markdown]
 # **Open the box.** Before timing anything, each load recorded what `LAYER` holds: the module and weight classes,
 # the 4-bit `quant_state`'s fields, and whether the bytes equal qlearn's quantization of the bf16 weight
-# (`ql.int8_vectorwise` for `CB`/`SCB`; `ql.quantize_4bit(..., double_quant=True)` for the packed codes and absmax):
+# (`ql.int8_vectorwise` for `CB`/`SCB`; `ql.quantize_4bit(..., double_quant=True)` for the packed codes and absmax),
+# under the rounding `rule` of the kernels that quantized it: bitsandbytes' CPU and CUDA kernels round a few values
+# differently (`"bnb_cpu"`, `"bnb_cuda"`: docs/formats.md; lessons 05 and 06 show where):
 
 # %%
 inside = pd.DataFrame({k: v for k, v in boxes.items() if k != "original"}).T.fillna("")
 display(inside)
+same = all(bool(v) for v in inside["bytes == qlearn's"] if not isinstance(v, str))
 if boxes["original"].device.type == "cpu":   # bitsandbytes' CPU kernels are the ones qlearn's tests check byte for byte
-    assert all(bool(v) for v in inside["bytes == qlearn's"] if not isinstance(v, str)), inside
+    assert same, inside
+elif not same:   # the CUDA rules were recorded on one GPU
+    print(f"On this GPU ({info.cuda}) some bytes differ from qlearn's CUDA rule, which was recorded on an H200 "
+          "(docs/formats.md: other GPU generations are not checked).")
 
 # %% [markdown]
-# What one layer ran, mode by mode (operators in call order, with their own time: bitsandbytes' operators,
-# matrix multiplies, and any other operator with at least 2% of the time):
+# What one layer ran, mode by mode (operators in call order, with their own CPU time: bitsandbytes' operators,
+# matrix multiplies, and any other operator with at least 2% of the time), and the path that names
+# (`ql.backend.measured_4bit_path`):
 
 # %%
+paths = {label: ql.backend.measured_4bit_path(ops) for label, ops in table["ops in one layer (one token)"].items()}
 for label, ops in table["ops in one layer (one token)"].items():
-    print(f"{label:22s} {ops}")
+    print(f"{label:22s} [{paths[label]}] {ops}")
 
 # %%
 step = speed.loc["nf4+dq", "1 token vs bf16"]
 direction = "slower" if step > 1.05 else "faster" if step < 0.95 else "about as fast"
-nf4_ops = table.loc["nf4+dq", "ops in one layer (one token)"]
-saw_dequantize = "dequantize_4bit" in nf4_ops
-if "gemv_4bit" in nf4_ops:
+nf4_ops, nf4_path = table.loc["nf4+dq", "ops in one layer (one token)"], paths["nf4+dq"]
+if nf4_path == "fused (CPU repack)":
     path = ("the profiler shows `bitsandbytes::gemv_4bit` for that one token and no `dequantize_4bit`: a fused "
             "kernel that reads the packed 4-bit weights (repacked once, at the first forward: lesson 05 measures "
             "it) instead of writing a 16-bit copy of them first")
-elif saw_dequantize:
+elif nf4_path == "fused":
+    path = ("the profiler shows `bitsandbytes::gemm_4bit` for that one token, with no decode and no matrix multiply "
+            "beside it: bitsandbytes' fused CUDA kernel reads the packed 4-bit codes and the double-quantized scales "
+            "and multiplies, without writing a 16-bit copy of the weight")
+    path += ("; fused, and still slower: in a model this small (layers of 576 x 1536) a one-token step is bound "
+             "by launching kernels and fixed per-call costs, not by reading weights, so reading a quarter of the "
+             "bytes does not pay for the extra work (lesson 09 measures where the time goes)" if direction == "slower"
+             else "; reading a quarter of the bytes pays here")
+elif nf4_path == "dequantize + matmul" and "dequantize_4bit" in nf4_ops:
     path = ("the profiler shows what each 4-bit layer did for that one token: `bitsandbytes::dequantize_4bit` "
             "(with `dequantize_blockwise` first for the double-quantized scales) rebuilt the whole weight in the "
             "compute dtype, then an ordinary matrix multiply (`aten::mm`) used it. Unpacking every weight is work a "
             "bf16 layer does not do")
+elif nf4_path == "dequantize + matmul":
+    path = ("the profiler shows `bitsandbytes::gemm_4bit` and then an ordinary matrix multiply: inside that op "
+            "bitsandbytes rebuilt the weight in the compute dtype, then multiplied. Unpacking every weight is work a "
+            "bf16 layer does not do")
 else:
-    path = (f"the profiler shows no separate dequantize step in a 4-bit layer ({nf4_ops}): on this CPU "
+    path = (f"the profiler shows no separate dequantize step in a 4-bit layer ({nf4_ops}): on this machine "
             f"({info.linear4bit}) a fused kernel reads the packed 4-bit weights directly")
 display(Markdown(f"Measured here: a one-token step in nf4+dq is **{step:.2f}×** the bf16 time ({direction}); "
                  f"{path}. What 4-bit always buys is **memory** (the footprint in the explorer's table above)."))
@@ -271,8 +327,9 @@ print(f"Measured {step:.2f}x the bf16 time; {path}.")
 
 # %%
 fp16_max = torch.finfo(torch.float16).max
-c = speed.loc[["nf4+dq", "nf4+dq, fp16 compute", "nf4+dq, fp32 compute"]]
-fused_4bit = all("gemv_4bit" in table.loc[k, "ops in one layer (one token)"] for k in c.index)
+c = speed.loc[[LABEL[torch.bfloat16], LABEL[torch.float16], LABEL[torch.float32]]]   # bf16, fp16, fp32 compute
+fused_4bit = all(paths[k] == "fused (CPU repack)" for k in c.index)    # bitsandbytes' CPU kernel: bf16 inside
+gpu_fused = all(paths[k] == "fused" for k in c.index)                  # its CUDA kernel: one per compute dtype
 verdict = ("no overflow risk for fp16 on this model" if c["largest activation"].max() < fp16_max / 10
            else "activations come close to fp16's limit")
 display(Markdown(
@@ -285,7 +342,13 @@ display(Markdown(
     f"- Largest activation entering a linear layer: {c['largest activation'].max():,.1f} "
     f"(fp16 max {fp16_max:,.0f}): {verdict}.\n"
     f"- One token: fp16 compute {c.iloc[1]['1 token vs bf16']:.2f}×, fp32 compute {c.iloc[2]['1 token vs bf16']:.2f}× "
-    f"the bf16 model's time (bf16 compute {c.iloc[0]['1 token vs bf16']:.2f}×)."
+    f"the bf16 model's time (bf16 compute {c.iloc[0]['1 token vs bf16']:.2f}×).\n"
+    f"- The plain `nf4+dq` row uses qlearn's choice for this hardware, {NAMES[COMPUTE]}: "
+    f"{ql.backend.explain_compute_dtype(DEVICE).split(': ', 1)[1]}."
+    + ("" if not gpu_fused else
+       "\n- **On this GPU the 4-bit layers ran `bitsandbytes::gemm_4bit`** for every compute dtype, and that op has a "
+       "kernel for each (`cgemm_4bit_bf16`, `_fp16`, `_fp32` in bitsandbytes' `backends/cuda/ops.py`): each setting "
+       "really multiplied in its own dtype.")
     + ("" if not fused_4bit else
        "\n- **On this machine the 4-bit layers ran `bitsandbytes::gemv_4bit`** for every compute dtype (the operator "
        "lists above), and bitsandbytes' CPU `gemv_4bit` casts its input to bf16 whatever the compute dtype (\"cpu "
@@ -323,21 +386,29 @@ print(f"Measured: fp16 compute changes perplexity by {fp16_change:+.2f}% against
 
 # %%
 r = runs
+gen_ratio = r.loc["bf16", "tokens_per_s"] / r.loc["nf4+dq", "tokens_per_s"]   # nf4+dq time per token / bf16's
+agree = ("the same direction as the one-token forward of section 3" if (gen_ratio > 1) == (step > 1) else
+         f"the other direction from the one-token forward of section 3 ({step:.2f}×): a generate call does its own "
+         "work around each forward (the cache, the logits, the stopping checks); time both yourself with "
+         "`ql.models.timed_generate(model, tok, prompt, 128)`, whose extra arguments go to `model.generate`")
+machine = (f"{info.device}: {info.cuda}, compute capability {info.compute_capability[0]}.{info.compute_capability[1]}"
+           if info.is_cuda else f"CPU capability {info.cpu_capability}, CUDA {info.cuda}")
 display(Markdown(f"""## Summary (measured in this run)
-- Answers to "{PROMPT}" ({MAX_NEW_TOKENS} new tokens, greedy):
+- Answers to "{PROMPT}" (at most {MAX_NEW_TOKENS} new tokens, greedy):
   bf16 "{r.loc['bf16', 'answer']}"; int8 "{r.loc['int8', 'answer']}"; nf4+dq "{r.loc['nf4+dq', 'answer']}".
 - Footprint (`get_memory_footprint`): bf16 **{r.loc['bf16', 'footprint_mb']:.1f} MB**, int8 **{r.loc['int8', 'footprint_mb']:.1f} MB**,
   nf4 + double quant **{r.loc['nf4+dq', 'footprint_mb']:.1f} MB** (+{r.loc['nf4+dq', 'quant_state_mb']:.2f} MB of scales it leaves out, as loaded: on an AVX512-BF16 CPU the
   first forward undoes double quantization and the scales grow, which lesson 05 measures).
-- Generation speed (after a one-token warm-up): bf16 {r.loc['bf16', 'tokens_per_s']:.1f}, int8 {r.loc['int8', 'tokens_per_s']:.1f},
-  nf4+dq {r.loc['nf4+dq', 'tokens_per_s']:.1f} tokens/s.
+- Generation speed ({int(r.loc['bf16', 'speed_tokens'])} tokens at a fixed length, after a warm-up{', synchronized' if DEVICE == 'cuda' else ''}): bf16 {r.loc['bf16', 'tokens_per_s']:.1f}, int8 {r.loc['int8', 'tokens_per_s']:.1f},
+  nf4+dq {r.loc['nf4+dq', 'tokens_per_s']:.1f} tokens/s: nf4+dq takes {gen_ratio:.2f}× the bf16 time per token, {agree}.
 - One token (a generation step): int8 **{speed.loc['int8', '1 token vs bf16']:.2f}×**, nf4+dq **{step:.2f}×**
   the bf16 time; 64 tokens: int8 {speed.loc['int8', '64 tokens vs bf16']:.2f}×, nf4+dq {speed.loc['nf4+dq', '64 tokens vs bf16']:.2f}×.
 - Open the box: {', '.join(f"{k} `{v['module']}`" for k, v in boxes.items() if k != 'original')}; bytes equal
   to qlearn's quantization of the bf16 weight: {', '.join(f"{k} {v}" for k, v in inside["bytes == qlearn's"].items() if not isinstance(v, str))}.
 - What a 4-bit layer ran for one token: {nf4_ops}.
-- The path that explains it: {info.linear4bit} (CPU capability {info.cpu_capability}, CUDA {info.cuda}).
+- The path that explains it ({nf4_path}): {info.linear4bit} ({machine}).
+- Compute dtype here: {NAMES[COMPUTE]} ({ql.backend.explain_compute_dtype(DEVICE).split(': ', 1)[1]}).
 - Compute dtype for nf4+dq (bf16 / fp16 / fp32): perplexity {c.iloc[0]['perplexity']:.3f} / {c.iloc[1]['perplexity']:.3f} / {c.iloc[2]['perplexity']:.3f};
-  one token {c.iloc[0]['1 token (ms)']:.0f} / {c.iloc[1]['1 token (ms)']:.0f} / {c.iloc[2]['1 token (ms)']:.0f} ms.
+  one token {c.iloc[0]['1 token (ms)']:.1f} / {c.iloc[1]['1 token (ms)']:.1f} / {c.iloc[2]['1 token (ms)']:.1f} ms.
 - Loading took bf16 {speed.loc['bf16', 'load (s)']:.1f} / int8 {speed.loc['int8', 'load (s)']:.1f} / nf4+dq {speed.loc['nf4+dq', 'load (s)']:.1f} s.
 """))

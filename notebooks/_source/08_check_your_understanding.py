@@ -238,7 +238,7 @@ print(quiz.check("Q13", q13))
 # ## The library and its claims (notebooks 01, 05, 07)
 
 # %%
-info = ql.backend_info()
+info = ql.backend_info("cpu")   # the question is about this machine's CPU, even where a GPU is present
 path = "fused" if info.linear4bit_repacks else "dequantize"
 quiz.add(Question("Q14", "On THIS machine (lesson 07 timed it), what does a bitsandbytes Linear4bit do on a CPU "
                          "forward pass?  'dequantize': decode the whole weight to 16-bit every forward, then a normal "

@@ -23,12 +23,14 @@ MB = 1e6
 
 
 def _table(df):
-    """The comparison as printable text (MB, rounded)."""
+    """The comparison as printable text (MB, rounded; tokens/s and ms per token at a fixed length)."""
     out = df.assign(reported_MB=df.reported_bytes / MB, quant_state_MB=df.quant_state_bytes / MB,
                     true_MB=df.true_bytes / MB)
-    cols = ["reported_MB", "quant_state_MB", "true_MB", "bits_per_weight", "load_s", "tokens_per_s", "perplexity"]
-    return out[cols].round({"reported_MB": 1, "quant_state_MB": 2, "true_MB": 1, "bits_per_weight": 3,
-                            "load_s": 1, "tokens_per_s": 1, "perplexity": 2}).to_string()
+    cols = ["reported_MB", "quant_state_MB", "true_MB", "bits_per_weight", "load_s", "tokens_per_s", "ms_per_token",
+            "perplexity"]
+    return out[[c for c in cols if c in out]].round({"reported_MB": 1, "quant_state_MB": 2, "true_MB": 1,
+                                                     "bits_per_weight": 3, "load_s": 1, "tokens_per_s": 1,
+                                                     "ms_per_token": 1, "perplexity": 2}).to_string()
 
 
 def _estimate_note():
@@ -60,12 +62,16 @@ def write_report(df, out, model_id="embedded", prompt=PROMPT, n_tokens=None, win
         fig.savefig(out / name)
     df.to_csv(out / "results.csv")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()})"
+    speed = (f"tokens_per_s: {int(df['speed_tokens'].iloc[0])} new tokens per mode at a fixed length "
+             "(min_new_tokens = max_new_tokens: end-of-sequence suppressed, so every mode does the same work), "
+             "greedy, timed after a warm-up generate (on CUDA the device is synchronized before each clock read). "
+             "The answers are separate, natural greedy generations." if "speed_tokens" in df else "")
     answers = "\n".join(f"| {m} | {str(a).replace('|', '/').replace(chr(10), ' ')} |" for m, a in df.answer.items())
     md = [
         f"# qlearn tour: {model_id}", "",
         f"Device: {device}; torch {torch.__version__}; {_versions()}."
         + (f" Wall time {wall_s:.0f} s." if wall_s else ""), "",
-        "```", _table(df), "```", "",
+        "```", _table(df), "```", "", speed, "",
         "reported = `model.get_memory_footprint()`; true = reported + quantization state (absmax, nested "
         "double-quant state, LLM.int8 `SCB`), which that figure leaves out. bits_per_weight = (codes + "
         "state) * 8 / quantized weights.", "",
@@ -79,7 +85,8 @@ def write_report(df, out, model_id="embedded", prompt=PROMPT, n_tokens=None, win
         "## Memory at 7B", "", _estimate_note(), "",
         "## Which bitsandbytes paths this machine took (`ql.backend_info()`)", "",
         "Speeds and state bytes above hold for this machine: bitsandbytes runs different kernels on different "
-        "CPUs (docs/formats.md, \"CPU paths\").", "", "```", str(backend_info()), "```", "",
+        "CPUs (docs/formats.md, \"CPU paths\") and GPUs (`bitsandbytes/backends/cuda/ops.py`).", "", "```",
+        str(backend_info()), "```", "",
         "Note: the embedded SmolLM2-135M was stored as Q4_1 (4-bit, blocks of 32) in its GGUF file: the "
         "bf16 weights here are that file dequantized, so it was already quantized once before this tour.", "",
     ]

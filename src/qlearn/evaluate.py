@@ -171,14 +171,14 @@ def summed_nll(logits, target, rows=64):
     return total
 
 
-def _measure(mode, model_id, prompt, max_new_tokens, ppl_tokens, window, device_map):
+def _measure(mode, model_id, prompt, max_new_tokens, ppl_tokens, window, device_map, generate_kwargs=None):
     """One row of ``compare``: load ``mode``, measure it, free it (``models.measure_mode``)."""
     from . import memory
     from .models import measure_mode, timed_generate
 
     def measure(model, tok):
         before = memory.footprint(model)                  # as loaded
-        answer = timed_generate(model, tok, prompt, max_new_tokens)
+        answer = timed_generate(model, tok, prompt, max_new_tokens, **(generate_kwargs or {}))
         after = memory.footprint(model)                   # after forwards: a CPU repack shows here
         ppl = perplexity(model, tok, max_tokens=ppl_tokens, window=window, progress=False) if ppl_tokens else None
         return dict(reported_bytes=before.reported_bytes, quant_state_bytes=before.quant_state_bytes,
@@ -186,6 +186,7 @@ def _measure(mode, model_id, prompt, max_new_tokens, ppl_tokens, window, device_
                     linear_weight_bytes=before.linear_weight_bytes,
                     other_bytes=before.reported_bytes - before.linear_weight_bytes,
                     bits_per_weight=before.bits_per_quantized_weight, tokens_per_s=answer.tokens_per_s,
+                    ms_per_token=answer.ms_per_token, speed_tokens=answer.new_tokens,
                     perplexity=float(ppl) if ppl is not None else float("nan"), answer=answer.text)
 
     return measure_mode(model_id, mode, measure, device_map=device_map)
@@ -193,12 +194,15 @@ def _measure(mode, model_id, prompt, max_new_tokens, ppl_tokens, window, device_
 
 def compare(modes=("bf16", "int8", "nf4", "nf4+dq", "fp4"), model_id="embedded",
             prompt="What is the capital of France?", max_new_tokens=50, ppl_tokens=4096, window=512,
-            device_map="auto", progress=True):
+            device_map="auto", progress=True, generate_kwargs=None):
     """One row per mode: footprint (reported and true bytes), bits per weight, speed, perplexity, answer.
 
     Modes (``MODES``) are loaded one at a time (one model in memory). Footprints are read as loaded;
     ``quant_state_bytes_after_forward`` is the state after generating (it grows where bitsandbytes
-    repacks 4-bit layers on the CPU: ``backend_info()``). tokens/s: ``models.timed_generate``.
+    repacks 4-bit layers on the CPU: ``backend_info()``). ``answer``: the natural greedy answer (at most
+    ``max_new_tokens``). tokens_per_s / ms_per_token: ``models.timed_generate``, exactly ``max_new_tokens``
+    tokens (``speed_tokens``) after a warm-up generate, synchronized on CUDA, so every mode does the same
+    work. ``generate_kwargs`` go to ``model.generate`` (e.g. ``{"disable_compile": True}``).
     ``ppl_tokens=0`` skips perplexity. Returns a pandas DataFrame indexed by mode.
 
     >>> compare(("bf16", "nf4"), max_new_tokens=12, ppl_tokens=1024)  # doctest: +SKIP
@@ -214,6 +218,6 @@ def compare(modes=("bf16", "int8", "nf4", "nf4+dq", "fp4"), model_id="embedded",
         split_mode(mode)   # fail before loading anything
     if isinstance(prompt, str) and not prompt.strip():
         raise ValueError(f"prompt is empty ({prompt!r}); give the model a question")
-    rows = [_measure(mode, model_id, prompt, max_new_tokens, ppl_tokens, window, device_map)
+    rows = [_measure(mode, model_id, prompt, max_new_tokens, ppl_tokens, window, device_map, generate_kwargs)
             for mode in tqdm(modes, desc="compare", unit="mode", disable=not progress)]
     return pd.DataFrame(rows).set_index("mode")

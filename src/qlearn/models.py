@@ -31,11 +31,12 @@ from urllib.parse import urlparse
 
 import torch
 
+from .backend import default_compute_dtype, explain_compute_dtype  # torch only: which dtype the hardware wants
 from .memory import MODES, split_mode  # the one list of modes (memory is the math layer: torch only)
 
-__all__ = ["MODES", "FOUR_BIT_FORMATS", "INSTALL_EMBEDDED", "cache_dir", "embedded_gguf",
-           "embedded_model_path", "resolve_device", "load", "generate", "Generation", "timed_generate",
-           "measure_mode", "release_memory", "return_big_blocks"]
+__all__ = ["MODES", "FOUR_BIT_FORMATS", "INSTALL_EMBEDDED", "cache_dir", "embedded_gguf", "embedded_model_path",
+           "resolve_device", "default_compute_dtype", "quantization_config", "load", "generate", "Generation",
+           "timed_generate", "measure_mode", "release_memory", "return_big_blocks"]
 
 FOUR_BIT_FORMATS = ("nf4", "fp4")
 _FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -276,15 +277,32 @@ def _check_mode(mode, compute_dtype):
         raise TypeError(f"compute_dtype must be a torch.dtype such as torch.bfloat16; got {compute_dtype!r}")
 
 
-def quantization_config(mode="nf4", compute_dtype=None):
+def _compute_device(device_map="auto") -> str:
+    """The device whose hardware sets the 4-bit compute dtype: ``resolve_device(device_map)``, or for a dict
+    device_map the first GPU it names (an int or "cuda..."), else "cpu".
+
+    >>> _compute_device({"model": "cpu", "lm_head": 0}), _compute_device("cpu")
+    ('cuda:0', 'cpu')
+    """
+    device = resolve_device(device_map)
+    if isinstance(device, dict):
+        gpus = [v for v in device.values() if (isinstance(v, int) and not isinstance(v, bool))
+                or str(v).startswith("cuda")]
+        return "cpu" if not gpus else (f"cuda:{gpus[0]}" if isinstance(gpus[0], int) else str(gpus[0]))
+    return str(device)
+
+
+def quantization_config(mode="nf4", compute_dtype=None, device_map="auto"):
     """The ``BitsAndBytesConfig`` for a mode (None for fp32/bf16/fp16).
 
     int8 is ``BitsAndBytesConfig(load_in_8bit=True)``; "nf4+dq" is ``load_in_4bit=True,
-    bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16``
-    (the usual tutorial's 4-bit config); "nf4" the same without double quantization.
+    bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=...`` (the usual
+    tutorial's 4-bit config); "nf4" the same without double quantization. compute_dtype None follows the
+    hardware of ``device_map`` (``default_compute_dtype``): bf16 on a CPU and on GPUs of compute capability
+    >= 8.0, fp16 below (a T4, 7.5, has no native bf16).
 
-    >>> quantization_config("nf4+dq").bnb_4bit_use_double_quant  # doctest: +SKIP
-    True
+    >>> quantization_config("nf4+dq", device_map="cpu").bnb_4bit_compute_dtype  # doctest: +SKIP
+    torch.bfloat16
     """
     _check_mode(mode, compute_dtype)
     fmt, double_quant = split_mode(mode)
@@ -297,8 +315,9 @@ def quantization_config(mode="nf4", compute_dtype=None):
 
     if fmt == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
+    compute_dtype = compute_dtype or default_compute_dtype(_compute_device(device_map))
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=fmt, bnb_4bit_use_double_quant=double_quant,
-                              bnb_4bit_compute_dtype=compute_dtype or torch.bfloat16)
+                              bnb_4bit_compute_dtype=compute_dtype)
 
 
 def load(model_id="embedded", mode="bf16", compute_dtype=None, device_map="auto", verbose=True):
@@ -308,9 +327,11 @@ def load(model_id="embedded", mode="bf16", compute_dtype=None, device_map="auto"
         model_id: ``"embedded"`` (offline SmolLM2-135M-Instruct), a hub id, or a local folder.
         mode: fp32 / bf16 / fp16 (plain dtypes), int8 (LLM.int8), nf4 / fp4 (4-bit, blocks of 64),
             nf4+dq / fp4+dq (4-bit with double quantization).
-        compute_dtype: 4-bit only; None means torch.bfloat16. Unquantized layers stay bf16.
+        compute_dtype: 4-bit only; None follows the hardware (``default_compute_dtype``): bf16 on a CPU and on
+            GPUs of compute capability >= 8.0, fp16 below (T4). Unquantized layers stay bf16.
         device_map: "auto" (CUDA when present, else CPU; says which), "cpu", "cuda", or a dict.
-        verbose: say what is loaded where (stderr) and show transformers' progress bar; False: neither.
+        verbose: say what is loaded where and, for 4-bit, the compute dtype and why (stderr), and show
+            transformers' progress bar; False: neither.
     Embedded bf16: 134.5 M parameters, ``get_memory_footprint()`` 269.0 MB; nf4: 109.8 MB.
 
     >>> model, tok = load("embedded", mode="nf4")  # doctest: +SKIP
@@ -336,7 +357,11 @@ def load(model_id="embedded", mode="bf16", compute_dtype=None, device_map="auto"
         where = ("CUDA device found" if device == "cuda" else "no CUDA device found") \
             if device_map == "auto" else "as asked"
         print(f"qlearn: loading {model_id} in {mode} on {device} ({where})", file=sys.stderr)
-    config = quantization_config(mode, compute_dtype)
+    config = quantization_config(mode, compute_dtype, device_map)
+    if verbose and getattr(config, "load_in_4bit", False):
+        chosen = "as asked" if compute_dtype is not None else explain_compute_dtype(_compute_device(device_map))
+        print(f"qlearn: 4-bit compute dtype {str(config.bnb_4bit_compute_dtype).removeprefix('torch.')} "
+              f"({chosen.split(': ', 1)[-1]})", file=sys.stderr)
     upcast = mode == "fp32" and device == "cpu"   # load as stored, then convert (_upcast: a lower peak)
     kwargs = dict(dtype="auto" if upcast else _FLOAT_DTYPES.get(mode, torch.bfloat16), device_map=device,
                   quantization_config=config, local_files_only=local_only)
@@ -424,29 +449,62 @@ def generate(model, tok, prompt, max_new_tokens=50, do_sample=False, **kwargs):
 
 @dataclass(frozen=True)
 class Generation:
-    """A greedy answer and its speed: new tokens over the wall time of one `generate` call."""
+    """A greedy answer and a speed: ``new_tokens`` generated in ``seconds`` by one generate call.
+
+    From ``timed_generate``: ``text`` is the natural greedy answer (it stops at end-of-sequence, after
+    ``answer_tokens`` tokens); the speed comes from another call whose length was fixed
+    (``fixed_length``: min_new_tokens = max_new_tokens = ``new_tokens``), so every mode does the same work.
+    """
 
     text: str
     new_tokens: int
     seconds: float
+    answer_tokens: int | None = None   # the natural answer's length (None: not recorded)
+    fixed_length: bool = False          # True: new_tokens was forced (end-of-sequence suppressed until then)
 
     @property
     def tokens_per_s(self) -> float:
         return self.new_tokens / max(self.seconds, 1e-9)
 
+    @property
+    def ms_per_token(self) -> float:
+        return 1e3 * self.seconds / max(self.new_tokens, 1)
 
-def timed_generate(model, tok, prompt, max_new_tokens=50) -> Generation:
-    """Answer ``prompt`` greedily and time it, the one way qlearn measures tokens/s: after a one-token
-    warm-up (first-call costs, and bitsandbytes' one-time CPU repack of 4-bit layers on AVX512-BF16
-    CPUs, stay out), new tokens / wall time of the generate call.
+
+def _synchronize(device) -> None:
+    """Wait until a CUDA device has finished what was queued (``torch.cuda.synchronize``): a CUDA call returns
+    before the GPU is done, so a clock read without it times the launches. A CPU has nothing to wait for."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_generate(model, tok, prompt, max_new_tokens=50, warmup=True, **generate_kwargs) -> Generation:
+    """Answer ``prompt`` greedily, then time a fixed-length generation: the one way qlearn measures tokens/s.
+
+    1. the answer: one natural greedy generate (stops at end-of-sequence): ``.text``, ``.answer_tokens``;
+    2. warm-up (``warmup=True``): one untimed generate of exactly ``max_new_tokens`` tokens (first-call costs,
+       bitsandbytes' one-time CPU repack of 4-bit layers on AVX512-BF16 CPUs, CUDA start-up stay out);
+    3. the timing: the same fixed-length generate (``min_new_tokens = max_new_tokens``), the device
+       synchronized before the clock starts and before it stops. tokens/s = max_new_tokens / that wall time
+       (reading the prompt once included).
+    ``generate_kwargs`` go to every ``model.generate`` call (e.g. ``disable_compile=True``).
+    Worked: 128 tokens in 5.18 s -> 24.7 tokens/s, 40.5 ms a token.
 
     >>> timed_generate(model, tok, "What is the capital of France?", 12).tokens_per_s  # doctest: +SKIP
     15.3
     """
-    _generate_ids(model, tok, prompt, 1)                          # warm-up
+    answer, text = _generate_ids(model, tok, prompt, max_new_tokens, **generate_kwargs)
+    fixed = dict(generate_kwargs, min_new_tokens=max_new_tokens)
+    if warmup:
+        _generate_ids(model, tok, prompt, max_new_tokens, **fixed)
+    device = model.device
+    _synchronize(device)
     start = time.perf_counter()
-    new, text = _generate_ids(model, tok, prompt, max_new_tokens)
-    return Generation(text, int(new.numel()), time.perf_counter() - start)
+    new, _ = _generate_ids(model, tok, prompt, max_new_tokens, **fixed)
+    _synchronize(device)
+    seconds = time.perf_counter() - start
+    return Generation(text, int(new.numel()), seconds, answer_tokens=int(answer.numel()), fixed_length=True)
 
 
 def measure_mode(model_id, mode, measure, device_map="auto", loader=None, compute_dtype=None) -> dict:

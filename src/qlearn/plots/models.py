@@ -199,7 +199,10 @@ class GenerationView:
         b.set_title("speed")
 
     def update(self, rows: list[dict]) -> GenerationView:
-        """rows: [{"mode": "nf4", "footprint_mb": 109.8, "tokens_per_s": 21.3}, ...]."""
+        """rows: [{"mode": "nf4", "footprint_mb": 109.8, "tokens_per_s": 21.3}, ...]; with "speed_tokens" and
+        "fixed_length" (``timed_generate``) the speed axis says how many tokens each mode generated."""
+        fixed = [r.get("speed_tokens") for r in rows if r.get("fixed_length")]
+        self.axes[1].set_xlabel(f"tokens / s ({fixed[0]} tokens, fixed length, warm)" if fixed else "tokens / s")
         for ax, key, fmt in ((self.axes[0], "footprint_mb", "{:.1f}"), (self.axes[1], "tokens_per_s", "{:.1f}")):
             for artist in list(ax.patches) + list(ax.texts):
                 artist.remove()

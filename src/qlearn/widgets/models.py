@@ -83,7 +83,10 @@ class GenerationExplorer(Explorer):
     the button does, and so does `update(**params)`. One model is in memory at a time.
     `loader(model_id, mode=...) -> (model, tok)`, `timer(model, tok, prompt, max_new_tokens) -> Generation`
     and `footprint(model)` default to ql.load, ql.models.timed_generate and ql.memory.footprint; tests
-    inject fakes. After a run: `rows` [{mode, answer, footprint_mb, quant_state_mb, tokens_per_s, seconds}].
+    inject fakes. After a run: `rows` [{mode, answer, footprint_mb, quant_state_mb, tokens_per_s, seconds,
+    speed_tokens, fixed_length}]. The answer is the natural greedy one; tokens/s comes from a separate generate of
+    exactly max_new_tokens tokens, after a warm-up, synchronized on CUDA (``timed_generate``), so every mode does
+    the same work and the first mode does not pay for start-up.
     """
 
     name = "generation_explorer"
@@ -141,7 +144,7 @@ class GenerationExplorer(Explorer):
             self.show_figure()
             self.table.value = _table(self.rows)
             gc.collect()
-        self.status.value = f"Done: {len(modes)} mode(s)."
+        self.status.value = f"Done: {len(modes)} mode(s). {_speed_note(self.rows)}"
 
     def _defaults(self):
         from .. import memory, models
@@ -163,13 +166,25 @@ def _one_run(mode, model_id, prompt, max_new_tokens, loader, timer, footprint) -
         answer = timer(model, tok, prompt, max_new_tokens)
         return {"answer": answer.text, "footprint_mb": fp.reported_bytes / 1e6,
                 "quant_state_mb": fp.quant_state_bytes / 1e6, "tokens_per_s": answer.tokens_per_s,
-                "seconds": answer.seconds}
+                "seconds": answer.seconds, "speed_tokens": answer.new_tokens,
+                "fixed_length": getattr(answer, "fixed_length", False)}
 
     try:
         return measure_mode(model_id, mode, measure, loader=loader)
     except Exception as exc:   # e.g. bitsandbytes missing for int8/4-bit: show it, keep the others
         return {"mode": mode, "answer": f"error: {type(exc).__name__}: {exc}", "footprint_mb": None,
                 "quant_state_mb": None, "tokens_per_s": None}
+
+
+def _speed_note(rows: list[dict]) -> str:
+    """How tokens/s was measured, from the rows: "tokens/s: 30 new tokens per mode at a fixed length, ..."."""
+    timed = [r for r in rows if r.get("tokens_per_s") is not None]
+    if not timed:
+        return ""
+    if all(r.get("fixed_length") for r in timed):
+        return (f"tokens/s: {timed[0]['speed_tokens']} new tokens per mode at a fixed length, after a warm-up "
+                "(synchronized on a GPU); the answers are natural greedy ones.")
+    return "tokens/s: new tokens over the time of one generate call (lengths may differ)."
 
 
 def _table(rows: list[dict]) -> str:
