@@ -4,6 +4,8 @@ of the embedded model on the GPU. Prints one JSON document (and writes it to --o
     python scripts/gpu_check.py                     # ~1-2 minutes on one GPU, incl. the one-time conversion
     python scripts/gpu_check.py --skip-models       # kernels only (seconds)
     python scripts/gpu_check.py --lessons           # also every lesson executed on the GPU (nbclient, FAST)
+    python scripts/gpu_check.py --summary gpu_check.json   # the verdicts of a saved report
+    bash scripts/gpu_kit.sh prepare                 # wheels and model in three carries for a lent GPU machine
 
 Part 1, kernels: quantize_4bit (nf4/fp4, blocksizes, dtypes, double quant) and int8_vectorwise on CUDA
 tensors, qlearn (its default rule on a CUDA tensor, "bnb_cuda") vs bitsandbytes.functional: every byte
@@ -258,7 +260,30 @@ def check_lessons(only=None, timeout_s=900):
     return rows
 
 
+def summary(report: dict) -> str:
+    """A few lines from a saved report: the verdicts, the failures, the lessons and the speed table."""
+    lines = [f"kernels_ok {report.get('kernels_ok')}  device_paths_ok {report.get('device_paths_ok')}  "
+             f"lessons {report.get('lessons_passed')}"]
+    for key in ("kernel_paths", "method_paths"):
+        if report.get(key, {}).get("failures"):
+            lines.append(f"{key} failures: {json.dumps(report[key]['failures'])[:800]}")
+    for row in report.get("kernels_4bit", []) + report.get("kernels_int8", []):
+        if not row.get("ok"):
+            lines.append(f"kernel mismatch: {json.dumps(row)}")
+    for row in report.get("lessons", []):
+        lines.append(f"{row['lesson']}: {'passed' if row['passed'] else 'FAILED'} {row['seconds']} s, "
+                     f"peak GPU {row['peak_gpu_MB']} MB" + ("" if row["passed"] else f"\n  {row['error'][-600:]}"))
+    for mode, row in report.get("speed", {}).get("modes", {}).items():
+        ms = {k: v["ms_per_token"] for k, v in row["variants"].items()}
+        lines.append(f"speed {mode}: ms/token {ms}; cache_implementation {row['cache_implementation']}")
+    return "\n".join(lines)
+
+
 def main(argv=None):
+    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--summary":
+        with open(sys.argv[2]) as f:
+            print(summary(json.load(f)))
+        return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--modes", default="bf16,fp16,int8,nf4,nf4+dq,fp4")
     p.add_argument("--new-tokens", type=int, default=64)
