@@ -35,7 +35,8 @@ tour: $(STAMP)
 
 test: $(STAMP) $(W7)
 	$(BIN)/ruff check src tests tests_colab benchmarks scripts
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup \
+		--doctest-modules tests src/qlearn $(PYTEST_ARGS)
 
 $(COLAB_STAMP): requirements-colab.txt
 	test -x $(COLAB_VENV)/bin/python || $(PY) -m venv $(COLAB_VENV)
