@@ -7,8 +7,11 @@ Every plan is applied with ``qlearn.fakequant`` (weights quantized and dequantiz
 rounded to bf16 as a bf16 model holds them), and the model runs in float32 holding those bf16 values:
 about 2.5x faster than bf16 on a CPU without bf16 matmul units, and on CUDA free of the noise floor
 bf16 compute put under every layer's KL on an H200 (int8 layers summed 0.286 nats in bf16, 0.003 in
-fp32). On that H200 (transformers 5.17) bf16 scored 15.49 in either dtype against 14.71 here
-(transformers 5.24); the cause was not established, so compare numbers from one machine only.
+fp32). On that H200 bf16 scored 15.49 against 14.71 here: the evaluation text was then the running
+Python's own help topics (3.12 there, 3.11 here), which differ; it now ships with qlearn (docs/texts.md),
+and float32 perplexity is the same number on every Python and torch release tested (make test-colab).
+Uniform nf4+dq at blocks of 256 / 128 / 64 / 32 (this script's --frontier rows; AMD EPYC, 2026-12-04):
+21.798 / 19.809 / 18.748 / 18.157.
 
     python benchmarks/bench_mixed.py                 # full settings
     python benchmarks/bench_mixed.py --tokens 512    # a quick look (not the bars)

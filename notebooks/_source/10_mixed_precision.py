@@ -209,14 +209,16 @@ display(Image(ql.plots.to_png(fig_frontier)))
 
 # %% [markdown]
 # **Reading it.** A plan at *equal* bytes pays for every upgrade with a downgrade somewhere else. Measured by
-# `benchmarks/bench_mixed.py --frontier` on an H200 (this project, fp32 compute of bf16 values, 4,096 evaluation
-# tokens; bf16 scored 15.49 there against 14.71 on this project's CPU, cause not established): uniform NF4 +
-# double quant in blocks of
-# 256 / 128 / 64 / 32 scored 23.13 / 21.16 / 20.07 / 19.25 at 4.032 / 4.064 / 4.127 / 4.254 bits per weight, so
-# around blocks of 64 a step down costs about 17 perplexity points per bit and a step up buys back about 6.5:
-# moving bytes between layers only pays where the layers' sensitivities differ by more than that. There the
-# equal-bytes plan closed 11% of the uniform-to-bf16 gap and the +5% plan 46%; other calibration settings gave
-# -2% to 13% at equal bytes (and 46% to 55% at +5%), so the equal-bytes number is fragile. Real bitsandbytes
+# this project on a 2-core CPU (Python 3.11, float32 compute of bf16 values, 4,096 tokens of the evaluation text
+# that ships with qlearn; bf16 14.70): uniform NF4 + double quant in blocks of 256 / 128 / 64 / 32 scored
+# 21.80 / 19.81 / 18.75 / 18.16 at 4.032 / 4.064 / 4.127 / 4.254 bits per weight, so around blocks of 64 a step
+# down costs about 17 perplexity points per bit and a step up buys back about 4.7: moving bytes between layers
+# only pays where the layers' sensitivities differ by more than that. `benchmarks/bench_mixed.py` (4 x 256
+# calibration tokens) closed 11.5% of the uniform-to-bf16 gap at equal bytes and 48.4% at +5%; with this
+# lesson's 2 x 128 tokens 9.1% and 39.5%, and with every ladder format's KL measured rather than predicted 1.9%
+# and 47.8%. So the equal-bytes number is fragile, the +5% one is not. (An earlier run of the same benchmark on
+# a GPU machine scored bf16 15.49 against 14.71 here: the evaluation text then came from the running Python's own help
+# pages, which differ between Python versions. qlearn now ships one fixed text; docs/texts.md.) Real bitsandbytes
 # modules can express only part of such a plan: `BitsAndBytesConfig(llm_int8_skip_modules=[...])` keeps named
 # layers in 16-bit, but transformers fixes the 4-bit blocksize at 64.
 
