@@ -318,7 +318,9 @@ class _CachedTextRenderer(RendererAgg):
     RendererAgg) and stamps that image with `draw_image` every later time. Public API only."""
 
     def draw_text(self, gc, x, y, s, prop, angle, ismath=False, mtext=None):
-        special = mtext is not None and (mtext.get_fontfeatures() or mtext.get_language())
+        # font features and language exist from matplotlib 3.11 on (Colab has 3.10): absent means plain text
+        special = mtext is not None and any(getattr(mtext, f"get_{attr}", lambda: None)()
+                                            for attr in ("fontfeatures", "language"))
         if ismath or special or gc.get_forced_alpha():      # (draw_image would apply that alpha twice)
             return super().draw_text(gc, x, y, s, prop, angle, ismath=ismath, mtext=mtext)
         key = (s, hash(prop), prop.get_size_in_points(), angle, self.dpi, get_hinting_flag(),
