@@ -406,15 +406,12 @@ def quantize_blockwise_8bit(x: torch.Tensor, blocksize: int = 4096, rule: str = 
         flat = x.reshape(-1).float()
         if rule == "nearest":
             scaled, absmax = _block_absmax(flat, blocksize)
-        elif rule == "bnb_cuda":
+        else:   # the kernels: every block, the partial one too, times an unclamped float32 1/absmax
             absmax = torch.nn.functional.pad(flat.abs(), (0, -flat.numel() % blocksize)).view(-1, blocksize).amax(1)
             check_finite(absmax)
-            recip = cuda_rules.rcp_approx(absmax).to(flat.device)
+            recip = 1.0 / absmax if rule == "bnb_cpu" else cuda_rules.rcp_approx(absmax).to(flat.device)
             scaled = flat * recip.repeat_interleave(blocksize)[: flat.numel()]
-        else:   # the C++ kernel: every block, the partial one too, times the unclamped float32 1/absmax
-            absmax = torch.nn.functional.pad(flat.abs(), (0, -flat.numel() % blocksize)).view(-1, blocksize).amax(1)
-            check_finite(absmax)
-            scaled = flat * (1.0 / absmax).repeat_interleave(blocksize)[: flat.numel()]
-            scaled = scaled.nan_to_num_(nan=-1.0).clamp_(-1, 1)   # all-zero block: 0 * inf = NaN -> code 0
+            if rule == "bnb_cpu":   # C++: all-zero block, 0 * inf = NaN -> code 0 (CUDA's search gives 0 too)
+                scaled = scaled.nan_to_num_(nan=-1.0).clamp_(-1, 1)
         codes = _codes_8bit(scaled, rule)
     return Blockwise8bit(codes.view(x.shape), absmax, x.shape, x.dtype, blocksize, rule)
