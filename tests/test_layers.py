@@ -21,7 +21,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "qlearn"
 
 MATH = {"codebooks", "quantize", "intquant", "memory", "metrics", "granularity", "levels", "codeusage",
         "distribution", "outliers", "reference", "_checks", "floats", "fakequant", "int8matmul", "mixed", "cuda_rules",
-        "texts"}
+        "texts", "capture", "_threads"}
 # not math: numpy, models, the CLI; claims and quiz check a learner's answers (stdlib only); sensitivity runs a model
 OTHER = {"__init__", "backend", "cli", "evaluate", "models", "sources", "claims", "quiz", "sensitivity"}
 MATH_PACKAGES = ("kernels", "methods")   # sub-packages of the math layer: torch, the stdlib and math modules

@@ -51,3 +51,22 @@ def _check_axis(axis, ndim: int) -> int:
         raise ValueError(f"axis must be an integer in {-ndim}..{ndim - 1} for a {ndim}-d tensor; got {axis!r}")
     return axis % ndim
 
+
+
+def check_int(value, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    """An int (not a bool) in ``minimum..maximum`` (either end open when None); ValueError naming it otherwise.
+
+    >>> check_int(4, "rank", minimum=1)
+    4
+    >>> check_int(True, "rank", minimum=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: rank must be an int >= 1; got True
+    """
+    ok = not isinstance(value, bool) and isinstance(value, int)
+    ok = ok and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+    if not ok:
+        bounds = (f"in {minimum}..{maximum}" if minimum is not None and maximum is not None
+                  else f">= {minimum}" if minimum is not None else f"<= {maximum}" if maximum is not None else "")
+        raise ValueError(f"{name} must be an int {bounds}".rstrip() + f"; got {value!r}")
+    return value
