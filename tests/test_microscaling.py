@@ -1,0 +1,140 @@
+"""MXFP4, NVFP4, FP8 and the Hadamard rotation: byte for byte against torchao's reference (MX, NVFP4),
+against a brute-force nearest-value search (E2M1, FP8), and the rotation's algebra (orthogonal, undone
+exactly, the rotated layer computes the same product)."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from qlearn.fp8 import FP8_DTYPES, quantize_fp8
+from qlearn.intquant import absmax_quantize
+from qlearn.microscaling import E2M1_VALUES, e2m1_codes, e2m1_values, quantize_mxfp4, quantize_nvfp4
+from qlearn.rotation import hadamard, peak_to_mean, rotate, rotated, unrotate
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    mx = pytest.importorskip("torchao.prototype.mx_formats.mx_tensor")
+    nv = pytest.importorskip("torchao.prototype.mx_formats.nvfp4_tensor")
+    kernels = pytest.importorskip("torchao.prototype.mx_formats.kernels")
+
+
+def _weights(rows=64, cols=256, dtype=torch.float32, seed=0):
+    """Heavy-tailed rows of different sizes, with the corner cases MX must handle: an all-zero block, a
+    tiny negative (rounds to -0), a block of values near float32's smallest normals."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.distributions.StudentT(3.0).sample((rows, cols)) * torch.rand(rows, 1, generator=g) * 0.05
+    w[0, :32] = 0.0
+    w[1, 3] = -1e-9
+    w[2, :32] *= 1e-33
+    return w.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mxfp4_equals_torchao_to_mx(dtype):
+    w = _weights(dtype=dtype)
+    scale, packed = mx.to_mx(w, torch.float4_e2m1fn_x2, 32)
+    q = quantize_mxfp4(w)
+    assert torch.equal(q.scale_e8m0, scale.view(torch.uint8))
+    assert torch.equal(q.packed, packed.view(torch.uint8))
+    ref = mx.to_dtype(packed, scale, torch.float4_e2m1fn_x2, 32, torch.float32)
+    assert torch.equal(q.dequantize(torch.float32), ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_nvfp4_equals_torchao_two_level(dtype):
+    w = _weights(dtype=dtype, seed=1)
+    tensor_scale = nv.per_tensor_amax_to_scale(w.float().abs().amax())
+    block_scale, packed = nv.nvfp4_quantize(w, 16, tensor_scale)
+    q = quantize_nvfp4(w)
+    assert torch.equal(q.tensor_scale, tensor_scale)
+    assert torch.equal(q.block_scale.view(torch.uint8), block_scale.view(torch.uint8))
+    assert torch.equal(q.packed, packed.view(torch.uint8))
+
+
+def test_e2m1_rounding_is_nearest_ties_to_even_by_brute_force_and_torchao():
+    x = torch.cat([torch.linspace(-7, 7, 20001), (E2M1_VALUES[1:] + E2M1_VALUES[:-1]) / 2,
+                   -(E2M1_VALUES[1:] + E2M1_VALUES[:-1]) / 2])
+    codes = e2m1_codes(x)
+    assert torch.equal(codes, kernels.f32_to_f4_unpacked(x))
+    # brute force: distance to all 8 magnitudes, ties to the even code, saturating at 6
+    dist = (x.abs().clamp(max=6)[:, None] - E2M1_VALUES[None]).abs()
+    best = dist.min(dim=1, keepdim=True).values
+    candidates = (dist == best)
+    even = candidates & (torch.arange(8) % 2 == 0)
+    expect = torch.where(even.any(1), even.float().argmax(1), candidates.float().argmax(1))
+    assert torch.equal((codes & 7).long(), expect)
+    assert torch.equal(codes >= 8, x < 0)
+    assert torch.equal(e2m1_values(codes).abs(), E2M1_VALUES[expect])
+
+
+def test_mx_and_nvfp4_bits_and_the_finer_scale_wins():
+    w = _weights(rows=128, cols=512, seed=2)
+    m, n = quantize_mxfp4(w), quantize_nvfp4(w)
+    assert m.bits_per_param == 4.25
+    assert n.bits_per_param == pytest.approx(4.5 + 32 / w.numel())
+    assert m.codes.shape == n.codes.shape == w.shape
+    err = {k: float(((q.dequantize() - w) ** 2).sum()) for k, q in (("mx", m), ("nv", n))}
+    assert err["nv"] < err["mx"], err             # E4M3 scales per 16 fit each block better than 2^k per 32
+
+
+@pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
+@pytest.mark.parametrize("tile", [128, None])
+def test_fp8_is_the_nearest_value_after_scaling_each_tile(fmt, tile):
+    w = _weights(rows=200, cols=576, seed=3)                       # partial tiles at both edges
+    q = quantize_fp8(w, fmt, tile)
+    dt = FP8_DTYPES[fmt]
+    finite = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(dt).float()
+    finite = finite[finite.isfinite()].unique()                    # every finite value of the format
+    t = tile or max(w.shape)
+    s = 1.0 / q.scale                                              # (tiles_r, tiles_c)
+    for i in range(q.scale.shape[0]):
+        for j in range(q.scale.shape[1]):
+            block = w[i * t:(i + 1) * t, j * t:(j + 1) * t]
+            scaled = (block * s[i, j]).flatten()
+            got = q.values[i * t:(i + 1) * t, j * t:(j + 1) * t].float().flatten()
+            assert got.abs().max() == torch.finfo(dt).max or block.abs().max() == 0
+            nearest = (scaled[:, None] - finite[None]).abs().min(dim=1).values
+            assert torch.equal((scaled - got).abs(), nearest)      # nothing closer exists
+    assert q.codes.shape == w.shape and q.codes.dtype == torch.uint8
+    assert q.nbytes == w.numel() + 4 * q.scale.numel()
+
+
+def test_fp8_errors_name_the_argument():
+    with pytest.raises(ValueError, match="fmt must be one of"):
+        quantize_fp8(torch.ones(4, 4), "e3m4")
+    with pytest.raises(ValueError, match="tile must be one of"):
+        quantize_fp8(torch.ones(4, 4), tile=100)
+    with pytest.raises(ValueError, match="2-D"):
+        quantize_fp8(torch.ones(4))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        quantize_mxfp4(torch.ones(4, 48))
+
+
+def test_hadamard_is_orthogonal_and_rotation_is_undone():
+    for b in (1, 2, 16, 64):
+        h = hadamard(b)
+        assert torch.allclose(h @ h.T, torch.eye(b), atol=1e-6)
+    w = _weights(rows=32, cols=576, seed=4)
+    assert torch.allclose(unrotate(rotate(w, 64, seed=7), 64, seed=7), w, atol=1e-6)
+    with pytest.raises(ValueError, match="power of two"):
+        hadamard(12)
+    with pytest.raises(ValueError, match="dividing the last dimension 576"):
+        rotate(w, 128)
+
+
+def test_rotated_layer_computes_the_same_product_and_lowers_the_peak():
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(48, 256, generator=g) * 0.02
+    w[:, 7] *= 40                                                   # an outlier input channel
+    x = torch.randn(10, 256, generator=g)
+    rec = rotated(lambda m: absmax_quantize(m, bits=4, blocksize=64), blocksize=64, seed=3)(w)
+    online = F.linear(rotate(x, 64, seed=3), rec.inner.dequantize(torch.float32))   # x R times Q(W R)^T
+    assert torch.allclose(online, F.linear(x, rec.dequantize(torch.float32)), atol=1e-4)
+    assert float(peak_to_mean(rotate(w, 64, 3)).mean()) < 0.5 * float(peak_to_mean(w).mean())
+    plain = absmax_quantize(w, bits=4, blocksize=64)
+    err = {k: float(((x @ (r.dequantize(torch.float32) - w).T) ** 2).mean()) for k, r in (("plain", plain),
+                                                                                          ("rotated", rec))}
+    assert err["rotated"] < err["plain"], err
+    assert rec.nbytes == plain.nbytes + 256 // 8
