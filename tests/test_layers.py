@@ -21,9 +21,9 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "qlearn"
 
 MATH = {"codebooks", "quantize", "intquant", "memory", "metrics", "granularity", "levels", "codeusage",
         "distribution", "outliers", "reference", "_checks", "floats", "fakequant", "int8matmul", "mixed", "cuda_rules",
-        "texts", "capture", "_threads"}
+        "texts", "capture", "_threads", "microscaling", "fp8", "rotation", "matched4bit"}
 # not math: numpy, models, the CLI; claims and quiz check a learner's answers (stdlib only); sensitivity runs a model
-OTHER = {"__init__", "backend", "cli", "evaluate", "models", "sources", "claims", "quiz", "sensitivity"}
+OTHER = {"__init__", "backend", "cli", "evaluate", "models", "sources", "claims", "quiz", "sensitivity", "finetune"}
 MATH_PACKAGES = ("kernels", "methods")   # sub-packages of the math layer: torch, the stdlib and math modules
 # ... except their modules that time or apply to a real model: those import model libraries inside functions only
 PACKAGE_MODEL_MODULES = {"kernels/timesplit", "kernels/layerbench", "kernels/bnb4bit", "methods/apply"}

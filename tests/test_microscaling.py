@@ -138,3 +138,44 @@ def test_rotated_layer_computes_the_same_product_and_lowers_the_peak():
                                                                                           ("rotated", rec))}
     assert err["rotated"] < err["plain"], err
     assert rec.nbytes == plain.nbytes + 256 // 8
+
+
+def test_matched_grids_reproduce_each_formats_own_dequantize():
+    from qlearn import quantize_4bit
+    from qlearn.matched4bit import FORMATS, grids
+
+    w = _weights(rows=16, cols=576, seed=6)
+    g = grids(w)
+    own = {"MXFP4": quantize_mxfp4(w).dequantize(torch.float32), "NVFP4": quantize_nvfp4(w).dequantize(torch.float32),
+           "NF4": quantize_4bit(w, "nf4", 64, rule="bnb_cpu").dequantize(torch.float32).reshape(w.shape),
+           "int4": absmax_quantize(w, bits=4, blocksize=64).dequantize(torch.float32)}
+    for f in FORMATS:
+        assert torch.equal(g[f].dequantize(), own[f]), f
+        deq = g[f].dequantize()
+        for idx in ((3, 5), (9, 100), (15, 575)):     # each weight's value is one of the levels its block allows
+            assert bool((g[f].levels(idx) == deq[idx]).any()), (f, idx)
+    assert [round(g[f].bits_per_param, 3) for f in FORMATS] == [4.25, round(4.5 + 32 / w.numel(), 3), 4.5, 4.5]
+
+
+def test_block_format_explorer_follows_its_controls():
+    from qlearn.matched4bit import grids
+    from qlearn.widgets.microscaling import block_format_explorer
+
+    e = block_format_explorer()
+    assert e.error is None
+    w = next(iter(e.weights.values()))
+    e.controls["row"].value = 7
+    e.controls["window"].value = 4
+    assert e.error is None
+    g = grids(w)
+    x = w[7, 128:160]
+    for f, err in e.window_error.items():
+        assert err == pytest.approx(float(((g[f].dequantize()[7, 128:160] - x) ** 2).sum()), rel=1e-6)
+    assert len(e.largest["NVFP4"]) <= 2 and len(e.largest["MXFP4"]) == 1   # 32 weights: one MX block, two NV
+    assert e.largest["MXFP4"][0] == 6 * float(quantize_mxfp4(w).scale[7, 4])
+    title = e.figure.axes[0].get_title(loc="left")
+    assert "row 7, weights 128..159" in title
+    e.update(grid="NF4")
+    assert len(e.view.ticks.get_segments()) == 32 * 16      # NF4: 16 levels for every weight of the window
+    e.update(grid="int4")
+    assert len(e.view.ticks.get_segments()) == 32 * 15
