@@ -6,6 +6,10 @@ TORCH := torch==2.13.0
 STAMP := $(VENV)/.qlearn-installed
 # ipywidgets 7.7.1 (Colab's) in a folder beside the venv's 8.x, for tests/test_ipywidgets7.py
 W7 := $(VENV)/ipywidgets7/.complete
+# torchao 0.18.0 in its own folder (not on the venv's path: transformers imports torchao when it can find it),
+# for tests/test_microscaling.py, which runs torchao's MX / NVFP4 reference in a subprocess
+TORCHAO := torchao==0.18.0
+TAO := $(VENV)/torchao-ref/.complete
 # The suite runs on two workers with one torch thread each (tests/conftest.py groups them): on 2 cores
 # this keeps both busy through the single-threaded parts (imports, kernels starting, plotting).
 TEST_WORKERS ?= 2
@@ -30,10 +34,15 @@ $(STAMP): pyproject.toml
 $(W7): tests/test_ipywidgets7.py | $(STAMP)
 	$(BIN)/python tests/test_ipywidgets7.py
 
+$(TAO): | $(STAMP)
+	rm -rf $(VENV)/torchao-ref
+	$(BIN)/python -m pip install -q --no-deps --target $(VENV)/torchao-ref $(TORCHAO)
+	echo $(TORCHAO) > $(TAO)
+
 tour: $(STAMP)
 	$(BIN)/qlearn tour $(TOUR_ARGS)
 
-test: $(STAMP) $(W7)
+test: $(STAMP) $(W7) $(TAO)
 	$(BIN)/ruff check src tests tests_colab benchmarks scripts
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup \
 		--doctest-modules tests src/qlearn $(PYTEST_ARGS)

@@ -1,8 +1,17 @@
 """MXFP4, NVFP4, FP8 and the Hadamard rotation: byte for byte against torchao's reference (MX, NVFP4),
 against a brute-force nearest-value search (E2M1, FP8), and the rotation's algebra (orthogonal, undone
-exactly, the rotated layer computes the same product)."""
+exactly, the rotated layer computes the same product).
 
-import warnings
+torchao 0.18.0 lives in its own folder, ``<venv>/torchao-ref`` (`make test` installs it there with
+``pip --target --no-deps``), never on the test process's path: transformers imports torchao whenever it
+can find it. Its reference runs once per session in a subprocess on inputs saved here; the outputs come
+back in a file.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,51 +22,87 @@ from qlearn.intquant import absmax_quantize
 from qlearn.microscaling import E2M1_VALUES, e2m1_codes, e2m1_values, quantize_mxfp4, quantize_nvfp4
 from qlearn.rotation import hadamard, peak_to_mean, rotate, rotated, unrotate
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    mx = pytest.importorskip("torchao.prototype.mx_formats.mx_tensor")
-    nv = pytest.importorskip("torchao.prototype.mx_formats.nvfp4_tensor")
-    kernels = pytest.importorskip("torchao.prototype.mx_formats.kernels")
+TORCHAO = Path(sys.prefix) / "torchao-ref"
+REFERENCE = """
+import sys, warnings
+import torch
+warnings.simplefilter("ignore")
+from torchao.prototype.mx_formats.kernels import f32_to_f4_unpacked
+from torchao.prototype.mx_formats.mx_tensor import to_dtype, to_mx
+from torchao.prototype.mx_formats.nvfp4_tensor import nvfp4_quantize, per_tensor_amax_to_scale
+inputs, out = torch.load(sys.argv[1]), {}
+for key, w in inputs.items():
+    if key == "sweep":
+        out[key] = f32_to_f4_unpacked(w)
+        continue
+    scale, packed = to_mx(w, torch.float4_e2m1fn_x2, 32)
+    out[key + "/mx"] = (scale.view(torch.uint8), packed.view(torch.uint8),
+                        to_dtype(packed, scale, torch.float4_e2m1fn_x2, 32, torch.float32))
+    ts = per_tensor_amax_to_scale(w.float().abs().amax())
+    bs, data = nvfp4_quantize(w, 16, ts)
+    out[key + "/nv"] = (ts, bs.view(torch.uint8), data.view(torch.uint8))
+torch.save(out, sys.argv[2])
+"""
+
+
+@pytest.fixture(scope="module")
+def torchao_ref(tmp_path_factory):
+    """{input name: torchao's outputs} for the inputs of `_reference_inputs`, computed in a subprocess."""
+    if not (TORCHAO / "torchao").is_dir():
+        pytest.skip(f"torchao's reference is not installed in {TORCHAO} (make test installs it)")
+    folder = tmp_path_factory.mktemp("torchao")
+    inputs = _reference_inputs()
+    torch.save(inputs, folder / "in.pt")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TORCHAO), *sys.path]))
+    done = subprocess.run([sys.executable, "-c", REFERENCE, str(folder / "in.pt"), str(folder / "out.pt")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return inputs, torch.load(folder / "out.pt")
+
+
+def _reference_inputs() -> dict:
+    mids = (E2M1_VALUES[1:] + E2M1_VALUES[:-1]) / 2
+    return {"float32": _weights(dtype=torch.float32), "bfloat16": _weights(dtype=torch.bfloat16, seed=1),
+            "sweep": torch.cat([torch.linspace(-7, 7, 20001), mids, -mids])}
 
 
 def _weights(rows=64, cols=256, dtype=torch.float32, seed=0):
     """Heavy-tailed rows of different sizes, with the corner cases MX must handle: an all-zero block, a
     tiny negative (rounds to -0), a block of values near float32's smallest normals."""
     g = torch.Generator().manual_seed(seed)
-    w = torch.distributions.StudentT(3.0).sample((rows, cols)) * torch.rand(rows, 1, generator=g) * 0.05
+    z, chi2 = torch.randn(rows, cols, generator=g), (torch.randn(3, rows, cols, generator=g) ** 2).sum(0)
+    w = z / (chi2 / 3).sqrt() * torch.rand(rows, 1, generator=g) * 0.05       # Student's t, 3 degrees of freedom
     w[0, :32] = 0.0
     w[1, 3] = -1e-9
     w[2, :32] *= 1e-33
     return w.to(dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_mxfp4_equals_torchao_to_mx(dtype):
-    w = _weights(dtype=dtype)
-    scale, packed = mx.to_mx(w, torch.float4_e2m1fn_x2, 32)
-    q = quantize_mxfp4(w)
-    assert torch.equal(q.scale_e8m0, scale.view(torch.uint8))
-    assert torch.equal(q.packed, packed.view(torch.uint8))
-    ref = mx.to_dtype(packed, scale, torch.float4_e2m1fn_x2, 32, torch.float32)
-    assert torch.equal(q.dequantize(torch.float32), ref)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_mxfp4_equals_torchao_to_mx(torchao_ref, dtype):
+    inputs, ref = torchao_ref
+    scale, packed, deq = ref[dtype + "/mx"]
+    q = quantize_mxfp4(inputs[dtype])
+    assert torch.equal(q.scale_e8m0, scale)
+    assert torch.equal(q.packed, packed)
+    assert torch.equal(q.dequantize(torch.float32), deq)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_nvfp4_equals_torchao_two_level(dtype):
-    w = _weights(dtype=dtype, seed=1)
-    tensor_scale = nv.per_tensor_amax_to_scale(w.float().abs().amax())
-    block_scale, packed = nv.nvfp4_quantize(w, 16, tensor_scale)
-    q = quantize_nvfp4(w)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_nvfp4_equals_torchao_two_level(torchao_ref, dtype):
+    inputs, ref = torchao_ref
+    tensor_scale, block_scale, packed = ref[dtype + "/nv"]
+    q = quantize_nvfp4(inputs[dtype])
     assert torch.equal(q.tensor_scale, tensor_scale)
-    assert torch.equal(q.block_scale.view(torch.uint8), block_scale.view(torch.uint8))
-    assert torch.equal(q.packed, packed.view(torch.uint8))
+    assert torch.equal(q.block_scale.view(torch.uint8), block_scale)
+    assert torch.equal(q.packed, packed)
 
 
-def test_e2m1_rounding_is_nearest_ties_to_even_by_brute_force_and_torchao():
-    x = torch.cat([torch.linspace(-7, 7, 20001), (E2M1_VALUES[1:] + E2M1_VALUES[:-1]) / 2,
-                   -(E2M1_VALUES[1:] + E2M1_VALUES[:-1]) / 2])
+def test_e2m1_rounding_is_nearest_ties_to_even_by_brute_force_and_torchao(torchao_ref):
+    inputs, ref = torchao_ref
+    x = inputs["sweep"]
     codes = e2m1_codes(x)
-    assert torch.equal(codes, kernels.f32_to_f4_unpacked(x))
+    assert torch.equal(codes, ref["sweep"])
     # brute force: distance to all 8 magnitudes, ties to the even code, saturating at 6
     dist = (x.abs().clamp(max=6)[:, None] - E2M1_VALUES[None]).abs()
     best = dist.min(dim=1, keepdim=True).values

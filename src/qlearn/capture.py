@@ -9,8 +9,8 @@ hook ends the forward pass there (the layers after it are not needed) and the bl
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
-from typing import Callable, Mapping
 
 import torch
 from torch import nn

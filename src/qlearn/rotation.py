@@ -18,8 +18,8 @@ magnitude drops from 2 to 1.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
