@@ -69,7 +69,7 @@ def _split_models(modes, device="auto"):
         model, _ = ql.load("embedded", mode="bf16" if mode.startswith("int4") else mode, device_map=device,
                            verbose=False)
         if mode.startswith("int4"):
-            swap_linears(model, "int4-dequant" if mode == "int4 dequant" else "int4", groupsize=64)
+            swap_linears(model, "int4-dequant" if mode == "int4 dequant" else "int4", blocksize=64)
         yield mode, model
         if mode == "int4 dequant" and "int4 fused" in modes:
             swap_linears(model, "int4")

@@ -6,7 +6,7 @@ unquantized model; float32 compute: 5x faster than bf16 on the AVX2 machine this
 AVX512-BF16 CPU runs bf16 matmuls fast too: a 768x768 matmul there reached 1,146 GFLOP/s in bf16, 324 in
 float32). Both CPU kinds gave the same perplexities to 3 decimals except GPTQ g128 (20.387 on an AVX2 EPYC,
 20.801 on an AVX512-BF16 Xeon; the cause was not isolated).
-Calibration (GPTQ, AWQ): 4,096 tokens of `qlearn.methods.apply.calibration_text()` (stdlib
+Calibration (GPTQ, AWQ): 4,096 tokens of `qlearn.calibration.calibration_text("methods")` (stdlib
 docstrings), run layer by layer (each layer sees the earlier layers quantized); evaluation: 4,096
 tokens of the offline pydoc text (`ql.perplexity`), a different text.
 
@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 import qlearn as ql
+from qlearn.calibration import calibration_ids
 from qlearn.kernels import synchronize
 from qlearn.methods import apply as qa
 
@@ -40,16 +41,17 @@ FRONTIER = [("Q4_1", None), ("rtn-asym", 32), ("rtn-asym", 128), ("rtn", 64), ("
 RESULTS = Path(__file__).resolve().parent.parent / "tests" / "_artifacts" / "methods_frontier.json"
 
 
-def measure(model, tok, method, group, calib, kept, tokens):
+def measure(model, tok, method, blocksize, calib, kept, tokens):
     """Apply one method, measure (bits per weight, perplexity, seconds to quantize), restore."""
     t0, cpu0 = time.perf_counter(), time.process_time()
-    fq = qa.apply_method(model, method, group or 128, calib_ids=calib, keep_originals=False)
+    fq = qa.apply_method(model, method, blocksize or 128, calib_ids=calib, keep_originals=False)
     synchronize(next(model.parameters()).device)          # on a GPU: the queued work is part of the time
     quant_s, quant_cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
-    bits = qa.bits_per_param(fq, model)
+    bits = fq.bits_per_param
     ppl = float(ql.perplexity(model, tok, max_tokens=tokens, progress=False))
     qa.restore_weights(model, kept)
-    return {"method": method, "group": group, "bits": bits, "ppl": ppl, "quant_s": quant_s, "quant_cpu_s": quant_cpu_s}
+    return {"method": method, "blocksize": blocksize, "bits": bits, "ppl": ppl, "quant_s": quant_s,
+            "quant_cpu_s": quant_cpu_s}
 
 
 def parse_runs(text: str) -> list[tuple[str, int | None]]:
@@ -60,21 +62,21 @@ def parse_runs(text: str) -> list[tuple[str, int | None]]:
     """
     runs = []
     for item in text.split(","):
-        method, _, group = item.strip().partition(":")
+        method, _, blocksize = item.strip().partition(":")
         if method not in qa.METHODS:
             raise SystemExit(f"--runs: unknown method {method!r}; allowed: {', '.join(qa.METHODS)}")
-        runs.append((method, int(group) if group else (128 if method in qa.GROUPED else None)))
+        runs.append((method, int(blocksize) if blocksize else (128 if method in qa.GROUPED else None)))
     return runs
 
 
 def print_bars(rows):
     """The bars line, when the rows hold bf16, RTN, GPTQ, HQQ and AWQ at group 128."""
-    ppl = {(r["method"], r["group"]): r["ppl"] for r in rows}
+    ppl = {(r["method"], r["blocksize"]): r["ppl"] for r in rows}
     if not all(k in ppl for k in BARS):
         return
     base, rtn_ = ppl[("bf16", None)], ppl[("rtn", 128)]
     gap = rtn_ - base
-    gptq = next(r for r in rows if (r["method"], r["group"]) == ("gptq", 128))
+    gptq = next(r for r in rows if (r["method"], r["blocksize"]) == ("gptq", 128))
     if "quant_cpu_s" in gptq:   # CPU seconds / threads: the wall time on idle cores (this machine is often shared)
         print(f"GPTQ on all 210 linear layers (calibration pass included): {gptq['quant_s']:.0f} s wall, "
               f"{gptq['quant_cpu_s']:.0f} s of CPU on {torch.get_num_threads()} threads; load {os.getloadavg()}")
@@ -89,7 +91,7 @@ def main():
     parser.add_argument("--calib-tokens", type=int, default=4096, help="calibration tokens (default 4096)")
     parser.add_argument("--frontier", action="store_true", help="every method, also groups 64 and 32")
     parser.add_argument("--runs", type=parse_runs, default=None,
-                        help="only these, e.g. 'Q4_0,Q4_K,nf4,rtn-asym:32' (method[:group])")
+                        help="only these, e.g. 'Q4_0,Q4_K,nf4,rtn-asym:32' (method[:blocksize])")
     parser.add_argument("--merge", type=Path, action="append", default=[],
                         help="rows of an earlier run (its --json, same --tokens) to draw and report with these")
     parser.add_argument("--json", type=Path, default=RESULTS, help=f"results file (default {RESULTS})")
@@ -104,25 +106,25 @@ def main():
     runs = args.runs or BARS + (FRONTIER if args.frontier else [])
     print(f"load: {os.getloadavg()}, torch threads {torch.get_num_threads()}", flush=True)
     model, tok = ql.load("embedded", mode="fp32", verbose=False)
-    calib = qa.calibration_ids(tok, args.calib_tokens)
+    calib = calibration_ids(tok, "methods", n_tokens=args.calib_tokens)
     kept = qa.keep_weights(model)
     rows = []
-    for method, group in runs:
-        row = measure(model, tok, method, group, calib, kept, args.tokens)
+    for method, blocksize in runs:
+        row = measure(model, tok, method, blocksize, calib, kept, args.tokens)
         rows.append(row)
-        print(f"{method:10s} g={group!s:5s} bits={row['bits']:.3f} ppl={row['ppl']:.3f} "
+        print(f"{method:10s} g={blocksize!s:5s} bits={row['bits']:.3f} ppl={row['ppl']:.3f} "
               f"quantize {row['quant_s']:.1f} s  load {os.getloadavg()[0]:.1f}", flush=True)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"tokens": args.tokens, "calib_tokens": args.calib_tokens, "rows": rows},
                                         indent=1))
-        if (method, group) == BARS[-1]:
+        if (method, blocksize) == BARS[-1]:
             print_bars(earlier + rows)          # as soon as the bars are in, before a frontier's other rows
     every = earlier + rows
     if args.png:
         from qlearn.plots.methods import frontier_figure
         frontier_figure(every).savefig(args.png, dpi=110)
     for r in sorted(every, key=lambda r: r["bits"]):
-        print(f"  {r['method']:10s} g={r['group']!s:5s} {r['bits']:7.3f} bits  perplexity {r['ppl']:8.3f}")
+        print(f"  {r['method']:10s} g={r['blocksize']!s:5s} {r['bits']:7.3f} bits  perplexity {r['ppl']:8.3f}")
     print_bars(every)
 
 

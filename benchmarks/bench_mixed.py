@@ -1,4 +1,5 @@
-"""Mixed precision against uniform NF4 + double quant at the same bytes (issue 12's bars).
+"""Mixed precision against uniform NF4 + double quant at the same bytes and at +5% bytes, with the spread
+over calibration draws (lesson 10 quotes this script's numbers).
 
 Sensitivities come from the calibration text (``qlearn.sensitivity``: measured KL per layer in the
 anchor format nf4+dq/64, predicted for the other formats from each layer's output error) and are
@@ -25,6 +26,10 @@ at +5%):
 - 2 x 128, KL measured for every ladder format (--measure-ladder): 0.019 / 0.478; 337 s;
 - 4 x 256 (this default): 0.115 / 0.484; sensitivities 253 s (the one measured format: 193 s).
 Every variant beat the random plan and the llama.cpp-style rule at the same bytes.
+
+``--draws N`` re-solves the plans on N disjoint stretches of the calibration text (``mixed.CalibrationDraw``;
+draw 0 is the run above) and prints the gap closed per draw and its mean, standard deviation and range:
+how much of a plan's result is the calibration draw.
 
 The last line is ``gap_closed_equal_bytes=<fraction> gap_closed_plus5=<fraction>``, with
 gap closed = (ppl uniform - ppl plan) / (ppl uniform - ppl bf16).
@@ -67,6 +72,8 @@ def main(argv=None):
     parser.add_argument("--calib", default="4,256,2", help="calibration n_seqs,seq_len,every (default 4,256,2: "
                         "512 scored positions; see the module docstring)")
     parser.add_argument("--frontier", action="store_true", help="also plans at more budgets")
+    parser.add_argument("--draws", type=int, default=1, help="calibration draws to re-solve the plans on (draw 0 "
+                        "is the main run; each further draw costs one sensitivity run and 4 perplexities)")
     parser.add_argument("--json", default=None, help="write every number here")
     parser.add_argument("--bnb", action="store_true", help="also load the part of the +5%% plan that bitsandbytes "
                         "can express (nf4+dq/64 + layers kept 16-bit via llm_int8_skip_modules) and measure it")
@@ -76,7 +83,7 @@ def main(argv=None):
     print(f"device {model.device}, dtype {model.dtype}, threads {torch.get_num_threads()}")
     t0, cpu0 = time.perf_counter(), time.process_time()
     measure = mixed.LADDER[:-1] if args.measure_ladder else ()
-    calibration = sensitivity.Calibration(*map(int, args.calib.split(",")))
+    calibration = mixed.CalibrationDraw(*map(int, args.calib.split(",")))
     sens = sensitivity.sensitivities(model, tok, FORMATS, anchor=BASE, calibration=calibration, progress=False,
                                      measure=measure)
     # CPU seconds / threads: what the wall time would be on idle cores (this machine is often shared)
@@ -109,6 +116,8 @@ def main(argv=None):
     gap = results["uniform"]["ppl"] - results["bf16"]["ppl"]
     for key in results:
         results[key]["gap_closed"] = (results["uniform"]["ppl"] - results[key]["ppl"]) / gap
+    if args.draws > 1:
+        results["draws"] = over_draws(model, tok, calibration, measure, results, args)
     if args.validate:
         results["validation"] = validate(model, tok, sens)
     print(f"bf16 {results['bf16']['ppl']:.3f}, uniform {BASE} {results['uniform']['ppl']:.3f} "
@@ -126,8 +135,45 @@ def main(argv=None):
           f"gap_closed_plus5={results['plan+5']['gap_closed']:.3f}")
 
 
+def over_draws(model, tok, calibration, measure, results, args):
+    """The plans re-solved on draws 1 .. args.draws - 1 of the calibration text (draw 0: ``results``); bf16,
+    uniform and the llama.cpp-style rule do not depend on the draw. Returns the gap closed per draw and its spread."""
+    import statistics
+
+    gap = results["uniform"]["ppl"] - results["bf16"]["ppl"]
+    rows = [{"draw": 0, **{k: results[k]["gap_closed"] for k in ("plan", "plan+5", "random", "random+5")}}]
+    for draw in range(1, args.draws):
+        t0 = time.perf_counter()
+        calib = mixed.CalibrationDraw(calibration.n_seqs, calibration.seq_len, calibration.every, draw=draw)
+        sens = sensitivity.sensitivities(model, tok, FORMATS, anchor=BASE, calibration=calib, progress=False,
+                                         measure=measure)
+        t = mixed.tables(sens)
+        b0 = mixed.uniform(t, BASE).bits_per_weight
+        plan, plan5 = mixed.solve(t, b0), mixed.solve(t, 1.05 * b0)
+        plans = {"plan": plan, "plan+5": plan5, "random": mixed.shuffled(t, plan, seed=args.seed),
+                 "random+5": mixed.shuffled(t, plan5, seed=args.seed)}
+        row = {"draw": draw}
+        for key, p in plans.items():
+            row[key] = (results["uniform"]["ppl"] - perplexity(model, tok, p, args)) / gap
+        rows.append(row)
+        print(f"draw {draw}: gap closed plan {row['plan']:+.3f}, +5% {row['plan+5']:+.3f}, random "
+              f"{row['random']:+.3f}, random +5% {row['random+5']:+.3f} ({time.perf_counter() - t0:.0f} s)")
+    spread = {}
+    for key in ("plan", "plan+5", "random", "random+5"):
+        v = [r[key] for r in rows]
+        spread[key] = {"mean": statistics.mean(v), "sd": statistics.stdev(v), "min": min(v), "max": max(v)}
+        print(f"{key:9s} over {len(v)} draws: gap closed mean {spread[key]['mean']:+.3f}, sd {spread[key]['sd']:.3f}, "
+              f"range {spread[key]['min']:+.3f} .. {spread[key]['max']:+.3f}")
+    for budget in ("", "+5"):
+        wins = sum(r[f"plan{budget}"] > r[f"random{budget}"] for r in rows)
+        above = sum(r[f"plan{budget}"] > 0 for r in rows)
+        print(f"plan{budget or ' (equal bytes)'}: beat the random plan in {wins} of {len(rows)} draws, "
+              f"beat uniform in {above} of {len(rows)}")
+    return {"per_draw": rows, "spread": spread}
+
+
 def explorer_latency(sens, budgets=(4.05, 4.127, 4.3, 4.6, 5.2, 6.0)):
-    """Issue 12's map bar: once sensitivities are cached, a budget change redraws in at most 2 s.
+    """The explorer's latency bar: once sensitivities are cached, a budget change redraws in at most 2 s.
 
     Times the explorer's construction (tables, the frontier curve) and each slider move as a learner makes it
     (``controls["budget"].value = b``: re-solve the plan over every layer, redraw, render the PNG).
@@ -180,7 +226,7 @@ def real_bnb(t, budget, args):
 
 def validate(model, tok, sens):
     """Measured KL per layer in two more formats against the predicted (anchor KL x error ratio)."""
-    ref = sensitivity.reference(model, tok, sensitivity.Calibration(**sens.calibration))
+    ref = sensitivity.reference(model, tok, mixed.CalibrationDraw(**sens.calibration))
     out = {}
     for fmt in ("nf4+dq/256", "int8", "fp4+dq/64"):
         t0 = time.perf_counter()

@@ -1,16 +1,24 @@
-"""backend_info: which bitsandbytes paths this machine takes, read from this machine; the CUDA branch through the
-pure function bnb_paths and a faked CUDA device (the GPU's answers monkeypatched), so it runs without a GPU."""
+"""backend_info: which bitsandbytes paths this machine takes, checked against what bitsandbytes does here (the layout a
+real Linear4bit gets after a forward, the ops a profiler sees, what its dequantize_4bit returns) and against the
+installed bitsandbytes' own source for the CUDA branch, which runs through the pure function bnb_paths and a faked
+CUDA device (the GPU's answers monkeypatched), so it runs without a GPU."""
 
 import doctest
+import logging
+import re
+from pathlib import Path
 
 import bitsandbytes
 import bitsandbytes.functional as bnbf
 import pytest
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 import qlearn as ql
-from qlearn import backend
+from qlearn import backend, bnb_interop
 from qlearn.backend import avx512_dequantize_misreads
+
+torch._dynamo.config.disable = True   # bitsandbytes wraps its portable decoder in torch.compile: run it eagerly
 
 
 def test_backend_info_reports_this_machine():
@@ -18,12 +26,62 @@ def test_backend_info_reports_this_machine():
     assert info.cpu_capability == torch.backends.cpu.get_cpu_capability()
     assert info.avx512bf16 == bool(bnbf.has_avx512bf16()) == info.linear4bit_repacks
     assert info.bitsandbytes_version == bitsandbytes.__version__ and info.torch_version == torch.__version__
-    assert ("AVX-512" in info.dequantize_4bit and "wrong" in info.dequantize_4bit) == (info.cpu_capability == "AVX512")
-    assert ("repacks" in info.linear4bit) == info.avx512bf16
     assert info.cuda == (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
     text = str(info)
     assert f"CPU capability (torch)     {info.cpu_capability}" in text and len(text.splitlines()) == 8
     assert info.as_dict()["linear4bit_repacks"] == info.avx512bf16
+
+
+def _ops(fn) -> list[str]:
+    """Names of the operators a CPU profiler saw while ``fn()`` ran (inference mode)."""
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return [e.name for e in prof.events()]
+
+
+def test_what_backend_info_says_a_linear4bit_does_is_what_it_does_here():
+    """A real Linear4bit, two eval forwards in bf16: the layout its weight has after the first (repacked on an
+    AVX512-BF16 CPU, flat elsewhere) and the path the profiler sees on the second are what the report says."""
+    info = ql.backend_info("cpu")
+    layer = bitsandbytes.nn.Linear4bit(128, 64, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4")
+    layer.weight = bitsandbytes.nn.Params4bit(torch.randn(64, 128) * 0.05, requires_grad=False, quant_type="nf4")
+    layer = layer.to("cpu").eval()
+    x = torch.randn(1, 128).to(torch.bfloat16)
+    with torch.inference_mode():
+        layer(x)
+    repacked = bnb_interop.layout(layer.weight) == "cpu-blocked"
+    path = backend.measured_4bit_path(_ops(lambda: layer(x)))
+    assert repacked == info.linear4bit_repacks == info.linear4bit.startswith("repacks the weight")
+    assert path == ("fused (CPU repack)" if repacked else "dequantize + matmul")
+    assert ("dequantizes the whole weight" in info.linear4bit) == (path == "dequantize + matmul")
+
+
+def test_what_backend_info_says_the_int8_matmul_runs_is_what_runs_here():
+    """LLM.int8's integer product: torch._int_mm where the report says so, a float32 matmul elsewhere."""
+    info = ql.backend_info("cpu")
+    layer = bitsandbytes.nn.Linear8bitLt(128, 64, bias=False, has_fp16_weights=False, threshold=0.0)
+    layer.weight = bitsandbytes.nn.Int8Params(torch.randn(64, 128), requires_grad=False, has_fp16_weights=False)
+    layer = layer.to("cpu").eval()
+    with bnb_interop.quiet_logs():
+        ops = _ops(lambda: layer(torch.randn(3, 128).to(torch.float16)))
+    assert "bitsandbytes::int8_linear_matmul" in ops
+    assert ("aten::_int_mm" in ops) == ("torch._int_mm" in info.int8_matmul)
+    if "aten::_int_mm" not in ops:   # the default backend multiplies float32 copies of the codes
+        assert "aten::mm" in ops and "float32 matmul" in info.int8_matmul
+
+
+def test_what_backend_info_says_of_dequantize_4bit_is_what_it_returns_here():
+    """On a (64, 64) tensor in blocks of 128 (rows shorter than a block) bitsandbytes' dequantize_4bit decodes with
+    the wrong absmax exactly where the report says so; qlearn's decode of the same bytes is the reference."""
+    info = ql.backend_info("cpu")
+    x = torch.randn(64, 64, generator=torch.Generator().manual_seed(3))
+    packed, state = bnbf.quantize_4bit(x, blocksize=128, quant_type="nf4")
+    theirs = bnbf.dequantize_4bit(packed, state).reshape(64, 64)
+    ours = ql.Quantized4bit.from_bitsandbytes(packed, state).dequantize(torch.float32)
+    wrong = not torch.equal(theirs, ours)
+    assert wrong == ("wrong" in info.dequantize_4bit) == avx512_dequantize_misreads((64, 64), 128)
+    if wrong:
+        assert float(((theirs - x) ** 2).mean()) > 2 * float(((ours - x) ** 2).mean())
 
 
 def test_backend_info_without_bitsandbytes(monkeypatch):
@@ -46,28 +104,48 @@ def test_which_fused_cpu_kernel_bitsandbytes_picked(monkeypatch):
     from bitsandbytes.backends.cpu import ops
 
     monkeypatch.setattr(ops, "gemm_4bit_forward_kernel", None, raising=False)
-    assert "own C++ kernel" in backend._fused_cpu_kernel()
+    assert "own C++ kernel" in bnb_interop.fused_cpu_kernel()
     monkeypatch.setattr(ops, "gemm_4bit_forward_kernel", lambda *a: None)
-    assert "kernels-community" in backend._fused_cpu_kernel() and "own" not in backend._fused_cpu_kernel()
+    assert "kernels-community" in bnb_interop.fused_cpu_kernel() and "own" not in bnb_interop.fused_cpu_kernel()
     monkeypatch.delattr(ops, "gemm_4bit_forward_kernel")
-    assert backend._fused_cpu_kernel() == ""
+    assert bnb_interop.fused_cpu_kernel() == ""
 
 
-def test_hub_kernel_warning_says_what_bitsandbytes_does_instead(caplog):
-    """The warning bitsandbytes 0.50 logs on AVX512-BF16 CPUs when the Hub kernel does not load, as a learner
-    sees it after ``import qlearn``: the reason kept, the fallback named; other records untouched."""
-    import logging
-
-    backend.explain_hub_kernel_warning()          # idempotent: qlearn's import already attached it
+def test_hub_kernel_warning_is_explained_inside_qlearns_calls_only(caplog):
+    """The warning bitsandbytes 0.50 logs on AVX512-BF16 CPUs when the Hub kernel does not load: rewritten while
+    qlearn's own calls run (``quiet_logs``: the reason kept, the fallback named, other records untouched), and
+    passed on as bitsandbytes wrote it outside them. The logger's level and filters are the same after."""
     log = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    assert sum(isinstance(f, backend.HubKernelNote) for f in log.filters) == 1
+    before = (log.level, list(log.filters))
+    message = ("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you already "
+               "`pip install kernels` and the kernels >= 0.11.1")
     with caplog.at_level(logging.WARNING, logger=log.name):
-        log.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you already "
-                    "`pip install kernels` and the kernels >= 0.11.1", RuntimeError("offline. retry later"))
-        log.warning("something else: %s", 42)
-    first, second = (r.getMessage() for r in caplog.records)
+        with bnb_interop.quiet_logs():
+            log.warning(message, RuntimeError("offline. retry later"))
+            log.warning("something else: %s", 42)
+        log.warning(message, RuntimeError("offline. retry later"))
+    first, second, outside = (r.getMessage() for r in caplog.records)
     assert "(offline)" in first and "its own fused 4-bit CPU kernel" in first and "pip install" not in first
     assert second == "something else: 42"
+    assert outside.startswith("Failed to load CPU gemm_4bit_forward") and "pip install kernels" in outside
+    assert (log.level, list(log.filters)) == before
+
+
+def test_int8_cast_warning_is_dropped_inside_qlearns_calls_only(caplog):
+    """LLM.int8 logs "inputs will be cast ... to float16" on every matmul of a bf16 model: dropped inside
+    ``quiet_logs`` (qlearn's generate / perplexity / load), logged as usual outside it."""
+    layer = bitsandbytes.nn.Linear8bitLt(64, 32, bias=False, has_fp16_weights=False)
+    layer.weight = bitsandbytes.nn.Int8Params(torch.randn(32, 64), requires_grad=False, has_fp16_weights=False)
+    layer = layer.to("cpu").eval()
+    x = torch.randn(2, 64).to(torch.bfloat16)
+    name = "bitsandbytes.autograd._functions"
+    with caplog.at_level(logging.WARNING, logger=name), torch.inference_mode():
+        with bnb_interop.quiet_logs():
+            layer(x)
+        quiet = len(caplog.records)
+        layer(x)
+    assert quiet == 0 and "inputs will be cast" in caplog.records[-1].getMessage()
+    assert not logging.getLogger(name).filters
 
 
 # (shape, blocksize) -> misread on an AVX-512 CPU? The 16 failures of issue 8 were exactly the True rows here.
@@ -94,38 +172,41 @@ def _fake_gpu(monkeypatch, capability, name):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
 
 
-@pytest.mark.parametrize("capability, note", [
-    ((9, 0), "(fp32 compute: fused below 8 rows only)"), ((8, 0), "(fp32 compute: fused below 8 rows only)"),
-    ((7, 5), "compute capability 7.5: from 8 rows fused in fp16 only"), ((7, 0), "fused below 8 rows only"),
-], ids=str)
-def test_cuda_paths_follow_bitsandbytes_050(capability, note):
-    """bitsandbytes 0.50's backends/cuda/ops.py: gemm_4bit, fused up to 4 rows, a per-GPU table to 1536, the
-    tensor-core kernel fp16-only on 7.5; int8 in cuBLASLt. No word of the CPU's repack or per-row misread."""
-    paths = backend.bnb_paths("cuda", capability, "0.50.2")
-    assert paths["linear4bit"].startswith("bitsandbytes::gemm_4bit: a fused kernel") and note in paths["linear4bit"]
-    assert "up to 4 input rows" in paths["linear4bit"] and "above 1536 rows" in paths["linear4bit"]
-    assert "cuBLASLt" in paths["int8_matmul"] and "fp16" in paths["int8_matmul"]
-    assert "agrees with the format" in paths["dequantize_4bit"]
-    assert not any("repack" in v or "AVX" in v or "dequantizes the whole weight" in v for v in paths.values())
+def _installed_source(*parts) -> str:
+    """Text of a module of the installed bitsandbytes (read, not imported: the CUDA ops need a GPU to import)."""
+    return Path(bitsandbytes.__file__).parent.joinpath(*parts).read_text()
 
 
-def test_cuda_paths_before_050_and_without_bitsandbytes():
-    old = backend.bnb_paths("cuda", (7, 5), "0.49.1")["linear4bit"]
-    assert old.startswith("bitsandbytes::gemv_4bit for one input row") and "gemm_4bit" not in old
-    assert "dequantize_4bit, then a 16-bit matmul" in old
+def test_cuda_row_limits_are_the_installed_bitsandbytes():
+    """The row counts backend_info gives for a CUDA gemm_4bit (the fused kernel up to 4 rows, dequantize + F.linear
+    always above 1536) are the constants the installed bitsandbytes' backends/cuda/ops.py dispatches on: a release
+    that moves them fails here."""
+    source = _installed_source("backends", "cuda", "ops.py")
+    floor = re.search(r"^_GEMM_4BIT_CUSTOM_FLOOR_M = (\d+)$", source, re.M)
+    top = re.search(r"^\s+_gemm_4bit_custom_max_m = (\d+)$", source, re.M)       # the first: CUDA's (then ROCm's)
+    assert floor and top and 'register_kernel("bitsandbytes::gemm_4bit", "cuda")' in source
+    assert "if M <= _GEMM_4BIT_CUSTOM_FLOOR_M:\n        return True" in source   # up to the floor: always fused
+    text = backend.bnb_paths("cuda", (9, 0), bitsandbytes.__version__)["linear4bit"]
+    assert text.startswith("bitsandbytes::gemm_4bit")
+    assert f"up to {floor.group(1)} input rows" in text and f"above {top.group(1)} rows" in text
+
+
+def test_cpu_int8_kernel_choice_is_the_installed_bitsandbytes():
+    """backend_info's CPU int8 sentence follows the condition under which the installed bitsandbytes registers
+    torch._int_mm for its CPU int8 matmul (backends/cpu/ops.py): an AVX-512 capability reported by torch."""
+    source = _installed_source("backends", "cpu", "ops.py")
+    assert '_has_avx512 = torch.backends.cpu.get_cpu_capability() == "AVX512"' in source
+    assert "and _has_avx512:" in source and "torch._int_mm(" in source
+    for capability in ("AVX512", "AVX2", "DEFAULT"):
+        int8 = backend.bnb_paths("cpu", cpu_capability=capability)["int8_matmul"]
+        assert ("torch._int_mm" in int8) == (capability == "AVX512")
+
+
+def test_version_strings_are_read_as_numbers():
+    """"0.50.0.dev0" is a 0.50 (gemm_4bit); "0.49.1" runs gemv_4bit at one row; no bitsandbytes says so."""
     assert backend.bnb_paths("cuda", (9, 0), "0.50.0.dev0")["linear4bit"].startswith("bitsandbytes::gemm_4bit")
+    assert backend.bnb_paths("cuda", (7, 5), "0.49.1")["linear4bit"].startswith("bitsandbytes::gemv_4bit")
     assert set(backend.bnb_paths("cuda", (9, 0), "not installed").values()) == {"bitsandbytes not installed"}
-
-
-def test_cpu_paths_are_the_ones_backend_info_always_printed():
-    fused = backend.bnb_paths("cpu", cpu_capability="AVX512", avx512bf16=True)
-    plain = backend.bnb_paths("cpu", cpu_capability="AVX2", avx512bf16=False)
-    assert fused["linear4bit"].startswith("repacks the weight on the first eval forward")
-    assert "wrong" in fused["dequantize_4bit"]
-    assert fused["int8_matmul"] == "torch._int_mm (int8 x int8 -> int32)"
-    assert plain == {"dequantize_4bit": "C++ kernel without AVX-512: agrees with the format",
-                     "linear4bit": "dequantizes the whole weight every forward, then a float matmul",
-                     "int8_matmul": "float32 matmul of the int8 values"}
 
 
 @pytest.mark.parametrize("args, match", [

@@ -1,22 +1,39 @@
-"""Code books against docs/formats.md, and the NF4 construction from normal quantiles."""
+"""Code books against bitsandbytes' tables and the papers' rules, and the NF4 construction from normal quantiles."""
 
+import statistics
+
+import pytest
 import torch
 
 import qlearn as ql
 
-NF4_FACTS = [
-    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
-]
+
+def _qlora_nf4(offset=0.9677083):
+    """NF4 as the QLoRA paper builds it (its ``create_normal_map``), recomputed here with the standard library's
+    normal quantiles in float64: 8 positive quantiles of linspace(offset, 0.5, 9), 7 negative ones of
+    linspace(offset, 0.5, 8), and 0, sorted and divided by the largest."""
+    def linspace(a, b, n):
+        return [a + (b - a) * i / (n - 1) for i in range(n)]
+
+    q = statistics.NormalDist().inv_cdf
+    positive, negative = linspace(offset, 0.5, 9)[:-1], linspace(offset, 0.5, 8)[:-1]
+    values = sorted([q(p) for p in positive] + [0.0] + [-q(p) for p in negative])
+    return torch.tensor([v / values[-1] for v in values], dtype=torch.float64)
 
 
-def test_nf4_is_the_facts_table_and_the_construction_reproduces_it():
-    assert ql.codebooks.NF4.tolist() == NF4_FACTS
+def test_nf4_is_bitsandbytes_table():
+    bnbf = pytest.importorskip("bitsandbytes.functional")
+    assert torch.equal(ql.codebooks.NF4, bnbf.get_4bit_type("nf4", device="cpu").float())
+
+
+def test_nf4_is_the_papers_construction_and_ours_reproduces_it():
+    paper = _qlora_nf4()
+    # within one float32 step: the paper's quantiles (scipy) and the standard library's differ in the last bits
+    assert float((ql.codebooks.NF4.double() - paper).abs().max()) < 2e-7
     assert torch.equal(ql.codebooks.nf4_from_normal(), ql.codebooks.NF4)
     nf4 = ql.codebooks.NF4
     assert int((nf4 > 0).sum()) == 8 and int((nf4 < 0).sum()) == 7 and int((nf4 == 0).sum()) == 1
+    assert float((ql.codebooks.nf4_from_normal(0.99).double() - _qlora_nf4(0.99)).abs().max()) < 2e-7
 
 
 def test_nf4_construction_depends_on_the_offset():

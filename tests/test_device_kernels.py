@@ -70,7 +70,7 @@ def test_kernels_doctests(module):
 
 
 def test_fused_int4_layer_takes_the_path_of_its_codes_and_refuses_the_others():
-    q = qk.quantize_int4(torch.randn(32, 64), groupsize=32)
+    q = qk.quantize_int4(torch.randn(32, 64), blocksize=32)
     assert FusedInt4Linear(q).path == "torch-cpu"
     with pytest.raises(ValueError, match="'bitsandbytes'"):
         FusedInt4Linear(q, path="bitsandbytes")
@@ -98,7 +98,7 @@ def test_swap_linears_on_the_bitsandbytes_path_uses_its_nf4_layer():
     net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16))
     x = torch.randn(2, 64)
     first = net[0].weight.detach().clone()
-    assert qk.swap_linears(net, "int4", groupsize=32, path="bitsandbytes") == 2
+    assert qk.swap_linears(net, "int4", blocksize=32, path="bitsandbytes") == 2
     assert [type(m).__name__ for m in (net[0], net[2])] == ["Bnb4bitLinear", "Bnb4bitLinear"]
     packed, state = bnbf.quantize_4bit(first, blocksize=32, quant_type="nf4")
     assert torch.equal(net[0].packed, packed)                          # NF4 blocks of groupsize, bitsandbytes' bytes
@@ -126,9 +126,9 @@ def test_gptq_moves_the_hessian_to_the_weight():
 
     w = torch.randn(16, 64)
     with torch.device("meta"):
-        rec = gptq(w, hessian(torch.randn(128, 64, device="cpu")), group_size=32, act_order=True)
+        rec = gptq(w, hessian(torch.randn(128, 64, device="cpu")), blocksize=32, act_order=True)
     assert rec.scale.device.type == "cpu"
-    assert torch.equal(gptq(w, torch.eye(64), group_size=32).codes, rtn(w, group_size=32).codes)
+    assert torch.equal(gptq(w, torch.eye(64), blocksize=32).codes, rtn(w, blocksize=32).codes)
 
 
 @pytest.mark.parametrize("make", [

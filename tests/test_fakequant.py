@@ -57,8 +57,11 @@ def test_only_changed_layers_are_kept_and_bits_are_the_records():
     fq = fake_quantize(model, {"up": "nf4+dq/64", "down": "bf16"})
     assert list(fq.originals) == ["up"]
     record = ql.quantize_4bit(fq.originals["up"], "nf4", 64, double_quant=True)
-    assert fq.nbytes["up"] == record.nbytes and fq.bits_per_param["up"] == record.bits_per_param
-    assert fq.bits_per_param["down"] == 16.0 and fq.formats == {"up": "nf4+dq/64", "down": "bf16"}
+    assert fq.nbytes["up"] == record.nbytes and fq.layer_bits()["up"] == record.bits_per_param
+    assert fq.layer_bits()["down"] == 16.0 and fq.formats == {"up": "nf4+dq/64", "down": "bf16"}
+    # over the plan: up's 6144 weights in nf4+dq, down's 6144 in bf16 (2 bytes each)
+    assert fq.numel == {"up": 96 * 64, "down": 64 * 96}
+    assert fq.bits_per_param == 8 * (record.nbytes + 2 * 6144) / (2 * 6144)
     fq.restore()
     assert torch.equal(model.up.weight, fq.model.up.weight)
 
@@ -117,7 +120,7 @@ def test_bad_formats(fmt, error, match):
 def test_every_kind_parses_with_its_default_blocksize():
     assert [parse_format(k) for k in FORMAT_KINDS] == [
         ("bf16", None), ("int8", None), ("nf4", 64), ("nf4+dq", 64), ("fp4", 64), ("fp4+dq", 64),
-        ("int4", 64), ("int4-zp", 64)]
+        ("int4", 64), ("int4-zp", 64), ("mxfp4", 32), ("nvfp4", 16), ("fp8-e4m3", 128), ("fp8-e5m2", 128)]
 
 
 def test_bad_plans():

@@ -19,7 +19,7 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 @pytest.mark.parametrize("name", sorted(TORCH_SMALL))
 def test_decode_every_pattern_equals_torchs_cast(name):
     dtype, view = TORCH_SMALL[name]
-    n = 1 << floats.FORMATS[name].bits
+    n = 1 << floats.FLOAT_FORMATS[name].bits
     patterns = torch.arange(n)
     theirs = patterns.to(torch.int32).to(view).view(dtype).double()   # int16 wraps: the same 16 bits
     assert _same(floats.decode(patterns, name), theirs)
@@ -41,7 +41,7 @@ def test_encode_is_torchs_cast(name):
     x = torch.cat([torch.randn(5000, generator=g) * 10 ** torch.randint(-6, 5, (5000,), generator=g),
                    torch.tensor([0.0, -0.0, 1.0, 3.5, 448.0, 500.0, 1e-9, float("inf")])])
     bits = floats.encode(x, name)
-    dtype = floats.FORMATS[name].torch_dtype
+    dtype = floats.FLOAT_FORMATS[name].torch_dtype
     assert _same(floats.decode(bits, name), x.to(dtype).double())
 
 
@@ -72,11 +72,11 @@ def test_e2m1_rounding_and_saturation():
 
 @pytest.mark.parametrize("name", sorted(TORCH_SMALL) + ["fp32"])
 def test_summary_matches_torch_finfo(name):
-    info = torch.finfo(floats.FORMATS[name].torch_dtype)
+    info = torch.finfo(floats.FLOAT_FORMATS[name].torch_dtype)
     s = floats.summary(name)
     assert (s["max"], s["smallest_normal"], s["eps"]) == (info.max, info.smallest_normal, info.eps)
     if s["distinct_finite"] is not None:
-        v = floats.decode(torch.arange(1 << floats.FORMATS[name].bits), name)
+        v = floats.decode(torch.arange(1 << floats.FLOAT_FORMATS[name].bits), name)
         assert s["distinct_finite"] == torch.unique(v[torch.isfinite(v)] + 0.0).numel()
         assert s["smallest_subnormal"] == float(v[v > 0].min())
 
@@ -111,12 +111,12 @@ def test_float_bits_figure_draws_every_bit_and_value(tmp_path):
 
     names = ["fp32", "bf16", "fp16", "fp8_e4m3", "fp8_e5m2", "e2m1", "bnb_fp4"]
     rows = [floats.fields(0.3, n) for n in names]
-    widths = {n: (floats.FORMATS[n].exponent_bits, floats.FORMATS[n].mantissa_bits) for n in names}
+    widths = {n: (floats.FLOAT_FORMATS[n].exponent_bits, floats.FLOAT_FORMATS[n].mantissa_bits) for n in names}
     e4m3 = floats.representable("fp8_e4m3")
     fig = float_bits_figure(0.3, rows, widths, {"E4M3": e4m3}, {"E2M1 / 6": floats.representable("e2m1") / 6,
                                                                  "bnb FP4": floats.representable("bnb_fp4")})
     top, b, c = fig.axes
-    assert len(top.patches) == sum(floats.FORMATS[n].bits for n in names)      # one box per bit
+    assert len(top.patches) == sum(floats.FLOAT_FORMATS[n].bits for n in names)      # one box per bit
     assert {t.get_text() for t in top.texts} >= {r.formula for r in rows}
     assert len(b.collections[0].get_segments()) == int((e4m3 > 0).sum())         # one tick per positive value
     from matplotlib.collections import PathCollection

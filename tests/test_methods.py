@@ -29,11 +29,11 @@ def _out_err(x, w, rec):
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
-@pytest.mark.parametrize("group_size", [32, 96, None])
-def test_rtn_is_qlearns_absmax_or_zeropoint_per_row_group(symmetric, group_size):
+@pytest.mark.parametrize("blocksize", [32, 96, None])
+def test_rtn_is_qlearns_absmax_or_zeropoint_per_row_group(symmetric, blocksize):
     w, _ = _layer()
-    r = rtn(w, group_size=group_size, symmetric=symmetric)
-    g = group_size or w.shape[1]
+    r = rtn(w, blocksize=blocksize, symmetric=symmetric)
+    g = blocksize or w.shape[1]
     for k, chunk in enumerate(w.split(g, dim=1)):                 # 96 does not divide 256: a short last group
         ref = (absmax_quantize if symmetric else zeropoint_quantize)(chunk, 4, axis=0)
         assert torch.equal(r.codes[:, k * g:(k + 1) * g], ref.codes)
@@ -43,9 +43,9 @@ def test_rtn_is_qlearns_absmax_or_zeropoint_per_row_group(symmetric, group_size)
 
 
 def test_rtn_worked_numbers_and_bits():
-    r = rtn(torch.tensor([[0.07, 0.034, -0.02, 0.0]]), group_size=4)
+    r = rtn(torch.tensor([[0.07, 0.034, -0.02, 0.0]]), blocksize=4)
     assert r.codes.tolist() == [[7, 3, -2, 0]] and r.scale.shape == (1, 1)
-    assert rtn(torch.zeros(576, 576), group_size=128).bits_per_param == 4 + 32 * 5 / 576
+    assert rtn(torch.zeros(576, 576), blocksize=128).bits_per_param == 4 + 32 * 5 / 576
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
@@ -53,15 +53,15 @@ def test_group_params_and_quantize_column_are_rtns_arithmetic(symmetric):
     w, _ = _layer()
     s, z = group_params(w[:, :64], 4, symmetric)
     codes = torch.stack([quantize_column(w[:, j], s, z, 4, symmetric) for j in range(64)], dim=1)
-    assert torch.equal(codes, rtn(w[:, :64], group_size=64, symmetric=symmetric).codes.float())
+    assert torch.equal(codes, rtn(w[:, :64], blocksize=64, symmetric=symmetric).codes.float())
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
-@pytest.mark.parametrize("group_size", [64, 96])
-def test_gptq_with_identity_hessian_is_rtn(symmetric, group_size):
+@pytest.mark.parametrize("blocksize", [64, 96])
+def test_gptq_with_identity_hessian_is_rtn(symmetric, blocksize):
     w, _ = _layer()
-    q = gptq(w, torch.eye(w.shape[1]), group_size=group_size, symmetric=symmetric, block_size=48)
-    r = rtn(w, group_size=group_size, symmetric=symmetric)
+    q = gptq(w, torch.eye(w.shape[1]), blocksize=blocksize, symmetric=symmetric, lazy_batch=48)
+    r = rtn(w, blocksize=blocksize, symmetric=symmetric)
     assert isinstance(q, GroupQuantized) and torch.equal(q.codes, r.codes) and torch.equal(q.scale, r.scale)
     assert q.nbytes == r.nbytes
 
@@ -70,8 +70,8 @@ def test_gptq_lowers_the_output_error_it_targets():
     w, x = _layer()
     h = hessian(x)
     errs = {name: _out_err(x, w, q) for name, q in {
-        "rtn": rtn(w, group_size=64), "gptq": gptq(w, h, group_size=64),
-        "act_order": gptq(w, h, group_size=64, act_order=True)}.items()}
+        "rtn": rtn(w, blocksize=64), "gptq": gptq(w, h, blocksize=64),
+        "act_order": gptq(w, h, blocksize=64, act_order=True)}.items()}
     assert errs["gptq"] < 0.8 * errs["rtn"] and errs["act_order"] < errs["rtn"], errs
 
 
@@ -79,13 +79,13 @@ def test_gptq_lazy_blocks_change_nothing_but_float_order():
     """Lazy batch updates are a reordering of the same arithmetic: block 128 vs block 16 agree."""
     w, x = _layer()
     h = hessian(x)
-    a, b = gptq(w, h, group_size=64, block_size=128), gptq(w, h, group_size=64, block_size=16)
+    a, b = gptq(w, h, blocksize=64, lazy_batch=128), gptq(w, h, blocksize=64, lazy_batch=16)
     assert float((a.codes != b.codes).float().mean()) < 0.002
 
 
 def test_gptq_moved_weights_show_the_compensation():
     w, x = _layer()
-    q, moved = gptq(w, hessian(x), group_size=64, return_moved=True)
+    q, moved = gptq(w, hessian(x), blocksize=64, return_moved=True)
     assert torch.equal(moved[:, 0], w[:, 0])                      # column 0: nothing rounded before it
     assert float((moved[:, 1:] - w[:, 1:]).abs().mean()) > 0       # later columns were moved
     s = q.scale[:, 0]
@@ -95,7 +95,7 @@ def test_gptq_moved_weights_show_the_compensation():
 def test_gptq_dead_input_columns_become_zero():
     w, x = _layer()
     x[:, 3] = 0
-    q = gptq(w, hessian(x), group_size=64)
+    q = gptq(w, hessian(x), blocksize=64)
     assert torch.equal(q.codes[:, 3], torch.zeros(96, dtype=torch.int8))
 
 
@@ -105,11 +105,11 @@ def test_hessian_worked_number():
 
 def test_awq_alpha_zero_is_rtn_and_search_never_loses_on_calibration():
     w, x = _layer()
-    a = awq(w, x, group_size=64)
-    r = rtn(w, group_size=64)
+    a = awq(w, x, blocksize=64)
+    r = rtn(w, blocksize=64)
     assert isinstance(a, AWQQuantized) and a.errors[0] == pytest.approx(_out_err(x, w, r), rel=1e-5)
     assert _out_err(x, w, a) <= _out_err(x, w, r) and a.alpha > 0       # big channels: a scale helps
-    assert torch.equal(awq(w, x, group_size=64, n_grid=1).dequantize(), r.dequantize())
+    assert torch.equal(awq(w, x, blocksize=64, n_grid=1).dequantize(), r.dequantize())
     assert a.bits_per_param == pytest.approx(r.bits_per_param + 16 / 96)
 
 
@@ -119,7 +119,7 @@ def test_awq_scales_worked_number():
 
 def test_awq_protects_the_big_channels():
     w, x = _layer()
-    a, r = awq(w, x, group_size=64), rtn(w, group_size=64)
+    a, r = awq(w, x, blocksize=64), rtn(w, blocksize=64)
     big = x.abs().mean(0) > 3 * x.abs().mean(0).median()
     err = lambda q: (q.dequantize() - w).abs().mean(0)                  # noqa: E731  per input channel
     assert float(err(a)[big].mean()) < float(err(r)[big].mean())
@@ -127,7 +127,7 @@ def test_awq_protects_the_big_channels():
 
 def test_hqq_lowers_the_lp_error_and_zero_iterations_is_minmax():
     w, _ = _layer()
-    h, h0 = hqq(w, group_size=64), hqq(w, group_size=64, iters=0)
+    h, h0 = hqq(w, blocksize=64), hqq(w, blocksize=64, iters=0)
     lp = lambda q: float(((q.dequantize() - w).abs() ** 0.7).mean())     # noqa: E731
     assert lp(h) < lp(h0)
     s = 15 / (w.reshape(-1, 64).amax(1) - w.reshape(-1, 64).amin(1))
@@ -138,7 +138,7 @@ def test_hqq_lowers_the_lp_error_and_zero_iterations_is_minmax():
 
 def test_hqq_short_last_group():
     w, _ = _layer()
-    h = hqq(w, group_size=96)                                        # 256 = 96 + 96 + 64
+    h = hqq(w, blocksize=96)                                        # 256 = 96 + 96 + 64
     assert h.scale.shape == (96, 3) and h.dequantize().shape == w.shape
 
 
@@ -161,9 +161,9 @@ def test_hqq_equals_the_hqq_library():
     assert torch.equal(optimize_zero(wg, s, z, 15), z_lib)
     w_q, meta = hqq_lib.Quantizer.quantize(w, nbits=4, group_size=64, axis=1, device="cpu", bitpack=False,
                                            compute_dtype=torch.float32)
-    mine = hqq(w, group_size=64)
+    mine = hqq(w, blocksize=64)
     assert torch.equal(w_q.reshape(w.shape).to(torch.uint8), mine.codes)
-    assert torch.equal(meta["zero"].view(96, -1).half(), mine.zero)
+    assert torch.equal(meta["zero"].view(96, -1).half(), mine.zero_point)
 
 
 @pytest.mark.parametrize("fn", [rtn, hqq, lambda w, **k: gptq(w, torch.eye(w.shape[-1]), **k),
@@ -171,8 +171,8 @@ def test_hqq_equals_the_hqq_library():
 @pytest.mark.parametrize("bad, kwargs, error", [
     (torch.zeros(8), {}, ValueError),                                  # not 2-D
     (torch.zeros(4, 8, dtype=torch.int64), {}, TypeError),
-    (torch.zeros(4, 8), {"group_size": 0}, ValueError),
-    (torch.zeros(4, 8), {"group_size": 2.5}, ValueError),
+    (torch.zeros(4, 8), {"blocksize": 0}, ValueError),
+    (torch.zeros(4, 8), {"blocksize": 2.5}, ValueError),
 ])
 def test_bad_inputs_name_the_argument(fn, bad, kwargs, error):
     with pytest.raises(error):
@@ -186,10 +186,10 @@ def test_gptq_hessian_shape_is_checked():
 
 def test_calibration_text_does_not_overlap_the_evaluation_text():
     """No 64-character span of the calibration text occurs in the evaluation text."""
+    from qlearn.calibration import calibration_text
     from qlearn.evaluate import offline_text
-    from qlearn.methods.apply import calibration_text
 
-    calib, evaluation = calibration_text(), offline_text()
+    calib, evaluation = calibration_text("methods"), offline_text()
     assert len(calib) > 50_000
     spans = {evaluation[i:i + 64] for i in range(0, len(evaluation) - 64)}
     hits = [calib[i:i + 64] for i in range(0, len(calib) - 64, 16) if calib[i:i + 64] in spans]
@@ -217,8 +217,8 @@ def test_method_explorer_driven_by_its_controls(tmp_path):
     from qlearn.widgets.methods import MethodExplorer
 
     w, x = synthetic_layer(32, 128, tokens=128)
-    e = MethodExplorer({"small": w}, {"small": x}, group_size=32)
-    assert e.error is None and set(e.controls) == {"layer", "method", "group_size", "row"}
+    e = MethodExplorer({"small": w}, {"small": x}, blocksize=32)
+    assert e.error is None and set(e.controls) == {"layer", "method", "blocksize", "row"}
     assert e.shift is not None and e.out_err < e.rtn_out_err          # GPTQ by default: compensation shown
     first = e.image.value
     e.update(method="awq", row=7)
@@ -237,9 +237,9 @@ def test_method_explorer_driven_by_its_controls(tmp_path):
 def test_frontier_and_block_figures_draw_what_they_are_given():
     from qlearn.plots.methods import block_bytes_figure, frontier_figure
 
-    rows = [{"method": "bf16", "group": None, "bits": 16.0, "ppl": 14.7},
-            {"method": "rtn", "group": 128, "bits": 4.28, "ppl": 25.0},
-            {"method": "gptq", "group": 128, "bits": 4.28, "ppl": 19.0}]
+    rows = [{"method": "bf16", "blocksize": None, "bits": 16.0, "ppl": 14.7},
+            {"method": "rtn", "blocksize": 128, "bits": 4.28, "ppl": 25.0},
+            {"method": "gptq", "blocksize": 128, "bits": 4.28, "ppl": 19.0}]
     fig = frontier_figure(rows)
     ax = fig.axes[0]
     assert len(ax.collections) == 2 and [t.get_text() for t in ax.texts][1:] == ["rtn g128", "gptq g128"]

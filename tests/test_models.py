@@ -271,6 +271,7 @@ def test_conversion_is_atomic(monkeypatch, tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.cuda
+@pytest.mark.slow
 def test_cuda_nf4_answers_and_footprint(embedded_path):
     model, tok = ql.load("embedded", mode="nf4", device_map="auto", verbose=False)
     assert model.device.type == "cuda"
@@ -370,6 +371,7 @@ def tiny_llama_folder(tiny_llama, tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compute_dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_load_computes_in_the_asked_dtype(tiny_llama_folder, compute_dtype):
     """compute_dtype is bnb_4bit_compute_dtype: each 4-bit matmul runs in it (the input is cast to it and the
@@ -394,3 +396,27 @@ def test_load_computes_in_the_asked_dtype(tiny_llama_folder, compute_dtype):
         torch.testing.assert_close(out, expected, rtol=0.02, atol=0.02)
     else:                                      # dequantize to compute_dtype, then the same matmul: bit-equal
         assert torch.equal(out, expected)
+
+
+@pytest.mark.slow
+def test_load_and_generate_leave_bitsandbytes_logging_as_they_found_it(tiny_llama_folder, caplog):
+    """int8: LLM.int8 logs a cast on every matmul. ``load`` and ``generate`` quiet it while they run (no record
+    reaches the log), and afterwards every bitsandbytes logger has the level and filters it had before: the
+    same model called directly logs the cast again."""
+    import logging
+
+    names = ("bitsandbytes", "bitsandbytes.autograd._functions", "bitsandbytes.backends.cpu.ops")
+    state = lambda: [(logging.getLogger(n).level, list(logging.getLogger(n).filters)) for n in names]   # noqa: E731
+    before = state()
+    cast = "bitsandbytes.autograd._functions"
+    with caplog.at_level(logging.WARNING, logger=cast):
+        model, tok = ql.load(str(tiny_llama_folder), mode="int8", device_map="cpu", verbose=False)
+        ql.generate(model, tok, QUESTION, max_new_tokens=3)
+        inside = [r.getMessage() for r in caplog.records if r.name == cast]
+        with torch.inference_mode():
+            model(tok("Paris", return_tensors="pt").input_ids)
+        outside = [r.getMessage() for r in caplog.records if r.name == cast]
+    del model
+    release_memory()
+    assert inside == [] and any("inputs will be cast" in m for m in outside)
+    assert state() == before

@@ -96,3 +96,6 @@ def test_notebook_executes(path, embedded_path, monkeypatch):
         nbformat.write(nb, ARTIFACTS / path.name)
         (ARTIFACTS / f"{path.stem}.seconds.json").write_text(json.dumps({path.name: round(seconds, 1)}))
     assert not _explorer_errors(nb), f"{path.name}: an explorer showed an error: {_explorer_errors(nb)}"
+    shown = {i: sum("qlearn-result" in str(o.get("data", {}).get("text/html", "")) for o in c.outputs)
+             for i, c in enumerate(nb.cells) if c.cell_type == "code" and "check_prediction(" in c.source}
+    assert all(n == 1 for n in shown.values()), f"{path.name}: check_prediction results shown per cell: {shown}"

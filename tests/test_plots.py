@@ -12,7 +12,7 @@ from PIL import Image
 import qlearn as ql
 from qlearn import plots, sources
 from qlearn.codeusage import entropy_bits
-from qlearn.plots._base import FastRenderer
+from qlearn.plots._fastrender import FastRenderer
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,7 @@ def test_cached_text_canvas_stamps_text_as_plain_agg_draws_it(text, kw):
     from matplotlib.figure import Figure
     from matplotlib.transforms import IdentityTransform
 
-    from qlearn.plots._base import CachedTextCanvas
+    from qlearn.plots._fastrender import CachedTextCanvas
 
     fig = Figure(figsize=(3.0, 2.0), dpi=90)
     fig.text(60, 50, text, transform=IdentityTransform(), ha="left", va="baseline", **kw)

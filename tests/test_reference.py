@@ -125,7 +125,7 @@ def test_absmax_and_zeropoint_equal_reference(seed, shape, dtype, kind, exponent
     assert_same(ql.absmax_quantize(x, bits, axis, block), ref.absmax_quantize(x, bits, axis, block), FIELDS_INT)
     fast = ql.zeropoint_quantize(x, bits, axis, block, zero_point_domain=zero_point_domain)
     slow = ref.zeropoint_quantize(x, bits, axis, block, zero_point_domain=zero_point_domain)
-    assert_same(fast, slow, FIELDS_INT + ["zero_point", "zero_point_domain"])
+    assert_same(fast, slow, FIELDS_INT + ["zero_point", "minimum", "zero_point_domain"])
     assert torch.equal(fast.dequantize(), slow.dequantize())
 
 

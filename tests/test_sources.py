@@ -35,7 +35,7 @@ def test_synthetic_shapes_of_the_distributions():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(kind="uniform"), "kind must be one of"),
-    (dict(n=0), "n must be a positive integer"),
+    (dict(n=0), "n must be an int >= 1; got 0"),
     (dict(n=10, shape=(3, 3)), "holds 9 values"),
 ])
 def test_synthetic_bad_arguments(kwargs, match):

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 import qlearn as ql
-from qlearn import sensitivity, texts
-from qlearn.methods import apply
+from qlearn import calibration, texts
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "qlearn"
 
@@ -24,8 +23,8 @@ def test_each_text_has_its_pinned_sha256_and_length(name):
 def test_the_evaluation_text_is_the_pinned_one_and_not_the_interpreters():
     assert ql.evaluate.OFFLINE_TEXT_SHA256 == texts.TEXTS["evaluation"][1]
     assert hashlib.sha256(ql.evaluate.offline_text().encode()).hexdigest() == ql.evaluate.OFFLINE_TEXT_SHA256
-    assert sensitivity.calibration_text() == texts.calibration_text("sensitivity")
-    assert apply.calibration_text() == texts.calibration_text("methods")
+    assert calibration.calibration_text("sensitivity") == texts.read_text("sensitivity")
+    assert calibration.calibration_text("methods") == texts.read_text("methods")
 
 
 def test_no_module_reads_pydoc_data_or_stdlib_docstrings_for_a_text():
@@ -45,5 +44,5 @@ def test_a_corrupted_text_is_refused(monkeypatch):
 def test_bad_names_are_named():
     with pytest.raises(ValueError, match="name must be one of 'evaluation', 'sensitivity', 'methods'; got 'wiki'"):
         texts.read_text("wiki")
-    with pytest.raises(ValueError, match="kind must be 'sensitivity' or 'methods'"):
-        texts.calibration_text("evaluation")
+    with pytest.raises(ValueError, match="kind must be one of 'sensitivity', 'methods'; got 'evaluation'"):
+        calibration.calibration_text("evaluation")

@@ -134,6 +134,17 @@ def test_histogram_explorer_controls_drive_the_figure(hist):
     assert hist.controls["group"].value == hist.controls["group"].max == 1023
 
 
+def test_a_redraw_runs_on_one_thread_and_gives_the_callers_count_back(hist, monkeypatch):
+    from qlearn._threads import threads
+
+    seen = []
+    draw = type(hist)._draw
+    monkeypatch.setattr(hist, "_draw", lambda values: (seen.append(torch.get_num_threads()), draw(hist, values)))
+    with threads(2):
+        hist.update(bits=5)
+        assert seen == [1] and torch.get_num_threads() == 2 and hist.error is None
+
+
 @ipywidgets7
 def test_histogram_explorer_bad_input_is_a_message(hist):
     hist.update(bits=99)
@@ -403,7 +414,6 @@ def test_generation_explorer_real_run():
     bf16, nf4 = w.rows
     assert "Paris" in bf16["answer"] and not nf4["answer"].startswith("error")
     assert nf4["footprint_mb"] < bf16["footprint_mb"] and nf4["quant_state_mb"] > 0
-    assert bf16["tokens_per_s"] > 0
 
 
 @pytest.mark.parametrize("make", [widgets.histogram_explorer, widgets.nf4_explorer, widgets.zeropoint_explorer])

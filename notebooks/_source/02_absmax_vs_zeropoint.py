@@ -5,7 +5,8 @@
 # 1. quantize a handful of numbers to int8 by hand with **absmax** (symmetric) and **zero-point** (asymmetric) and say what each stores;
 # 2. tell when zero-point wins (skewed or shifted values) and when it does not (weights centred on 0);
 # 3. show that the model used here **was already quantized** before you got it, and how you can tell;
-# 4. measure how the **granularity** of the scale (one per tensor, per output channel, per block of 64) trades error against bits per weight, on real and on synthetic weights.
+# 4. measure how the **granularity** of the scale (one per tensor, per output channel, per block of 64) trades error against bits per weight, on real and on synthetic weights;
+# 5. write absmax int8 yourself, and check your bytes against qlearn's reference and bitsandbytes.
 
 # %%
 import gc
@@ -180,6 +181,43 @@ more bits per weight. Zero-point in blocks of 64 costs {bpw.loc[(4, 'zero-point'
 # %%
 hist = ql.widgets.histogram_explorer(weights, scheme="absmax", bits=4, granularity="block", blocksize=64)
 hist
+
+# %% [markdown]
+# ## 5. Build it yourself: absmax int8
+#
+# Write section 1's absmax quantizer yourself: `scale = max|x| / 127`, `codes = round(x / scale)` stored as
+# int8. Complete the function below (replace the `raise` line) and run the check: it runs your function on the
+# eight numbers of section 1, on 4,099 of this model's weights and on edge cases (all zeros, one huge outlier, a
+# negative largest value, a single number), and compares your bytes with `ql.reference.absmax_quantize` and
+# with bitsandbytes' own int8 quantizer. Until you write it, the check says "not written yet".
+
+# %%
+def my_absmax_int8(x):
+    """x: float32 tensor (n,). Return (codes, scale): codes int8 (n,), scale = max|x| / 127 (float32)."""
+    raise NotImplementedError   # replace this line with your code
+
+
+# %%
+ql.exercises.check_absmax_int8(my_absmax_int8, real=weights[picked[0]])
+
+# %% [markdown]
+# <details><summary>Hint</summary>
+#
+# `x.abs().max()` is the absmax. `torch.round` rounds halves to even, as qlearn and bitsandbytes do; `.to(torch.int8)`
+# stores one byte a code. An all-zero `x` has absmax 0: dividing by a zero scale gives NaN, so return zero codes and
+# a zero scale for it.
+# </details>
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# def my_absmax_int8(x):
+#     scale = x.abs().max() / 127
+#     if scale == 0:                                  # all zeros: nothing to scale
+#         return torch.zeros_like(x, dtype=torch.int8), scale
+#     return torch.round(x / scale).to(torch.int8), scale
+# ```
+# </details>
 
 # %% [markdown]
 # ## Try this

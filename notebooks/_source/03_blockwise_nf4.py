@@ -5,7 +5,8 @@
 # 1. build NF4's 16 values yourself from quantiles of the normal distribution, and check them against the table bitsandbytes uses;
 # 2. explain why NF4 is asymmetric (8 positive values, 7 negative, an exact zero);
 # 3. see how a real layer's weights fall into NF4's bins after blockwise scaling, how evenly NF4, INT4 and FP4 use their codes, and why even use is not the same as least error;
-# 4. measure what the blocksize trades: error against bits per weight.
+# 4. measure what the blocksize trades: error against bits per weight;
+# 5. write the nearest-NF4-code rule and the packing of two codes a byte yourself, byte-equal to bitsandbytes.
 
 # %%
 import gc
@@ -158,6 +159,77 @@ trade
 # %%
 claims.check_prediction(PREDICT_BITS_BLOCK_32, trade.loc[32, ("bits per weight", "nf4")], rel_tol=0.0, abs_tol=0.01,
                         explain="4 bits of code + 32 bits of absmax shared by 32 weights = 4 + 32/32 = 5 bits.")
+
+# %% [markdown]
+# ## 5. Build it yourself: the nearest NF4 code, and two codes a byte
+#
+# **(a) The nearest code.** Given values already divided by their block's absmax (so in [−1, 1]), return the
+# index 0..15 of the nearest NF4 value. One rule decides the bytes: a value exactly halfway between two codes
+# takes the **lower** one, as bitsandbytes does. The check runs your function on the 16 NF4 values, the 15
+# midpoints, the values just above them, zero and tiny values, and 4,032 weights of `model.layers.15.mlp.down_proj`
+# scaled by their blocks' absmax; it compares your codes with `ql.reference.quantize_4bit` and bitsandbytes'.
+
+# %%
+NF4 = ql.codebooks.NF4   # (16,) float32, sorted: NF4[0] = -1.0 ... NF4[15] = 1.0
+
+
+def my_nearest_nf4(v):
+    """v: float32 tensor (n,) in [-1, 1]. Return codes: an integer tensor (n,), the index of the nearest NF4 value."""
+    raise NotImplementedError   # replace this line with your code
+
+
+# %%
+ql.exercises.check_nearest_nf4(my_nearest_nf4, real=real[layer])
+
+# %% [markdown]
+# <details><summary>Hint</summary>
+#
+# The boundaries between neighbouring codes are the 15 midpoints, `ql.codebooks.midpoints(NF4)`. A value's code is
+# the number of midpoints strictly below it: `torch.bucketize(v, midpoints)` counts exactly that (a value equal to a
+# midpoint is not above it, so it gets the lower code). The distance to every code plus `argmin` looks right, but on
+# a midpoint the two distances differ only by float rounding: `(v[:, None] - NF4).abs().argmin(1)` picks the upper
+# code on 6 of the 15 midpoints.
+# </details>
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# def my_nearest_nf4(v):
+#     return torch.bucketize(v, ql.codebooks.midpoints(NF4)).to(torch.uint8)
+# ```
+# </details>
+#
+# **(b) Two codes a byte.** Pack 4-bit codes as bitsandbytes stores them: the **first** code of each pair in the
+# **high** nibble (bits 7..4), the second in the low nibble; an odd count is padded with code 7 (NF4's 0.0, what
+# bitsandbytes' zero padding becomes). Section 2 printed such bytes. The check packs short lists (3, 12, 0, 15 and
+# 0..15), edge cases (one code, an odd count) and 4,095 codes of the real layer, and compares with the bytes of
+# `ql.reference.quantize_4bit` and of bitsandbytes.
+
+# %%
+def my_pack_4bit(codes):
+    """codes: uint8 tensor (n,), values 0..15. Return packed: uint8 tensor (ceil(n / 2),)."""
+    raise NotImplementedError   # replace this line with your code
+
+
+# %%
+ql.exercises.check_pack_4bit(my_pack_4bit, real=real[layer])
+
+# %% [markdown]
+# <details><summary>Hint</summary>
+#
+# `codes[0::2]` are the first codes of the pairs and `codes[1::2]` the second ones. `a << 4` moves a code to the high
+# nibble and `|` combines two. For an odd count, append one 7 first: `torch.cat([codes, codes.new_tensor([7])])`.
+# </details>
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# def my_pack_4bit(codes):
+#     if codes.numel() % 2:                       # odd: pad with NF4's zero code
+#         codes = torch.cat([codes, codes.new_tensor([7])])
+#     return (codes[0::2] << 4) | codes[1::2]
+# ```
+# </details>
 
 # %% [markdown]
 # ## Try this

@@ -3,9 +3,10 @@
 #
 # **Goals.** After this notebook you can
 # 1. read bitsandbytes' FP4 code book and say how it differs from NF4 and from a plain 4-bit integer grid (INT4);
-# 2. measure the weight error of the three formats on every layer of a real model;
+# 2. measure the weight error of the three formats on every layer of a real model, and the error of each layer's output;
 # 3. measure what that error does to the model: perplexity on a fixed English text, one model in memory at a time;
-# 4. compare the ordering you measure with the one the QLoRA paper reports (NF4 < FP4 < INT4), and judge the "<1 % perplexity loss" claim;
+# 4. say where weight error and perplexity rank the formats differently, and why they can; compare your ordering with
+#    the QLoRA paper's, and judge the "<1 % perplexity loss" claim;
 # 5. read any float format at the bit level (fp32, fp16, bf16, fp8 E4M3 / E5M2, FP4) and list the values it can hold.
 
 # %%
@@ -16,6 +17,7 @@ from IPython.display import Image, Markdown, display
 import qlearn as ql
 import qlearn.claims as claims
 from qlearn import floats
+from qlearn.capture import input_hooks
 from qlearn.plots.floats import float_bits_figure
 
 pd.options.display.float_format = "{:,.4g}".format
@@ -49,7 +51,17 @@ print("FP4 magnitudes × 12:", fp4_times_12, "-> +0 and -0 are both codes, so FP
 # (−1)^s × 2^(e − bias) × (1 + m / 2^M), with bias = 2^(E−1) − 1; an exponent of 0 makes a *subnormal*
 # (−1)^s × 2^(1 − bias) × (m / 2^M). More exponent bits buy range, more mantissa bits buy precision.
 # `qlearn.floats` decodes any bit pattern this way; the tests check it bit for bit against torch's own casts
-# (every fp8, fp16 and bf16 pattern). Here is 0.3 in each format, and what each format holds:
+# (every fp8, fp16 and bf16 pattern).
+#
+# **Predict (1).** fp8 E4M3 has 4 exponent bits (bias 7) and 3 mantissa bits, and only the pattern
+# `s.1111.111` is NaN (no infinities). What is its largest finite value? (The table two cells down lists it:
+# predict before you run them.)
+
+# %%
+PREDICT_E4M3_MAX = None   # a number
+
+# %% [markdown]
+# Here is 0.3 in each format, and what each format holds:
 
 # %%
 VALUE = 0.3
@@ -64,9 +76,15 @@ specs["distinct finite values"] = specs["distinct finite values"].astype("Int64"
 specs
 
 # %%
+claims.check_prediction(PREDICT_E4M3_MAX, floats.summary("fp8_e4m3")["max"], rel_tol=0.0, explain=(
+    f"The largest pattern that is not NaN is {floats.fields(448.0, 'fp8_e4m3').bit_string}: "
+    f"{floats.fields(448.0, 'fp8_e4m3').formula}. E5M2 keeps IEEE's infinities and reaches "
+    f"{floats.summary('fp8_e5m2')['max']:g} with one mantissa bit less."))
+
+# %%
 e3m0 = floats.FloatFormat("e3m0", 3, 0, "none")    # QLoRA's other FP4 row: 3 exponent bits, no mantissa
 fig = float_bits_figure(
-    VALUE, rows, {n: (floats.FORMATS[n].exponent_bits, floats.FORMATS[n].mantissa_bits) for n in names},
+    VALUE, rows, {n: (floats.FLOAT_FORMATS[n].exponent_bits, floats.FLOAT_FORMATS[n].mantissa_bits) for n in names},
     {"fp8 E5M2": floats.representable("fp8_e5m2"), "fp8 E4M3": floats.representable("fp8_e4m3")},
     {"NF4": ql.codebooks.NF4, "FP4 E3M0 / 16": floats.representable(e3m0) / 16,
      "bnb FP4": floats.representable("bnb_fp4"), "OCP E2M1 / 6": floats.representable("e2m1") / 6})
@@ -91,22 +109,9 @@ print("patterns 0b0001..0b0111 in bnb FP4:", [round(v * 12, 4) for v in floats.d
       "(× 12)   in E2M1:", floats.decode(torch.arange(1, 8), "e2m1").tolist())
 
 # %% [markdown]
-# "FP4" is a family, not one format. The QLoRA paper (Table 2) reports two rows, FP4 (E2M1) and FP4 (E3M0)
-# (mean Pile-CC perplexity 31.07 and 29.48 on models of 125M–13B, against 27.41 for NF4 + DQ): E3M0 has no
-# mantissa bit at all, so its values are powers of two (row "FP4 E3M0 / 16" above). The FP4 measured below is
-# bitsandbytes' table.
-#
-# **Predict (1).** fp8 E4M3 has 4 exponent bits (bias 7) and 3 mantissa bits, and only the pattern
-# `s.1111.111` is NaN (no infinities). What is its largest finite value?
-
-# %%
-PREDICT_E4M3_MAX = None   # a number
-
-# %%
-claims.check_prediction(PREDICT_E4M3_MAX, floats.summary("fp8_e4m3")["max"], rel_tol=0.0, explain=(
-    f"The largest pattern that is not NaN is {floats.fields(448.0, 'fp8_e4m3').bit_string}: "
-    f"{floats.fields(448.0, 'fp8_e4m3').formula}. E5M2 keeps IEEE's infinities and reaches "
-    f"{floats.summary('fp8_e5m2')['max']:g} with one mantissa bit less."))
+# "FP4" is a family, not one format. The QLoRA paper (Dettmers et al. 2023, arXiv:2305.14314, Table 2) reports
+# two rows, FP4 (E2M1) and FP4 (E3M0): E3M0 has no mantissa bit at all, so its values are powers of two (row
+# "FP4 E3M0 / 16" above). The FP4 measured below is bitsandbytes' table.
 
 # %% [markdown]
 # ## 2. Weight error on every linear layer
@@ -118,6 +123,7 @@ claims.check_prediction(PREDICT_E4M3_MAX, floats.summary("fp8_e4m3")["max"], rel
 model, tok = ql.load(MODEL_ID, mode="bf16")
 head = model.get_output_embeddings()
 all_names = [n for n in ql.sources.linear_layer_names(model) if model.get_submodule(n) is not head]
+model_blocks = model.config.num_hidden_layers
 names = all_names[::7] if FAST else all_names     # FAST (CI): every 7th layer, same code
 rows = []
 for name in names:
@@ -130,6 +136,35 @@ for name in names:
 errors = pd.DataFrame(rows)
 sqnr = errors.pivot_table(index="format", values=["SQNR dB", "rel_err"], aggfunc="mean").loc[["NF4", "FP4", "INT4"]]
 print(f"{len(names)} layers")
+sqnr
+
+# %% [markdown]
+# Weight SQNR counts every weight alike. A layer's *output* does not: each input channel's weights are multiplied
+# by what arrives on that channel, and a few channels carry much larger activations than the rest (lesson 06). So
+# measure the error of each layer's output too, on what it really receives while the model reads 128 tokens of the
+# evaluation text (the same weights, quantized the same three ways):
+
+# %%
+inputs = {}                                                   # layer -> (tokens, in_features) float32
+with input_hooks({n: model.get_submodule(n) for n in names},
+                 lambda n, args, kwargs: inputs.setdefault(n, args[0].detach().float().reshape(-1, args[0].shape[-1]))), \
+        torch.no_grad():
+    model(ql.evaluate.eval_tokens(tok, max_tokens=128).to(model.device))
+out_rows = []
+for name in names:
+    w, x = ql.sources.layer_weight(model, name), inputs[name]
+    y = x @ w.T                                                   # (tokens, out_features), the original weights
+    for fmt, result in (("INT4", ql.absmax_quantize(w, 4, blocksize=64)),
+                        ("NF4", ql.quantize_4bit(w, "nf4", blocksize=64)),
+                        ("FP4", ql.quantize_4bit(w, "fp4", blocksize=64))):
+        out_rows.append({"layer": name, "format": fmt,
+                         "output SQNR dB": ql.error_stats(y, x @ result.dequantize().float().T)["sqnr_db"]})
+del inputs
+out_err = pd.DataFrame(out_rows).pivot_table(index="format", values="output SQNR dB", aggfunc="mean")
+sqnr = sqnr.join(out_err)
+weight_rank = sqnr["SQNR dB"].sort_values(ascending=False).index.tolist()          # best first
+output_rank = sqnr["output SQNR dB"].sort_values(ascending=False).index.tolist()
+print("best to worst by weight SQNR:", " > ".join(weight_rank), "| by output SQNR:", " > ".join(output_rank))
 sqnr
 
 # %% [markdown]
@@ -153,7 +188,7 @@ hist
 # ("fake quantization": same numbers, still stored in bf16).
 #
 # **Predict (2).** Order NF4, FP4 and INT4 from the lowest perplexity (best) to the highest, on this model.
-# (QLoRA's order on its models is given further down: predict first.)
+# (The QLoRA paper's order on its models is given after your prediction.)
 
 # %%
 PREDICT_ORDER = None   # e.g. ["NF4", "INT4", "FP4"] or "NF4 < INT4 < FP4"
@@ -181,9 +216,40 @@ order = ppl.drop("bf16").sort_values().index.tolist()
 short = [name.split(" ")[0] for name in order]            # "NF4 (+DQ)" -> "NF4"
 print("measured ordering (lower is better):", " < ".join(order))
 print("answers:", table["answer"].to_dict())
+ppl_rank = short                                           # best (lowest perplexity) first
+agree = {"weight SQNR": weight_rank == ppl_rank, "output SQNR": output_rank == ppl_rank}
 claims.check_prediction(PREDICT_ORDER, short, explain=(
-    "QLoRA (Table 2) reports NF4 < FP4 < INT4 on models of 125M-13B. Weight SQNR above already ranks the formats; "
-    "perplexity is the test that counts, and on a small model with few tokens two close formats can swap."))
+    f"The QLoRA paper (Table 2: mean Pile-CC perplexity of models of 125M-13B) reports NF4+DQ "
+    f"{claims.QLORA_TABLE2['NF4+DQ']} < FP4 (E2M1) {claims.QLORA_TABLE2['FP4 (E2M1)']} < Int4 "
+    f"{claims.QLORA_TABLE2['Int4']}. Here perplexity ranks {' < '.join(ppl_rank)}; weight SQNR ranked "
+    f"{' > '.join(weight_rank)} ({'the same order' if agree['weight SQNR'] else 'a different order'}) and output "
+    f"SQNR {' > '.join(output_rank)} ({'the same order' if agree['output SQNR'] else 'a different order'})."))
+
+# %%
+flips = [(a, b) for i, a in enumerate(ppl_rank) for b in ppl_rank[i + 1:]       # a beats b in perplexity ...
+         if weight_rank.index(a) > weight_rank.index(b)]                       # ... but b beats a in weight SQNR
+if flips:
+    where = "; ".join(f"weight SQNR puts {b} ({sqnr.loc[b, 'SQNR dB']:.2f} dB) above {a} ({sqnr.loc[a, 'SQNR dB']:.2f} dB), "
+                      f"perplexity puts {a} ({ppl[order[ppl_rank.index(a)]]:.2f}) above {b} "
+                      f"({ppl[order[ppl_rank.index(b)]]:.2f})" for a, b in flips)
+    out_note = ("Weighted by what reaches each layer, the output SQNR ranks them as perplexity does: the activations "
+                "explain the swap here." if agree["output SQNR"] else
+                "The output SQNR does not follow perplexity either, so one layer's output is not the whole story "
+                "here: the errors also compound through the blocks, and a few weights matter more than their share.")
+    text = (f"**Where the two rankings disagree:** {where}. Weight SQNR is a mean over all weights, each counted "
+            f"alike. Perplexity depends on each layer's output error, where every input channel's weights count in "
+            f"proportion to the activations that multiply them (lesson 06: a few channels carry far larger ones), and "
+            f"on how those errors compound through {model_blocks} blocks. A format can have less error on average "
+            f"and more where it matters. {out_note}"
+            + (" One more difference: NF4 and FP4 ran through bitsandbytes with double-quantized scales, INT4 was "
+               "fake-quantized into the bf16 model (section 3)." if any("INT4" in pair for pair in flips) else ""))
+else:
+    text = (f"**Here weight SQNR and perplexity rank the formats alike** ({' < '.join(ppl_rank)} in perplexity). "
+            "They need not: weight SQNR counts every weight alike, the model's loss weighs each input channel by the "
+            "activations that multiply it and compounds errors through the blocks.")
+if FAST:
+    text += f" (FAST setting: {len(names)} layers for the SQNR, {PPL_TOKENS} tokens for perplexity: close formats can swap.)"
+display(Markdown(text))
 
 # %% [markdown]
 # ## 4. "Less than 1 % perplexity loss": a verdict
@@ -205,7 +271,9 @@ in perplexity. On Llama-2-70B the published cost of simple 4-bit block formats i
 {claims.LLAMA_CPP_70B['Q4_0']:+.1%}, Q4_1 {claims.LLAMA_CPP_70B['Q4_1']:+.1%}); only the better mixed formats come near 1 %
 (Q4_K_M {claims.LLAMA_CPP_70B['Q4_K_M']:+.1%}). So "<1 %" is wrong as a rule: the published 70B costs are far below this
 small model's, and they depend on the format (llama.cpp's formats are not NF4). Caveats on our number: the embedded model
-was itself decoded from a 4-bit GGUF file (notebook 02), and this run scored {PPL_TOKENS} tokens{' (FAST setting: few tokens, noisy)' if FAST else ''}."""))
+was itself decoded from a 4-bit GGUF file (notebook 02), and this run scored {PPL_TOKENS} tokens{' (FAST setting: few tokens, noisy)' if FAST else ''}.
+The tutorial's sentence covers INT8 too, where the answer differs: the LLM.int8() paper (arXiv:2208.07339, Table 1)
+measures no loss at 13B, and lesson 01's claims table gives int8 its own row, measured on this model."""))
 
 # %% [markdown]
 # ## Try this
@@ -233,7 +301,10 @@ claims.check_prediction(PREDICT_NAN_PATTERNS, [str(n) for n in nans], sep=", ", 
 # %%
 display(Markdown(f"""## Summary (measured in this run)
 - Mean weight SQNR over {len(names)} linear layers, blocks of 64: NF4 **{sqnr.loc['NF4', 'SQNR dB']:.2f} dB**,
-  FP4 **{sqnr.loc['FP4', 'SQNR dB']:.2f} dB**, INT4 **{sqnr.loc['INT4', 'SQNR dB']:.2f} dB**.
+  FP4 **{sqnr.loc['FP4', 'SQNR dB']:.2f} dB**, INT4 **{sqnr.loc['INT4', 'SQNR dB']:.2f} dB**; output SQNR on 128 tokens
+  {', '.join(f"{k} {v:.2f} dB" for k, v in sqnr['output SQNR dB'].items())}.
+- Best to worst: weight SQNR {' > '.join(weight_rank)}, output SQNR {' > '.join(output_rank)}, perplexity
+  {' < '.join(ppl_rank)}{': weight SQNR disagrees with perplexity on ' + ', '.join(f'{a} vs {b}' for a, b in flips) if flips else ''}.
 - Perplexity on {PPL_TOKENS} tokens: bf16 **{ppl['bf16']:.2f}**, NF4+DQ **{ppl['NF4 (+DQ)']:.2f}**,
   FP4+DQ **{ppl['FP4 (+DQ)']:.2f}**, INT4 absmax (fake-quantized) **{ppl['INT4 absmax (fake-quantized)']:.2f}**.
 - Measured ordering: {' < '.join(order)} (QLoRA: NF4 < FP4 < INT4); perplexity cost of NF4+DQ {loss['NF4 (+DQ)']:+.1%} here,

@@ -48,6 +48,8 @@ pd.DataFrame({"int8": {k: str(getattr(int8_config, k)) for k in show},
 #                          bnb_4bit_compute_dtype=torch.bfloat16)   # torch.float16 on a GPU older than 8.0 (T4)
 # model = AutoModelForCausalLM.from_pretrained(model_id, quantization_config=nf4, device_map="auto")
 # ```
+# (Not `from_pretrained(model_id, load_in_8bit=True)`, as older tutorials write: transformers 5 removed that keyword,
+# huggingface/transformers pull request #41287; lesson 01 runs it and prints the error.)
 #
 # **Why the compute dtype differs by machine.** `bnb_4bit_compute_dtype` is the dtype each 4-bit layer casts its
 # input to and multiplies in. Tutorials write `torch.bfloat16`: fp32's range in 16 bits. qlearn picks it from the
@@ -70,12 +72,6 @@ pd.DataFrame({"int8": {k: str(getattr(int8_config, k)) for k in show},
 # after an untimed warm-up generation (the first mode does not pay for start-up), with a GPU synchronized before
 # each clock read (a CUDA call returns before the GPU has finished). Same work in every mode, so the numbers compare.
 
-# **Predict first.** The 4-bit weights take a quarter of the bytes of bf16 ones. What will
-# `get_memory_footprint()` of the bf16 model divided by that of the nf4+dq model be? Write a number.
-
-# %%
-PREDICT_FOOTPRINT_RATIO = None   # e.g. 3.5: bf16 footprint / nf4+dq footprint
-
 # %%
 gen = ql.widgets.generation_explorer("What is the capital of France?", modes=("bf16", "int8", "nf4+dq"),
                                      max_new_tokens=MAX_NEW_TOKENS, model_id=MODEL_ID, run=True)
@@ -91,8 +87,8 @@ from transformers import AutoConfig
 ratio = runs.loc["bf16", "footprint_mb"] / runs.loc["nf4+dq", "footprint_mb"]
 split = ql.memory.estimate(AutoConfig.from_pretrained(ql.embedded_model_path() if MODEL_ID == "embedded" else MODEL_ID),
                            "nf4+dq")   # the model's own shapes: which parameters are quantized, which are not
-display(claims.check_prediction(PREDICT_FOOTPRINT_RATIO, ratio, rel_tol=0.10, unit="x"))
-print(f"Measured: {runs.loc['bf16', 'footprint_mb']:.1f} MB / {runs.loc['nf4+dq', 'footprint_mb']:.1f} MB = {ratio:.2f}x, not 4x: "
+print(f"Memory (lesson 01 predicts and explains it): {runs.loc['bf16', 'footprint_mb']:.1f} MB / "
+      f"{runs.loc['nf4+dq', 'footprint_mb']:.1f} MB = {ratio:.2f}x, not 4x: "
       f"only the {split.quantized_params / 1e6:.1f} M weights of the linear layers inside the blocks are 4-bit; the "
       f"other {split.unquantized_params / 1e6:.1f} M (the token embedding, shared with the output layer, and the "
       f"norms) stay bf16 at 2 bytes each ({split.unquantized_bytes / 1e6:.1f} MB of the nf4+dq footprint), and the "
@@ -111,19 +107,21 @@ print(info)
 # %% [markdown]
 # That table is read from this machine and its bitsandbytes version. To see the path with your own eyes,
 # ask torch's profiler which operators one layer's forward pass called. The cell below does it for one
-# linear layer (`LAYER`), on its real input for a one-token step, after a warm-up call (the first call pays
+# linear layer (`LAYER`), on its real input for one token, after a warm-up call (the first call pays
 # one-time costs; on an AVX512-BF16 CPU it is also when bitsandbytes repacks the 4-bit weights). The times are
 # each operator's own CPU time; on a GPU that is the time to launch it (the GPU runs it asynchronously).
 #
-# Each mode is then timed over **1 token** (a generation step at batch 1) and **64 tokens** (reading a
-# prompt), after a warm-up pass (on a GPU synchronized before each clock read), and scored for perplexity. The
-# 4-bit model is loaded three times, with `bnb_4bit_compute_dtype` set to bf16, fp16 and fp32 (the row called
-# plain `nf4+dq` uses the one qlearn picks for this hardware, section 1): the **compute dtype** is the dtype
+# Each mode is then timed over **1 token** (a forward pass over one token with no KV cache: the same matrix shapes as
+# one generation step at batch 1, without the attention over the cache that a real step also does; the explorer's
+# tokens/s in section 2 times whole generation steps) and **64 tokens** (reading a prompt), after a warm-up pass
+# (on a GPU synchronized before each clock read), and scored for perplexity. The 4-bit model is loaded three times,
+# with `bnb_4bit_compute_dtype` set to bf16, fp16 and fp32 (the row called plain `nf4+dq` uses the one qlearn picks
+# for this hardware, section 1): the **compute dtype** is the dtype
 # bitsandbytes' `Linear4bit.forward` casts each 4-bit layer's input to (and its output back from; embeddings,
 # norms and the activations between layers stay bf16). Whether the multiply itself then runs in that dtype
 # depends on the path in the table above: section 4 measures what it changed on this machine.
 
-# **Predict first.** On this machine, will a one-token step of the nf4+dq model take more or less time than
+# **Predict first.** On this machine, will a one-token forward of the nf4+dq model take more or less time than
 # the bf16 model's? And by how many percent will perplexity change when the same 4-bit weights are computed
 # in fp16 instead of bf16?
 
@@ -204,37 +202,11 @@ def time_forwards(model, tok):
     return row
 
 
-boxes = {}   # label -> what LAYER holds as loaded, and whether its bytes equal qlearn's (before any forward)
-
-
-def open_the_box(label, model):
-    """LAYER's module and weight classes, and its bytes against qlearn's quantization of the bf16 weight."""
-    layer = model.get_submodule(LAYER)
-    w = layer.weight
-    rule = "bnb_cuda" if w.is_cuda else "bnb_cpu"   # the rounding of the kernels that quantized it (docs/formats.md)
-    row = {"module": type(layer).__name__, "weight": f"{type(w).__name__} {w.dtype} {tuple(w.shape)}"}
-    if label == "bf16":
-        boxes["original"] = w.detach().clone()                                  # bf16 (576, 1536)
-        row["bytes == qlearn's"] = "(the original)"
-    elif w.dtype == torch.int8:                                                 # Linear8bitLt: CB and SCB
-        ours = ql.int8_vectorwise(boxes["original"], rule=rule)
-        row["bytes == qlearn's"] = torch.equal(ours.codes, w.data) and torch.equal(ours.row_absmax, w.SCB)
-        row["rule"] = rule
-    else:                                                                       # Linear4bit, nf4 + double quant
-        qs = w.quant_state
-        row["quant_state fields"] = ", ".join(vars(qs))
-        row["compute dtype"] = str(layer.compute_dtype).removeprefix("torch.")
-        theirs = ql.Quantized4bit.from_bitsandbytes(w.data.clone(), qs)
-        ours = ql.quantize_4bit(boxes["original"], qs.quant_type, qs.blocksize, double_quant=True, rule=rule,
-                                dq_rule=rule)
-        row["bytes == qlearn's"] = torch.equal(ours.packed, theirs.packed) and torch.equal(ours.absmax, theirs.absmax)
-        row["rule"] = rule
-    boxes[label] = row
-
-
 def measure(label, model, tok):
-    open_the_box(label, model)                                  # first: before any forward pass
-    return {"ops in one layer (one token)": ops_in_one_layer(model, tok), **time_forwards(model, tok),
+    layer = model.get_submodule(LAYER)
+    return {"layer class": type(layer).__name__,
+            "compute dtype": str(getattr(layer, "compute_dtype", None) or model.dtype).removeprefix("torch."),
+            "ops in one layer (one token)": ops_in_one_layer(model, tok), **time_forwards(model, tok),
             "perplexity": float(ql.perplexity(model, tok, max_tokens=128 if FAST else PPL_TOKENS, progress=False)),
             "layer output error": layer_error(model, tok), "largest activation": largest_activation(model, tok)}
 
@@ -247,27 +219,16 @@ measured = {label: ql.models.measure_mode(MODEL_ID, mode, lambda m, t, label=lab
                                           compute_dtype=compute)                       # load, measure, free
             for label, (mode, compute) in RUNS.items()}
 table = pd.DataFrame(measured).T.drop(columns="mode").rename(columns={"load_s": "load (s)"})
-speed = table.drop(columns="ops in one layer (one token)").astype(float)
+speed = table.drop(columns=["ops in one layer (one token)", "layer class", "compute dtype"]).astype(float)
 for col in ("1 token (ms)", "64 tokens (ms)"):
     speed[col.replace("(ms)", "vs bf16")] = speed[col] / speed.loc["bf16", col]
 speed
 
 # %% [markdown]
-# **Open the box.** Before timing anything, each load recorded what `LAYER` holds: the module and weight classes,
-# the 4-bit `quant_state`'s fields, and whether the bytes equal qlearn's quantization of the bf16 weight
-# (`ql.int8_vectorwise` for `CB`/`SCB`; `ql.quantize_4bit(..., double_quant=True)` for the packed codes and absmax),
-# under the rounding `rule` of the kernels that quantized it: bitsandbytes' CPU and CUDA kernels round a few values
-# differently (`"bnb_cpu"`, `"bnb_cuda"`: docs/formats.md; lessons 05 and 06 show where):
+# Each row's `LAYER` class and compute dtype (what is inside those classes, byte for byte: lessons 01 and 05):
 
 # %%
-inside = pd.DataFrame({k: v for k, v in boxes.items() if k != "original"}).T.fillna("")
-display(inside)
-same = all(bool(v) for v in inside["bytes == qlearn's"] if not isinstance(v, str))
-if boxes["original"].device.type == "cpu":   # bitsandbytes' CPU kernels are the ones qlearn's tests check byte for byte
-    assert same, inside
-elif not same:   # the CUDA rules were recorded on one GPU
-    print(f"On this GPU ({info.cuda}) some bytes differ from qlearn's CUDA rule, which was recorded on an H200 "
-          "(docs/formats.md: other GPU generations are not checked).")
+table[["layer class", "compute dtype"]]
 
 # %% [markdown]
 # What one layer ran, mode by mode (operators in call order, with their own CPU time: bitsandbytes' operators,
@@ -291,7 +252,7 @@ elif nf4_path == "fused":
     path = ("the profiler shows `bitsandbytes::gemm_4bit` for that one token, with no decode and no matrix multiply "
             "beside it: bitsandbytes' fused CUDA kernel reads the packed 4-bit codes and the double-quantized scales "
             "and multiplies, without writing a 16-bit copy of the weight")
-    path += ("; fused, and still slower: in a model this small (layers of 576 x 1536) a one-token step is bound "
+    path += ("; fused, and still slower: in a model this small (layers of 576 x 1536) a one-token forward is bound "
              "by launching kernels and fixed per-call costs, not by reading weights, so reading a quarter of the "
              "bytes does not pay for the extra work (lesson 09 measures where the time goes)" if direction == "slower"
              else "; reading a quarter of the bytes pays here")
@@ -307,7 +268,7 @@ elif nf4_path == "dequantize + matmul":
 else:
     path = (f"the profiler shows no separate dequantize step in a 4-bit layer ({nf4_ops}): on this machine "
             f"({info.linear4bit}) a fused kernel reads the packed 4-bit weights directly")
-display(Markdown(f"Measured here: a one-token step in nf4+dq is **{step:.2f}×** the bf16 time ({direction}); "
+display(Markdown(f"Measured here: a one-token forward in nf4+dq is **{step:.2f}×** the bf16 time ({direction}); "
                  f"{path}. What 4-bit always buys is **memory** (the footprint in the explorer's table above)."))
 
 # %%
@@ -401,10 +362,9 @@ display(Markdown(f"""## Summary (measured in this run)
   first forward undoes double quantization and the scales grow, which lesson 05 measures).
 - Generation speed ({int(r.loc['bf16', 'speed_tokens'])} tokens at a fixed length, after a warm-up{', synchronized' if DEVICE == 'cuda' else ''}): bf16 {r.loc['bf16', 'tokens_per_s']:.1f}, int8 {r.loc['int8', 'tokens_per_s']:.1f},
   nf4+dq {r.loc['nf4+dq', 'tokens_per_s']:.1f} tokens/s: nf4+dq takes {gen_ratio:.2f}× the bf16 time per token, {agree}.
-- One token (a generation step): int8 **{speed.loc['int8', '1 token vs bf16']:.2f}×**, nf4+dq **{step:.2f}×**
+- One token (a forward pass without KV cache): int8 **{speed.loc['int8', '1 token vs bf16']:.2f}×**, nf4+dq **{step:.2f}×**
   the bf16 time; 64 tokens: int8 {speed.loc['int8', '64 tokens vs bf16']:.2f}×, nf4+dq {speed.loc['nf4+dq', '64 tokens vs bf16']:.2f}×.
-- Open the box: {', '.join(f"{k} `{v['module']}`" for k, v in boxes.items() if k != 'original')}; bytes equal
-  to qlearn's quantization of the bf16 weight: {', '.join(f"{k} {v}" for k, v in inside["bytes == qlearn's"].items() if not isinstance(v, str))}.
+- Layer classes: {', '.join(f"{k} `{v}`" for k, v in table['layer class'].items())}.
 - What a 4-bit layer ran for one token: {nf4_ops}.
 - The path that explains it ({nf4_path}): {info.linear4bit} ({machine}).
 - Compute dtype here: {NAMES[COMPUTE]} ({ql.backend.explain_compute_dtype(DEVICE).split(': ', 1)[1]}).

@@ -29,7 +29,7 @@ BATCHES = (1, 4) if FAST else (1, 4, 16, 64)     # sequences decoded at once (on
 PROMPT_LEN = 8 if FAST else 64                  # the prompt of the time split
 REPEATS = 1 if FAST else 5                      # timings per number (the fastest of REPEATS + 1 is kept)
 PPL = 64 if FAST else min(PPL_TOKENS, 1024)     # tokens scored for perplexity
-GROUPS = (64,) if FAST else (32, 64, 128)       # int4 group sizes whose perplexity is measured
+BLOCKSIZES = (64,) if FAST else (32, 64, 128)   # int4 blocksizes whose perplexity is measured
 LAYER_BATCHES = (1,) if FAST else (1, 16)       # batch sizes of the per-layer comparison
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")   # where ql.load puts the model
 GPU = DEVICE.type == "cuda"
@@ -59,8 +59,22 @@ if GPU:
 #
 # Two different things happen under the name "4-bit": **dequantize-then-matmul** (decode every weight to
 # 16-bit, write it, read it back in an ordinary matmul) and a **fused** kernel (read the 4-bit codes and their
-# scales and multiply at once). This notebook times both on this machine, and prints which bitsandbytes path
-# ran (above: `Linear4bit forward on CPU`; on a CUDA GPU, the line after it).
+# scales and multiply at once). Which one bitsandbytes 0.50 runs, read from its code: `Linear4bit.forward`
+# (`bitsandbytes/nn/modules.py`) calls `matmul_4bit` (`bitsandbytes/autograd/_functions.py`), and every 4-bit
+# forward, with or without gradients, is then one op, `bitsandbytes::gemm_4bit`, whose kernel depends on the device:
+# - **CUDA** (`bitsandbytes/backends/cuda/ops.py`): the fused kernel for up to 4 input rows (tokens × sequences);
+#   from 5 to 1536 rows the fused kernel or dequantize + `F.linear`, as a table per GPU generation and weight shape
+#   picks (`_gemm_4bit_use_custom_cuda`); above 1536 rows, or when the input width is not a multiple of the
+#   blocksize, dequantize + `F.linear`.
+# - **A CPU with AVX512-BF16**, model in eval mode, input without gradients: the first forward repacks the weight
+#   (lesson 05), and from then on `matmul_4bit` calls a fused CPU kernel, `gemv_4bit` (`backends/cpu/ops.py`), at any
+#   number of rows.
+# - **Any other CPU** (and an AVX512-BF16 CPU while training): the portable implementation,
+#   `_gemm_4bit_default_impl` in `backends/default/ops.py`: dequantize the whole weight to the input's dtype, then
+#   `F.linear`, at every batch size.
+#
+# (Gradients add a backward pass, which dequantizes.) This notebook times both kinds on this machine; the first cell
+# printed which one bitsandbytes takes here (`Linear4bit forward on CPU`; on a CUDA GPU, the line after it).
 #
 # **Predict (1).** On this machine, at batch 1, how many times faster than bitsandbytes' dequantize-then-matmul
 # is a fused int4 kernel, per linear layer of this model? (e.g. `0.5` = twice as slow, `3` = three times faster)
@@ -114,14 +128,35 @@ check_prediction(PREDICT_FUSED_SPEEDUP, fused_vs_bnb, rel_tol=0.3, explain=(
 # ## 3. Memory bandwidth: the floor under every token
 #
 # At batch 1, each generated token reads every weight once and does 2 flops per weight: little arithmetic
-# per byte. So the time per token cannot be shorter than **bytes read / bytes per second**. A copy of 64 MiB
-# (far more than any cache) measures the bytes per second, in the memory the model sits in (on a GPU, the
-# GPU's own memory: a device-to-device copy). For compute, the ceiling is the fastest flop rate any kernel
+# per byte. So the time per token cannot be shorter than **bytes read / bytes per second**. A copy from one
+# 64 MiB buffer into another measures the bytes per second, in the memory the model sits in (on a GPU, the GPU's
+# own memory: a device-to-device copy). That is main-memory bandwidth only where the two buffers (128 MiB) do not
+# fit in a cache: more than most caches hold, not more than all (AMD's 3D V-Cache CPUs have 96 MB of L3 per die,
+# AMD's Ryzen 7 7800X3D spec page), so the cell prints this machine's largest cache beside it. For compute, the ceiling is the fastest flop rate any kernel
 # reached on this machine: the layer timings above (at each batch size timed) and a large square matmul in
 # bf16 and in float32. A floor built on the fastest rate is a true floor: no mode can beat it.
 
 # %%
+def largest_cache_bytes(device):
+    """A CUDA GPU's L2, or the CPU's highest cache level as Linux reports it for cpu0; None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).L2_cache_size
+    from pathlib import Path
+    sizes = {}
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level, size = int((index / "level").read_text()), (index / "size").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        sizes[level] = int(size.rstrip("KMG")) * {"K": 2**10, "M": 2**20, "G": 2**30}.get(size[-1], 1)
+    return sizes[max(sizes)] if sizes else None
+
+
 bw = qk.copy_bandwidth(repeats=3 if FAST else 5, device=DEVICE)
+cache = largest_cache_bytes(DEVICE)
+print("largest cache here: " + ("unknown (no Linux sysfs)" if cache is None else
+      f"{cache / 2**20:.0f} MiB, {'less' if cache < 2 * 64 * 2**20 else 'MORE'} than the 128 MiB the copy moves"
+      + ("" if cache < 2 * 64 * 2**20 else ": the bandwidth below is partly the cache's, an upper bound")))
 mean_params = sum(w.numel() for w in layer_weights) / len(layer_weights)
 flops = {p: max(2 * mean_params * b / t.seconds[p] for b, t in layer_t.items()) for p in ("bf16", "int4")}
 N_MM = 4096 if GPU else 768      # a square matmul big enough to keep this device busy
@@ -187,17 +222,17 @@ def measure(label, model):
 measure("bf16", model)
 ppl = {"bf16": float(ql.perplexity(model, tok, max_tokens=PPL))}
 if not FAST:   # qlearn's plain decode is slower than bitsandbytes' C++ one: full settings only
-    qk.swap_linears(model, "int4-dequant", groupsize=64)
+    qk.swap_linears(model, "int4-dequant", blocksize=64)
     # the bf16 linears are gone, but the embedding still points into the checkpoint's memory map and keeps
     # all of its pages resident: copy what is left out of it, so the map (and those pages) can go
     qk.release_checkpoint(model)
     measure("int4 dequant+matmul", model)
-qk.swap_linears(model, "int4", groupsize=64)       # (after the swap above: the same codes, fused)
+qk.swap_linears(model, "int4", blocksize=64)       # (after the swap above: the same codes, fused)
 qk.release_checkpoint(model)
 ql.models.release_memory()
 measure("int4 fused", model)
 ppl["int4 g64"] = float(ql.perplexity(model, tok, max_tokens=PPL))
-qk.swap_linears(model, "int4", groupsize=64, lm_head=True)   # now the tied output layer too (a 4-bit copy)
+qk.swap_linears(model, "int4", blocksize=64, lm_head=True)   # now the tied output layer too (a 4-bit copy)
 measure("int4 fused +lm_head", model)
 ppl["int4 g64 +lm_head"] = float(ql.perplexity(model, tok, max_tokens=PPL))
 del model
@@ -270,11 +305,11 @@ tput
 # weights that were never quantized.
 
 # %%
-for g in GROUPS:
+for g in BLOCKSIZES:
     if f"int4 g{g}" in ppl:
         continue
     model, tok = ql.load(MODEL_ID, mode="bf16")
-    qk.swap_linears(model, "int4", groupsize=g)
+    qk.swap_linears(model, "int4", blocksize=g)
     qk.release_checkpoint(model)
     ppl[f"int4 g{g}"] = float(ql.perplexity(model, tok, max_tokens=PPL))
     del model
@@ -398,7 +433,7 @@ display(Markdown("\n".join(f"- {q}: {a}" for q, a in answers)))
 # %% [markdown]
 # ## Try this
 # - Set `BATCHES = (1, 2, 4, 8, 16, 32, 64)` and rerun section 4: where does the dequantize share stop mattering?
-# - In section 2, time `build_paths(..., groupsize=32)`: does the group size change the fused kernel's speed?
+# - In section 2, time `build_paths(..., int4_blocksize=32)`: does the block size change the fused kernel's speed?
 # - Swap `lm_head` too (`qk.swap_linears(model, "int4", lm_head=True)`): how many MB does that add (the
 #   embedding stays bf16) and how much time per token does it save?
 

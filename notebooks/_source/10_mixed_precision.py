@@ -18,7 +18,7 @@ import torch
 from IPython.display import Image, Markdown, display
 
 import qlearn as ql
-from qlearn import mixed, sensitivity
+from qlearn import calibration, mixed, sensitivity
 from qlearn.fakequant import fake_quantize
 from qlearn.plots.mixed import block_profile, frontier
 from qlearn.quiz import check_prediction
@@ -45,9 +45,9 @@ def ngrams(text, n=8):
     return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
 
 
-calib_text, eval_text = sensitivity.calibration_text(), ql.evaluate.offline_text()
+calib_text, eval_text = calibration.calibration_text("sensitivity"), ql.evaluate.offline_text()
 shared = ngrams(calib_text) & ngrams(eval_text)
-print(f"calibration: {len(calib_text):,} characters from {', '.join(sensitivity.CALIBRATION_MODULES)}")
+print(f"calibration: {len(calib_text):,} characters from {', '.join(calibration.CALIBRATION_MODULES['sensitivity'])}")
 print(f"evaluation: {len(eval_text):,} characters; 8-word runs shared: {len(shared)}")
 print("calibration starts:", calib_text[:80].replace("\n", " "))
 
@@ -90,7 +90,7 @@ top_kind = max(summed, key=summed.get)
 pd.Series(summed, name="summed KL").to_frame().T
 
 # %%
-check_prediction(PREDICT_KIND, top_kind, kind="choice", choices=kinds, explain=(
+check_prediction(PREDICT_KIND, top_kind, choices=kinds, explain=(
     f"summed over the blocks measured here, {top_kind} moves the output most "
     f"({summed[top_kind]:.3g} nats); the most sensitive single layer is {table.index[0]} "
     f"({table.iloc[0, 0]:.3g}). Position matters too: compare the first and last blocks in the figure."))
@@ -174,7 +174,7 @@ pd.DataFrame({"bits/weight": {p.name: p.bits_per_weight for p in plans}, "perple
               "gap closed": closed})
 
 # %%
-check_prediction(PREDICT_BEST, short[best], kind="choice", choices=("plan", "uniform", "random", "rule"),
+check_prediction(PREDICT_BEST, short[best], choices=("plan", "uniform", "random", "rule"),
                  explain=(f"bf16 {ppl_bf16:.2f}; uniform nf4+dq {measured[uniform.name]:.2f}, plan "
                           f"{measured[plan.name]:.2f}, random {measured[rand.name]:.2f}, rule "
                           f"{measured[rule.name]:.2f}. The plan moves bytes from layers where the calibration "
@@ -227,7 +227,8 @@ display(Image(ql.plots.to_png(fig_frontier)))
 #
 # - Drag the explorer's budget from 4.03 to 8 bits: which layers get int8 first? Are they the top of the table
 #   in section 2?
-# - Switch its colour to "output error": which layers stand out, and are they the same as by KL?
+# - Switch its colour to "weighted error" (each layer's output error, energy-weighted): which layers stand out,
+#   and are they the same as by KL?
 # - Rerun with `sensitivity.Calibration(4, 256, 2)` (four times the text and the scored positions, what
 #   `benchmarks/bench_mixed.py` uses; the sensitivities take about four times as long): does the equal-bytes
 #   plan close more of the gap?

@@ -22,6 +22,7 @@ from IPython.display import Image, Markdown, display
 
 import qlearn as ql
 from qlearn import methods as qm
+from qlearn.calibration import calibration_ids
 from qlearn.methods import apply as qa
 from qlearn.methods.gguf_file import gguf_tensor_infos, read_gguf_tensor
 from qlearn.plots.methods import block_bytes_figure, frontier_figure
@@ -62,7 +63,7 @@ print(f"first block: d = {d:.6g}, m = {m:.6g}, codes {codes0.tolist()}")
 print(f"first weight = d * {int(codes0[0])} + m = {d * int(codes0[0]) + m:.6g}; decoded: {q41.dequantize()[0, 0]:.6g}")
 
 # %%
-check_prediction(PREDICT_Q41_BITS, q41.bits_per_param, tol=0.01, explain=(
+check_prediction(PREDICT_Q41_BITS, q41.bits_per_param, abs_tol=0.01, explain=(
     "32 codes x 4 bits = 16 bytes, plus a float16 d and a float16 m = 20 bytes per 32 weights: "
     "8 * 20 / 32 = 5.0 bits. The zero point (m) is what makes it 0.5 bit more than Q4_0."))
 
@@ -205,23 +206,23 @@ RUNS = [("bf16", None), ("rtn", 128), ("gptq", 128), ("hqq", 128), ("rtn-asym", 
 if not FAST:
     RUNS += [("awq", 128), ("rtn-asym", 128), ("rtn", 64), ("rtn-asym", 64), ("gptq", 64), ("hqq", 64),
              ("Q4_0", None), ("Q4_K", None), ("nf4", None), ("nf4+dq", None), ("fp4", None), ("int8", None)]
-calib = qa.calibration_ids(tok, CALIB_TOKENS)
+calib = calibration_ids(tok, "methods", n_tokens=CALIB_TOKENS)
 folder = ql.models.embedded_model_path()
 frontier = []
 t0 = time.perf_counter()
-for method, group in RUNS:
+for method, blocksize in RUNS:
     t1 = time.perf_counter()
-    fq = qa.apply_method(model, method, group or 128, calib_ids=calib, keep_originals=False, layers=QUANT_LAYERS)
+    fq = qa.apply_method(model, method, blocksize or 128, calib_ids=calib, keep_originals=False, layers=QUANT_LAYERS)
     if GPU:
         torch.cuda.synchronize()   # the work still queued on the GPU belongs to this method's time
     seconds = time.perf_counter() - t1
-    bits = qa.bits_per_param(fq, model)
+    bits = fq.bits_per_param
     ppl = float(ql.perplexity(model, tok, max_tokens=PPL_TOKENS, progress=False))
     qa.restore_from_checkpoint(model, folder)
-    frontier.append({"method": method, "group": group, "bits": bits, "ppl": ppl, "quantize s": seconds})
+    frontier.append({"method": method, "blocksize": blocksize, "bits": bits, "ppl": ppl, "quantize s": seconds})
 print(f"{len(RUNS)} runs in {time.perf_counter() - t0:.0f} s ({PPL_TOKENS} tokens each, "
       f"{'first ' + str(QUANT_LAYERS) + ' decoder layers' if QUANT_LAYERS else 'all 30 decoder layers'})")
-table = pd.DataFrame(frontier, index=[r["method"] + (f" g{r['group']}" if r["group"] else "") for r in frontier])
+table = pd.DataFrame(frontier, index=[r["method"] + (f" g{r['blocksize']}" if r["blocksize"] else "") for r in frontier])
 table = table[["bits", "ppl", "quantize s"]].sort_values("bits")
 table
 
@@ -230,7 +231,7 @@ scope = f"first {QUANT_LAYERS} decoder layers fake-quantized" if QUANT_LAYERS el
 display(Image(ql.plots.to_png(frontier_figure(frontier, scope=scope))))
 
 # %%
-ppl = {(r["method"], r["group"]): r["ppl"] for r in frontier}
+ppl = {(r["method"], r["blocksize"]): r["ppl"] for r in frontier}
 gap = ppl[("rtn", 128)] - ppl[("bf16", None)]
 closed = {m: (ppl[("rtn", 128)] - ppl[(m, 128)]) / gap if gap > 0 else float("nan")
           for m in ("gptq", "hqq", "awq") if (m, 128) in ppl}
@@ -238,8 +239,8 @@ print("share of RTN's perplexity gap to bf16 closed at 4-bit g128: "
       + ", ".join(f"{m} {v:.0%}" for m, v in closed.items()))
 
 # %%
-secs = {(r["method"], r["group"]): r["quantize s"] for r in frontier}
-bits = {(r["method"], r["group"]): r["bits"] for r in frontier}
+secs = {(r["method"], r["blocksize"]): r["quantize s"] for r in frontier}
+bits = {(r["method"], r["blocksize"]): r["bits"] for r in frontier}
 rise = {k: v / ppl[("bf16", None)] - 1 for k, v in ppl.items() if k != ("bf16", None)}
 
 
@@ -275,7 +276,7 @@ display(Markdown(f"""## 5. Which to choose when (this run's numbers beside each)
 # ## Try this
 # - Set `PREDICT_Q41_BITS` and `PREDICT_GPTQ_RATIO`, rerun, and read the checks.
 # - In the explorer, switch **method** between gptq and rtn on `down_proj`: where does the error per column go?
-# - Change **group** to 32 with method Q4_1 or rtn-asym and compare with 128: which one sees the stored grid?
+# - Change **blocksize** to 32 with method Q4_1 or rtn-asym and compare with 128: which one sees the stored grid?
 # - `qm.gptq(w, qm.hessian(xc), act_order=True)`: does rounding the columns with the largest inputs first help?
 
 # %%

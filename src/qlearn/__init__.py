@@ -6,9 +6,10 @@ distribution, outliers, floats (bit fields of float formats), int8matmul (LLM.in
 memory, metrics, fakequant (quantize->dequantize a model's layers in place), mixed (a format per
 layer under a byte budget), kernels (fused int4/int8 linears, bandwidth, where the time goes) and
 methods (RTN, GPTQ, AWQ, HQQ, GGUF blocks). sensitivity measures each layer's cost on a model;
-claims and quiz check a learner's predictions and answers. Model helpers (load, generate, perplexity, compare,
-backend_info) and the picture/interaction layers (plots, widgets) are imported lazily on first use,
-so ``import qlearn`` stays fast. ``MODES`` names every mode the model functions take.
+claims and quiz check a learner's predictions and answers. bnb_interop is the one module that reads
+bitsandbytes' objects (for memory, quantize, int8matmul and kernels). Model helpers (load, generate,
+perplexity, compare, backend_info) and the picture/interaction layers (plots, widgets) are imported
+lazily on first use, so ``import qlearn`` stays fast. ``MODES`` names every mode the model functions take.
 """
 
 import importlib
@@ -30,10 +31,8 @@ from .quantize import (
 
 __version__ = "0.1.0"
 
-# bitsandbytes' "Failed to load CPU gemm_4bit_forward" warning (AVX512-BF16 CPUs) says what it falls back to
-from .backend import explain_hub_kernel_warning as _explain
-
-_explain()
+# Nothing process-wide happens here: no logger is filtered or silenced. bitsandbytes' log messages are
+# explained or dropped only around qlearn's own calls into it (`qlearn.bnb_interop.quiet_logs`).
 
 # name -> module that defines it; imported on first attribute access.
 _LAZY = {
@@ -47,7 +46,9 @@ _LAZY = {
 }
 _LAZY_MODULES = ("memory", "models", "evaluate", "plots", "widgets", "sources", "cli", "backend", "reference",
                  "granularity", "levels", "codeusage", "distribution", "outliers", "floats", "int8matmul",
-                 "fakequant", "mixed", "sensitivity", "kernels", "methods", "claims", "quiz")
+                 "fakequant", "mixed", "sensitivity", "kernels", "methods", "claims", "quiz", "kvcache", "roundtrip",
+                 "exercises", "assessment", "formats", "affine", "calibration", "answers", "questions", "microscaling",
+                 "fp8", "rotation", "matched4bit", "finetune")
 
 __all__ = [
     "codebooks", "metrics", "quantize", "error_stats",

@@ -30,15 +30,17 @@ says True there because its ``including_emulation`` argument defaults to True).
 
 ``backend_info(device)`` reports these for a device of this machine (or a model's or tensor's), so a lesson
 that states a speed or a byte count can say which path produced it; ``bnb_paths`` is the same decision as a
-pure function of (device type, compute capability, versions). bitsandbytes is imported only when called.
+pure function of (device type, compute capability, versions). What bitsandbytes reports (its version, its
+AVX512-BF16 test, the fused CPU kernel it loaded) is read through `qlearn.bnb_interop`, only when called.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass
 
 import torch
+
+from . import bnb_interop
 
 __all__ = ["BackendInfo", "backend_info", "bnb_paths", "default_compute_dtype", "explain_compute_dtype",
            "measured_4bit_path", "avx512_dequantize_misreads"]
@@ -303,12 +305,7 @@ def backend_info(device=None) -> BackendInfo:
         raise ValueError(f"device must be a CPU or a CUDA device (what bitsandbytes' paths are described for); "
                          f"got {device}")
     capability = torch.backends.cpu.get_cpu_capability()
-    try:
-        import bitsandbytes
-        import bitsandbytes.functional as bnbf
-        version, bf16 = bitsandbytes.__version__, bool(bnbf.has_avx512bf16())
-    except ImportError:
-        version, bf16 = "not installed", False
+    version, bf16 = bnb_interop.version(), bnb_interop.has_avx512bf16()
     if device.type == "cuda":
         gpu = _device_capability(device, None)
         paths = bnb_paths("cuda", gpu, version)
@@ -318,49 +315,6 @@ def backend_info(device=None) -> BackendInfo:
                            compute_dtype=str(default_compute_dtype(device, gpu)).removeprefix("torch."), **paths)
     paths = bnb_paths("cpu", bitsandbytes_version=version, cpu_capability=capability, avx512bf16=bf16)
     if bf16:
-        paths["linear4bit"] += _fused_cpu_kernel()
+        paths["linear4bit"] += bnb_interop.fused_cpu_kernel()
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return BackendInfo(torch.__version__, version, capability, bf16, cuda=cuda, device="cpu", **paths)
-
-
-def _fused_cpu_kernel() -> str:
-    """Which fused 4-bit CPU kernel bitsandbytes (0.50) picked at import: on AVX512-BF16 CPUs it first tries
-    ``kernels-community/quantization-bitsandbytes`` from the Hugging Face Hub (the "Failed to load CPU
-    gemm_4bit_forward" warning when that fails, e.g. offline) and otherwise uses its own C++ kernel."""
-    try:
-        from bitsandbytes.backends.cpu import ops
-    except ImportError:
-        return ""
-    if not hasattr(ops, "gemm_4bit_forward_kernel"):
-        return ""
-    if ops.gemm_4bit_forward_kernel is None:
-        return " (bitsandbytes' own C++ kernel: the Hub's kernels-community one did not load)"
-    return " (the kernels-community gemm_4bit_forward, loaded from the Hub)"
-
-
-class HubKernelNote(logging.Filter):
-    """Rewrites one bitsandbytes 0.50 warning into what it means for a learner.
-
-    On an AVX512-BF16 CPU, ``import bitsandbytes`` first tries to fetch the fused 4-bit CPU kernel
-    ``kernels-community/quantization-bitsandbytes`` from the Hugging Face Hub. When that fails (offline, or
-    the Hub's publisher-trust check) it logs "Failed to load CPU gemm_4bit_forward from kernels-community:
-    <reason>. Please make sure you already `pip install kernels` ...", and then uses its own C++ kernel:
-    4-bit layers still run fused. The note keeps the reason and says what happens instead.
-    """
-
-    PREFIX = "Failed to load CPU gemm_4bit_forward"
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if str(record.msg).startswith(self.PREFIX):
-            reason = str(record.args[0]) if record.args else ""
-            record.msg = ("bitsandbytes could not load the Hub's kernels-community 4-bit CPU kernel (%s); it uses "
-                          "its own fused 4-bit CPU kernel instead (qlearn.backend_info() shows the path)")
-            record.args = (reason.split(". ")[0][:160],)
-        return True
-
-
-def explain_hub_kernel_warning() -> None:
-    """Attach ``HubKernelNote`` to bitsandbytes' CPU-ops logger (once; harmless before bitsandbytes is imported)."""
-    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    if not any(isinstance(f, HubKernelNote) for f in log.filters):
-        log.addFilter(HubKernelNote())

@@ -15,9 +15,11 @@ import sys
 import time
 from pathlib import Path
 
+from .formats import names
+
 __all__ = ["main", "tour", "write_report"]
 
-TOUR_MODES = ("bf16", "int8", "nf4", "nf4+dq", "fp4")
+TOUR_MODES = names("tour")   # ("bf16", "int8", "nf4", "nf4+dq", "fp4")
 PROMPT = "What is the capital of France?"
 MB = 1e6
 
@@ -164,13 +166,13 @@ def _parser():
 
 def main(argv=None):
     """Console entry point ``qlearn``; returns the exit status."""
-    import logging
+    from .bnb_interop import quiet_logs
 
     args = _parser().parse_args(argv)
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)   # LLM.int8 logs a cast on every matmul
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     try:
-        tour(args.model, modes, args.out, args.max_new_tokens, args.ppl_tokens, args.window, args.prompt)
+        with quiet_logs():   # LLM.int8's cast warning on every matmul, for the tour only (no logger level set)
+            tour(args.model, modes, args.out, args.max_new_tokens, args.ppl_tokens, args.window, args.prompt)
     except (ValueError, TypeError, OSError, ModuleNotFoundError) as err:
         print(f"qlearn tour: error: {err}", file=sys.stderr)
         return 2

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ._checks import check_bits
+
 __all__ = [
     "NF4", "FP4", "FP4_RAW", "nf4_quantiles", "nf4_from_normal", "nf4_construction", "normal_cdf",
     "dynamic_map", "int_grid", "get_codebook", "midpoints", "NF4_OFFSET",
@@ -122,8 +124,7 @@ def int_grid(bits: int, signed: bool = True) -> torch.Tensor:
     >>> int_grid(2).tolist()
     [-1.0, 0.0, 1.0]
     """
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
-        raise ValueError(f"bits must be an integer in 2..8, got {bits!r}")
+    check_bits(bits)
     if signed:
         m = 2 ** (bits - 1) - 1
         return torch.arange(-m, m + 1, dtype=torch.float32)

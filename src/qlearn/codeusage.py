@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ._checks import check_int
 from .levels import codes_of, unit_levels
 
 __all__ = ["code_counts", "occupancy", "entropy_bits", "distinct_per_block"]
@@ -73,8 +74,7 @@ def distinct_per_block(w: torch.Tensor, blocksize: int = 32) -> torch.Tensor:
     >>> distinct_per_block(torch.tensor([1., 1., 2., 3.]), 2).tolist()
     [1, 2]
     """
-    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:
-        raise ValueError(f"blocksize must be a positive integer; got {blocksize!r}")
+    check_int(blocksize, "blocksize", minimum=1)
     flat = w.detach().reshape(-1)
     blocks = flat[: flat.numel() - flat.numel() % blocksize].view(-1, blocksize)   # (blocks, blocksize)
     ordered = blocks.sort(dim=1).values

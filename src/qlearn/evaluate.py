@@ -18,7 +18,8 @@ import math
 
 import torch
 
-from . import texts
+from . import bnb_interop, texts
+from ._checks import check_int
 
 __all__ = ["OFFLINE_TEXT_SHA256", "Perplexity", "offline_text", "eval_tokens", "perplexity", "summed_nll", "compare"]
 
@@ -68,8 +69,7 @@ def eval_tokens(tok, text=None, max_tokens=4096, dataset=None):
         text = offline_text()
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"text must be a non-empty str; got {type(text).__name__} of length {len(text or '')}")
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 2:
-        raise ValueError(f"max_tokens must be an int >= 2; got {max_tokens!r}")
+    check_int(max_tokens, "max_tokens", minimum=2)
     return _first_tokens(tok, text, max_tokens)
 
 
@@ -126,8 +126,7 @@ def perplexity(model, tok, text=None, max_tokens=4096, window=512, stride=None, 
 
     stride = window if stride is None else stride
     for name, value in (("window", window), ("stride", stride)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-            raise ValueError(f"{name} must be an int >= 2; got {value!r}")
+        check_int(value, name, minimum=2)
     if stride > window:
         raise ValueError(f"stride ({stride}) must not exceed window ({window}): tokens would go unscored")
     ids = eval_tokens(tok, text, max_tokens, dataset).to(model.device)   # (1, n)
@@ -139,7 +138,7 @@ def perplexity(model, tok, text=None, max_tokens=4096, window=512, stride=None, 
         chunk = ids[:, begin:end]                          # (1, <=window)
         labels = chunk.clone()
         labels[:, : max(prev_end - begin, 0)] = -100       # context only: scored by an earlier window
-        with torch.inference_mode():
+        with torch.inference_mode(), bnb_interop.quiet_logs():      # LLM.int8: no cast warning per matmul
             logits = model(chunk, use_cache=False).logits[0, :-1]   # (len-1, vocab), the model's dtype
             target = labels[0, 1:]                                  # (len-1,)
             nll_sum += summed_nll(logits, target)

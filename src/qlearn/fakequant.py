@@ -11,46 +11,26 @@ and the original weights of the layers changed, and only those, are kept to put 
 
 Worked number: fake-quantizing all 210 linear layers of the embedded SmolLM2 (106.2 M weights, bf16)
 keeps 212 MB of originals; one layer (``mlp.down_proj``, 576 x 1536) keeps 1.8 MB.
-Format names: "bf16" (unchanged), "int8" (LLM.int8 row-wise weights, ``int8_vectorwise`` threshold 0),
+Format names (``FORMAT_KINDS``: the formats of ``qlearn.formats.FORMATS`` used for "fakequant"):
+"bf16" (unchanged), "int8" (LLM.int8 row-wise weights, ``int8_vectorwise`` threshold 0),
 "nf4" / "fp4" / "nf4+dq" / "fp4+dq" with an optional "/blocksize" ("nf4+dq/32"; default 64),
-"int4/64" (absmax) and "int4-zp/32" (zero-point with a float minimum per group, x = q * scale + min:
+"int4/64" (absmax) and "int4-zp/32" (zero-point with a float minimum per block, x = q * scale + minimum:
 the GGUF Q4_1 family).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .intquant import absmax_quantize, int8_vectorwise, zeropoint_quantize
-from .quantize import BLOCKSIZES_4BIT, quantize_4bit
+from .formats import FORMATS, Unquantized, names
 
 __all__ = ["Unquantized", "FORMAT_KINDS", "parse_format", "quantizer", "quantizable_layers", "fake_quantize",
            "FakeQuantized"]
 
-FORMAT_KINDS = ("bf16", "int8", "nf4", "nf4+dq", "fp4", "fp4+dq", "int4", "int4-zp")
-_BLOCKED = ("nf4", "nf4+dq", "fp4", "fp4+dq", "int4", "int4-zp")
-
-
-@dataclass(frozen=True)
-class Unquantized:
-    """The record of "bf16": the weight itself (16 bits a weight when stored as bf16)."""
-
-    weight: torch.Tensor
-
-    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        return self.weight.to(dtype or self.weight.dtype)
-
-    @property
-    def nbytes(self) -> int:
-        return 2 * self.weight.numel()
-
-    @property
-    def bits_per_param(self) -> float:
-        return 16.0
+FORMAT_KINDS = names("fakequant")
 
 
 def parse_format(fmt: str) -> tuple[str, int | None]:
@@ -64,34 +44,27 @@ def parse_format(fmt: str) -> tuple[str, int | None]:
     kind, _, size = fmt.partition("/")
     if kind not in FORMAT_KINDS:
         raise ValueError(f"unknown format {fmt!r}; kinds: {', '.join(FORMAT_KINDS)} (4-bit ones take '/blocksize')")
-    if kind not in _BLOCKED:
+    allowed = FORMATS[kind].blocksizes
+    if not allowed:
         if size:
             raise ValueError(f"format {fmt!r}: {kind} takes no blocksize")
         return kind, None
     if not size:
-        return kind, 64
-    if not size.isdigit() or int(size) not in BLOCKSIZES_4BIT:
-        raise ValueError(f"format {fmt!r}: blocksize must be one of {', '.join(map(str, BLOCKSIZES_4BIT))}")
+        return kind, FORMATS[kind].blocksize
+    if not size.isdigit() or int(size) not in allowed:
+        raise ValueError(f"format {fmt!r}: blocksize must be one of {', '.join(map(str, allowed))}")
     return kind, int(size)
 
 
 def quantizer(fmt: str) -> Callable[[torch.Tensor], object]:
-    """The function weight -> record of a format name (see the module docstring).
+    """The function weight -> record of a format name (see the module docstring): the registry's
+    ``Format.quantize`` at the name's blocksize. "bf16" gives the weight's own values (`Unquantized`).
 
     >>> quantizer("nf4+dq/64")(torch.tensor([[0.5, -2.0, 1.0, 0.0]])).bits_per_param > 4
     True
     """
     kind, blocksize = parse_format(fmt)
-    if kind == "bf16":
-        return Unquantized
-    if kind == "int8":
-        return lambda w: int8_vectorwise(w, threshold=0.0)
-    if kind == "int4":
-        return lambda w: absmax_quantize(w, bits=4, blocksize=blocksize)
-    if kind == "int4-zp":
-        return lambda w: zeropoint_quantize(w, bits=4, blocksize=blocksize, zero_point_domain="float")
-    quant_type, _, dq = kind.partition("+")
-    return lambda w: quantize_4bit(w, quant_type, blocksize, double_quant=bool(dq))
+    return lambda w: FORMATS[kind].quantize(w, blocksize)
 
 
 def quantizable_layers(model: nn.Module) -> list[str]:
@@ -106,15 +79,30 @@ def quantizable_layers(model: nn.Module) -> list[str]:
 
 
 class FakeQuantized:
-    """What ``fake_quantize`` changed: per layer its format, stored bytes and bits per weight, and the
-    original weights (the changed layers only) that ``restore()`` (or leaving a ``with``) puts back."""
+    """What ``fake_quantize`` changed: per layer its format, stored bytes (``nbytes``) and weights
+    (``numel``), ``bits_per_param`` over all of them, and the original weights (the changed layers only)
+    that ``restore()`` (or leaving a ``with``) puts back."""
 
     def __init__(self, model: nn.Module):
         self.model = model
         self.originals: dict[str, torch.Tensor] = {}
         self.formats: dict[str, str] = {}
         self.nbytes: dict[str, int] = {}
-        self.bits_per_param: dict[str, float] = {}
+        self.numel: dict[str, int] = {}
+
+    @property
+    def bits_per_param(self) -> float:
+        """Stored bits per weight over every layer of the plan: 8 * sum(nbytes) / sum(numel) (0.0 if none)."""
+        return 8 * sum(self.nbytes.values()) / max(sum(self.numel.values()), 1)
+
+    def layer_bits(self) -> dict[str, float]:
+        """{layer: stored bits per weight}, e.g. 4.5 for a layer in "nf4"."""
+        return {name: 8 * self.nbytes[name] / self.numel[name] for name in self.nbytes}
+
+    def merge(self, other: FakeQuantized) -> None:
+        """Take over `other`'s layers (formats, bytes, weights, originals): one record of several passes."""
+        for part in ("originals", "formats", "nbytes", "numel"):
+            getattr(self, part).update(getattr(other, part))
 
     def restore(self) -> None:
         """Copy every kept original back into its weight (in place) and forget them."""
@@ -146,7 +134,7 @@ def fake_quantize(model: nn.Module, plan: Mapping[str, str | Callable], keep_ori
 
     >>> net = nn.Sequential(nn.Linear(64, 2))
     >>> with fake_quantize(net, {"0": "nf4"}) as fq:
-    ...     fq.bits_per_param["0"]
+    ...     fq.bits_per_param
     4.5
     """
     if not isinstance(plan, Mapping):
@@ -175,7 +163,7 @@ def _apply(fq: FakeQuantized, modules: dict, plan: Mapping, keep_originals: bool
             weight = modules[name].weight
             record = fn(weight.detach())
             fq.formats[name] = how if isinstance(how, str) else getattr(how, "__name__", "custom")
-            fq.nbytes[name], fq.bits_per_param[name] = record.nbytes, record.bits_per_param
+            fq.nbytes[name], fq.numel[name] = record.nbytes, weight.numel()
             if isinstance(record, Unquantized):
                 continue
             if keep_originals:

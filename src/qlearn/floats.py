@@ -23,7 +23,7 @@ import torch
 
 from . import codebooks
 
-__all__ = ["FloatFormat", "FloatFields", "FORMATS", "decode", "encode", "fields", "representable", "summary"]
+__all__ = ["FloatFormat", "FloatFields", "FLOAT_FORMATS", "decode", "encode", "fields", "representable", "summary"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class FloatFormat:
         return 2 ** (self.exponent_bits - 1) - 1
 
 
-FORMATS = {
+FLOAT_FORMATS = {
     "fp32": FloatFormat("fp32", 8, 23, "ieee", torch.float32),
     "fp16": FloatFormat("fp16", 5, 10, "ieee", torch.float16),
     "bf16": FloatFormat("bf16", 8, 7, "ieee", torch.bfloat16),
@@ -76,13 +76,13 @@ class FloatFields:
     @property
     def bit_string(self) -> str:
         """The pattern as "s|eeee|mmm", e.g. 1.0 in fp8_e4m3 -> "0|0111|000"."""
-        f = FORMATS[self.format]
+        f = FLOAT_FORMATS[self.format]
         return (f"{self.sign}|{self.exponent:0{f.exponent_bits}b}|{self.mantissa:0{f.mantissa_bits}b}")
 
     @property
     def formula(self) -> str:
         """How the fields make the value, e.g. fp8_e4m3 1.25: "+2^(7-7) x (1 + 2/8) = 1.25"."""
-        f = FORMATS[self.format]
+        f = FLOAT_FORMATS[self.format]
         sign = "-" if self.sign else "+"
         if self.kind in ("nan", "inf"):
             return f"exponent all ones -> {self.value}"
@@ -97,9 +97,9 @@ class FloatFields:
 def _format(fmt) -> FloatFormat:
     if isinstance(fmt, FloatFormat):
         return fmt
-    if fmt not in FORMATS:
-        raise ValueError(f"fmt must be one of {', '.join(FORMATS)} (or a FloatFormat); got {fmt!r}")
-    return FORMATS[fmt]
+    if fmt not in FLOAT_FORMATS:
+        raise ValueError(f"fmt must be one of {', '.join(FLOAT_FORMATS)} (or a FloatFormat); got {fmt!r}")
+    return FLOAT_FORMATS[fmt]
 
 
 def _split(bits: torch.Tensor, f: FloatFormat) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

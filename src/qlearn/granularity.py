@@ -2,8 +2,10 @@
 
 Absmax and zero-point quantization take one scale per tensor, one per index of an axis (per row
 of a (out, in) weight with axis=0), or one per block of `blocksize` consecutive (flattened)
-elements; NF4 / FP4 always use blocks. `group` views a tensor as (groups, group_size) so a scale
-per group is one reduction over dim 1; `ungroup` puts the groups back into the input's shape.
+elements (`GRANULARITIES`: "tensor", "row", "block"); NF4 / FP4 always use blocks. A group is the
+set of elements that share one scale; a block is a group of `blocksize` consecutive elements (the
+papers' "group size" is the blocksize). `group` views a tensor as (groups, n) so a scale per group
+is one reduction over dim 1; `ungroup` puts the groups back into the input's shape.
 `n_groups` and `group_values` read the same grouping back out of a quantization result.
 """
 
@@ -11,13 +13,15 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import _check_axis
+from ._checks import _check_axis, check_int
 
-__all__ = ["group", "ungroup", "n_groups", "group_values"]
+__all__ = ["GRANULARITIES", "group", "ungroup", "n_groups", "group_values"]
+
+GRANULARITIES = ("tensor", "row", "block")   # which elements share one scale: all, one row, one block
 
 
 def group(x: torch.Tensor, axis: int | None, blocksize: int | None) -> torch.Tensor:
-    """View `x` as (groups, group_size): one group per tensor, per index of `axis`, or per block of
+    """View `x` as (groups, n): one group per tensor, per index of `axis`, or per block of
     `blocksize` flattened elements, in x's dtype and device.
 
     A partial last block is padded by repeating its last value, which changes neither its min,
@@ -33,8 +37,7 @@ def group(x: torch.Tensor, axis: int | None, blocksize: int | None) -> torch.Ten
         return x.movedim(_check_axis(axis, x.dim()), 0).reshape(x.shape[axis], -1)
     if blocksize is None:
         return x.reshape(1, -1)
-    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:
-        raise ValueError(f"blocksize must be a positive integer or None; got {blocksize!r}")
+    check_int(blocksize, "blocksize", minimum=1)
     flat = x.reshape(-1)
     pad = -flat.numel() % blocksize
     if pad:
@@ -43,7 +46,7 @@ def group(x: torch.Tensor, axis: int | None, blocksize: int | None) -> torch.Ten
 
 
 def ungroup(g: torch.Tensor, shape: torch.Size, axis: int | None) -> torch.Tensor:
-    """Inverse of `group`: (groups, group_size) back to `shape`, dropping block padding.
+    """Inverse of `group`: (groups, n) back to `shape`, dropping block padding.
 
     Worked number: the (3, 4) blocks of 10 elements come back as the 10 elements.
 
@@ -79,7 +82,7 @@ def n_groups(result) -> int:
 
 def group_values(x: torch.Tensor, result, g: int = 0) -> torch.Tensor:
     """The values of `x` that share group `g`'s scale in `result` (a quantization of `x`),
-    flattened, float32 (group_size,); a partial last block is returned without padding.
+    flattened, float32 (n,); a partial last block is returned without padding.
 
     Worked number: blocks of 128 over 65536 values: group 2 is x.reshape(-1)[256:384].
 

@@ -28,10 +28,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["GRANULARITIES", "OUTLIER_WEIGHTS", "BNB_RESCALE", "Int8Product", "int8_matmul", "simulate_int8",
+from . import bnb_interop
+
+__all__ = ["INT8_GRANULARITIES", "OUTLIER_WEIGHTS", "BNB_RESCALE", "Int8Product", "int8_matmul", "simulate_int8",
            "int8_layers", "set_int8_threshold"]
 
-GRANULARITIES = ("vector", "tensor")
+INT8_GRANULARITIES = ("vector", "tensor")   # LLM.int8's scales: one per row of x and of w, or one per matrix
 BNB_RESCALE = 6.200124e-05   # bitsandbytes 0.50's int8_mm_dequant factor; 1/127**2 = 6.2000124e-05
 _INV127 = torch.tensor(1 / 127, dtype=torch.float32).item()   # float32(1/127), bitsandbytes' dequant factor
 OUTLIER_WEIGHTS = ("int8", "fp16")
@@ -91,8 +93,8 @@ def _check(x, w, threshold, granularity, outlier_weights):
         raise ValueError(f"x is (tokens, {x.shape[1]}) but w is (out, {w.shape[1]}): in_features must match")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
         raise ValueError(f"threshold must be a number >= 0 (0: no outlier columns), got {threshold!r}")
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    if granularity not in INT8_GRANULARITIES:
+        raise ValueError(f"granularity must be one of {INT8_GRANULARITIES}, got {granularity!r}")
     if outlier_weights not in OUTLIER_WEIGHTS:
         raise ValueError(f"outlier_weights must be one of {OUTLIER_WEIGHTS}, got {outlier_weights!r}")
 
@@ -168,10 +170,9 @@ def simulate_int8(model: nn.Module, threshold: float = 0.0, granularity: str = "
 
 
 def int8_layers(model: nn.Module) -> list:
-    """The LLM.int8 layers of a model loaded in int8 (bitsandbytes ``Linear8bitLt``, found by their
-    ``state.threshold`` and int8 weight, without importing bitsandbytes)."""
-    return [m for m in model.modules() if isinstance(m, nn.Linear) and hasattr(getattr(m, "state", None), "threshold")
-            and getattr(m.weight, "dtype", None) == torch.int8]
+    """The LLM.int8 layers of a model loaded in int8 (bitsandbytes ``Linear8bitLt``; found by
+    `qlearn.bnb_interop.int8_layers`, without importing bitsandbytes)."""
+    return bnb_interop.int8_layers(model)
 
 
 def set_int8_threshold(model: nn.Module, threshold: float) -> int:
@@ -187,5 +188,5 @@ def set_int8_threshold(model: nn.Module, threshold: float) -> int:
     if not layers:
         raise ValueError("model has no LLM.int8 layers (load it with mode='int8')")
     for m in layers:
-        m.state.threshold = float(threshold)
+        bnb_interop.set_threshold(m, threshold)
     return len(layers)

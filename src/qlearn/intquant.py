@@ -13,6 +13,7 @@ import torch
 
 from . import cuda_rules
 from ._checks import check_bits, check_choice, check_finite, check_tensor
+from .affine import choose_qparams_affine, dequantize_affine, quantize_affine
 from .granularity import group, ungroup
 
 __all__ = ["AbsmaxQuantized", "ZeroPointQuantized", "Int8Vectorwise", "absmax_quantize", "zeropoint_quantize",
@@ -21,8 +22,9 @@ __all__ = ["AbsmaxQuantized", "ZeroPointQuantized", "Int8Vectorwise", "absmax_qu
 
 @dataclass(frozen=True)
 class _GroupQuantized:
-    """Integer codes in x's shape with float32 scales per group (one group per tensor, per index
-    of `axis`, or per block of `blocksize` flattened elements): x ~= (codes - zero_point) * scale."""
+    """Integer codes in x's shape with float32 scales (groups,), one group per tensor, per index of `axis`,
+    or per block of `blocksize` flattened elements (`qlearn.granularity`); decoded by
+    `qlearn.affine.dequantize_affine` in the record's `zero_point_domain`."""
 
     codes: torch.Tensor
     scale: torch.Tensor
@@ -32,13 +34,17 @@ class _GroupQuantized:
     axis: int | None
     blocksize: int | None
 
-    def _centered(self, g: torch.Tensor) -> torch.Tensor:
-        return g
+    zero_point_domain = "none"
+
+    def _zero(self) -> torch.Tensor | None:
+        return None
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """(codes - zero_point) * scale in float32, cast to `dtype` (default: the input's), input's shape."""
-        g = group(self.codes.float(), self.axis, self.blocksize)       # (groups, group_size)
-        return ungroup(self._centered(g) * self.scale[:, None], self.shape, self.axis).to(dtype or self.dtype)
+        """The decoded values in float32 (`qlearn.affine.dequantize_affine`), cast to `dtype` (default: the
+        input's), in the input's shape."""
+        g = group(self.codes, self.axis, self.blocksize)                    # (groups, n)
+        values = dequantize_affine(g, self.scale, self._zero(), self.zero_point_domain)
+        return ungroup(values, self.shape, self.axis).to(dtype or self.dtype)
 
     @property
     def nbytes(self) -> int:
@@ -58,21 +64,23 @@ class AbsmaxQuantized(_GroupQuantized):
 
 @dataclass(frozen=True)
 class ZeroPointQuantized(_GroupQuantized):
-    """Asymmetric (zero-point) quantization: codes uint8, zero_point float32 per group,
-    x ~= (codes - zero_point) * scale. zero_point is an integer unless zero_point_domain="float"."""
+    """Asymmetric (zero-point) quantization: codes uint8 in 0..2**bits - 1 and, per group (groups,) float32,
+    either an integer zero_point (zero_point_domain "int": x ~= (codes - zero_point) * scale) or the
+    group's minimum ("float": x ~= codes * scale + minimum, GGUF Q4_1's form); the other one is None."""
 
-    zero_point: torch.Tensor
+    zero_point: torch.Tensor | None = None
+    minimum: torch.Tensor | None = None
     zero_point_domain: str = "int"
 
-    def _centered(self, g: torch.Tensor) -> torch.Tensor:
-        return g - self.zero_point[:, None]
+    def _zero(self) -> torch.Tensor:
+        return self.zero_point if self.zero_point_domain == "int" else self.minimum
 
     @property
     def nbytes(self) -> int:
-        """As absmax, plus a zero point a group: `bits` bits when an integer, float32 when "float"."""
-        groups = self.zero_point.numel()
-        zero_points = math.ceil(groups * self.bits / 8) if self.zero_point_domain == "int" else 4 * groups
-        return super().nbytes + zero_points
+        """As absmax, plus a zero a group: `bits` bits for an integer zero point, float32 for a minimum."""
+        groups = self.scale.numel()
+        zeros = math.ceil(groups * self.bits / 8) if self.zero_point_domain == "int" else 4 * groups
+        return super().nbytes + zeros
 
 
 def absmax_quantize(x: torch.Tensor, bits: int = 8, axis: int | None = None,
@@ -81,21 +89,17 @@ def absmax_quantize(x: torch.Tensor, bits: int = 8, axis: int | None = None,
 
     Granularity: per tensor (default), per index of `axis` (axis=0 on a (out, in) weight: one
     scale per output row), or per block of `blocksize` consecutive elements of the flattened tensor.
-    scale = absmax / qmax; q = round(x / scale) (half to even). Worked number: 8 bits, absmax 2.54
-    -> scale 0.02, x = 1.0 -> q = 50.
+    scale = absmax / qmax; q = round(x / scale) (half to even): `qlearn.affine`'s "none" domain.
+    Worked number: 8 bits, absmax 2.54 -> scale 0.02, x = 1.0 -> q = 50.
 
     >>> absmax_quantize(torch.tensor([1.0, -2.54])).codes.tolist()
     [50, -127]
     """
     x = check_tensor(x, "x")
     check_bits(bits)
-    qmax = 2 ** (bits - 1) - 1
-    g = group(x.float(), axis, blocksize)                                # (groups, group_size)
-    absmax = g.abs().amax(dim=1)
-    check_finite(absmax)
-    scale = absmax / qmax
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.round(g / safe[:, None]).clamp_(-qmax, qmax)
+    g = group(x.float(), axis, blocksize)                                # (groups, n)
+    scale, _ = choose_qparams_affine(g, bits, "none")
+    q = quantize_affine(g, scale, None, bits, "none")
     return AbsmaxQuantized(ungroup(q, x.shape, axis).to(torch.int8), scale, x.shape, x.dtype, bits, axis, blocksize)
 
 
@@ -104,8 +108,9 @@ def zeropoint_quantize(x: torch.Tensor, bits: int = 8, axis: int | None = None, 
     """Asymmetric quantization to 0 .. 2**bits - 1, using the full [min, max] range of each group.
 
     scale = (max - min) / (2**bits - 1); "int" domain: zero_point = round(-min / scale) with the range
-    widened to include 0 (so 0.0 is exact, the textbook rule); "float" domain: zero_point = -min / scale
-    unrounded and the range is exactly [min, max] (GGUF's Q4_1 style: x = q * scale + min).
+    widened to include 0 (so 0.0 is exact, the textbook rule), q = round(x / scale + zero_point);
+    "float" domain: the range is exactly [min, max], q = round((x - min) / scale) and the record keeps
+    `minimum` (GGUF's Q4_1 style: x = q * scale + min). Granularity as in `absmax_quantize`.
     Worked number: 4 bits on [-10.2, 10.2] -> scale = (10.2 - (-10.2)) / 15 = 1.36, zero_point 8.
 
     >>> zeropoint_quantize(torch.tensor([-10.2, 10.2]), bits=4).zero_point.tolist()
@@ -114,20 +119,14 @@ def zeropoint_quantize(x: torch.Tensor, bits: int = 8, axis: int | None = None, 
     x = check_tensor(x, "x")
     check_bits(bits)
     check_choice(zero_point_domain, "zero_point_domain", ("int", "float"))
-    qmax = 2 ** bits - 1
-    g = group(x.float(), axis, blocksize)
-    lo, hi = g.amin(dim=1), g.amax(dim=1)
-    check_finite(hi - lo)
+    g = group(x.float(), axis, blocksize)                                # (groups, n)
+    scale, zero = choose_qparams_affine(g, bits, zero_point_domain)
+    q = quantize_affine(g, scale, zero, bits, zero_point_domain)
+    codes = ungroup(q, x.shape, axis).to(torch.uint8)
     if zero_point_domain == "int":
-        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
-    scale = (hi - lo) / qmax
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    zp = -lo / safe
-    if zero_point_domain == "int":
-        zp = zp.round().clamp_(0, qmax)
-    q = torch.round(g / safe[:, None] + zp[:, None]).clamp_(0, qmax)
-    return ZeroPointQuantized(ungroup(q, x.shape, axis).to(torch.uint8), scale, x.shape, x.dtype, bits, axis,
-                              blocksize, zero_point=zp, zero_point_domain=zero_point_domain)
+        return ZeroPointQuantized(codes, scale, x.shape, x.dtype, bits, axis, blocksize, zero_point=zero)
+    return ZeroPointQuantized(codes, scale, x.shape, x.dtype, bits, axis, blocksize, minimum=zero,
+                              zero_point_domain="float")
 
 
 @dataclass(frozen=True)

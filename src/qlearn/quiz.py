@@ -1,4 +1,6 @@
-"""Quiz machinery for the assessment lesson: questions with tolerant answer checking and a score.
+"""Checking a learner's answers: the assessment lesson's questions (`Question`, `Quiz`) and every lesson's
+predict -> run -> check step (`check_prediction`, the one in the package), read with `qlearn.answers` (one
+number parser, one yes/no word list, one tolerance rule).
 
 A `Question` holds what the learner is asked, the expected answer (usually measured in the same
 run), how an answer is compared with it, and the explanation shown when the answer is wrong.
@@ -7,78 +9,41 @@ run), how an answer is compared with it, and the explanation shown when the answ
 with a message saying what is expected). `Quiz` keeps one result per question and builds the score.
 
 Kinds of answer and how they are read:
-- "number": int, float, a one-element tensor/array, or a string such as "0.5", "1/2" or "50%";
-  right when ``|answer - expected| <= tol + rel_tol * |expected|``.
+- "number": int, float, a one-element tensor/array, or a string `parse_number` reads ("0.5", "1/2",
+  "50%", "half", "3.5 GB", "2x"); right when ``|answer - expected| <= max(abs_tol, rel_tol * |expected|)``
+  (either tolerance suffices; both 0: exact up to float rounding). The one tolerance rule of the package.
 - "numbers": a list, tuple, tensor or array of numbers of the expected length, each as above.
 - "choice": one of ``choices``, case and surrounding spaces/brackets ignored ("b", " (B) ").
-- "bool": True/False, or "true"/"false"/"yes"/"no" in any case.
-Worked number: expected 0.5 with tol 0.01 accepts 0.509 and "1/2", rejects 0.52.
+- "bool": True/False, or one of `TRUE_WORDS` / `FALSE_WORDS` ("yes", "no", "fits", ...) in any case.
+- "text": any string, equal to the expected one ignoring case and surrounding spaces/brackets.
+- "ordering": names in order, as a list, a tuple or "a < b < c" (also split on commas and spaces).
+Worked number: expected 0.5 with abs_tol 0.01 accepts 0.509 and "1/2", rejects 0.52.
 
->>> q = Question("Q1", "int8 bytes / fp16 bytes?", 0.5, kind="number", tol=0.01)
+>>> q = Question("Q1", "int8 bytes / fp16 bytes?", 0.5, kind="number", abs_tol=0.01)
 >>> [q.check(a).status for a in (0.509, "1/2", 0.52, None, {"x": 1})]
 ['right', 'right', 'wrong', 'unanswered', 'invalid']
 """
 
 from __future__ import annotations
 
-import math
+import html
 import numbers
 from dataclasses import dataclass, field
-from fractions import Fraction
+
+from .answers import FALSE_WORDS, TRUE_WORDS, as_list, is_close, norm, ordering, parse_number, tolerance_words
 
 __all__ = ["KINDS", "Question", "Result", "Quiz", "check_prediction"]
 
-KINDS = ("number", "numbers", "choice", "bool")
-_TRUE, _FALSE = {"true", "yes", "y", "t"}, {"false", "no", "n", "f"}
+KINDS = ("number", "numbers", "choice", "bool", "text", "ordering")
 
 
-class _Invalid(Exception):
-    """An answer of the wrong kind; the message says what is expected."""
-
-
-def _as_number(value, what: str) -> float:
-    """A learner's number as a float: ints, floats, 1-element tensors/arrays, "0.5", "1/2", "50%"."""
-    if isinstance(value, bool):
-        raise _Invalid(f"{what} must be a number, got the bool {value!r}")
-    if hasattr(value, "item") and hasattr(value, "shape"):   # a tensor, array or numpy scalar
-        try:
-            value = value.item()
-        except (ValueError, RuntimeError, AttributeError):
-            raise _Invalid(f"{what} must be one number, got an array of shape {tuple(value.shape)}") from None
-    if isinstance(value, str):
-        text = value.strip().replace(",", "").replace("_", "")
-        try:
-            number = float(Fraction(text[:-1])) / 100 if text.endswith("%") else float(Fraction(text))
-        except (ValueError, ZeroDivisionError):
-            raise _Invalid(f"{what} must be a number such as 0.5, '1/2' or '50%', got the string {value!r}") from None
-    elif isinstance(value, numbers.Real):
-        number = float(value)
-    else:
-        raise _Invalid(f"{what} must be a number (int or float), got {type(value).__name__} {value!r}")
-    if not math.isfinite(number):
-        raise _Invalid(f"{what} must be a finite number, got {value!r}")
-    return number
-
-
-def _as_list(value, n: int) -> list:
-    """A learner's sequence as a list of n items: list, tuple, tensor, array (not a str or a dict)."""
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        value = value.tolist()
-    if not isinstance(value, (list, tuple)):
-        raise _Invalid(f"the answer must be a list or tuple of {n} numbers, got {type(value).__name__} {value!r}")
-    flat = list(value)
-    if len(flat) != n:
-        raise _Invalid(f"the answer must have {n} numbers, got {len(flat)}: {value!r}")
-    return flat
-
-
-def _norm(text: str) -> str:
-    return text.strip().strip("()[].").strip().lower()
+_MARKS = {"right": "[right]", "wrong": "[wrong]", "unanswered": "[ -- ]", "invalid": "[??]"}
 
 
 @dataclass(frozen=True)
 class Result:
-    """One checked answer: status "right" / "wrong" / "unanswered" / "invalid" and a message."""
+    """One checked answer: status "right" / "wrong" / "unanswered" / "invalid" and a message.
+    Shown once: ``str()`` in a terminal or a ``print``, ``_repr_html_`` as a notebook cell's value."""
 
     key: str
     status: str
@@ -89,17 +54,20 @@ class Result:
         return self.status == "right"
 
     def __str__(self) -> str:
-        mark = {"right": "[right]", "wrong": "[wrong]", "unanswered": "[ -- ]", "invalid": "[??]"}[self.status]
-        return f"{mark} {self.key}: {self.message}"
+        return f"{_MARKS[self.status]} {self.key}: {self.message}"
+
+    def _repr_html_(self) -> str:
+        return (f'<div class="qlearn-result qlearn-{self.status}"><b>{html.escape(_MARKS[self.status])}</b> '
+                f"{html.escape(self.key)}: {html.escape(self.message)}</div>")
 
 
 @dataclass(frozen=True)
 class Question:
     """A question, its expected answer and how an answer is compared with it.
 
-    kind: one of KINDS. tol / rel_tol: absolute and relative tolerance for numbers (the answer is
-    right when ``|a - e| <= tol + rel_tol * |e|``). choices: the allowed strings of a "choice".
-    explanation: shown when the answer is wrong (it may quote the expected value: the learner has
+    kind: one of KINDS. abs_tol / rel_tol: tolerances for numbers (`is_close`: right when
+    ``|a - e| <= max(abs_tol, rel_tol * |e|)``); unit: shown after a number. choices: the allowed strings of a
+    "choice". explanation: shown when the answer is wrong (it may quote the expected value: the learner has
     answered by then). topic: where it was taught or measured, e.g. "lesson 06 (measured)".
     """
 
@@ -107,53 +75,53 @@ class Question:
     prompt: str
     expected: object
     kind: str = "number"
-    tol: float = 0.0
+    abs_tol: float = 0.0
     rel_tol: float = 0.0
     choices: tuple = ()
     explanation: str = ""
     topic: str = ""
+    unit: str = ""
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if self.tol < 0 or self.rel_tol < 0:
-            raise ValueError(f"tol and rel_tol must be >= 0, got tol={self.tol!r}, rel_tol={self.rel_tol!r}")
-        if self.kind == "choice" and _norm(str(self.expected)) not in {_norm(c) for c in self.choices}:
+        if not (self.abs_tol >= 0 and self.rel_tol >= 0):
+            raise ValueError(f"abs_tol and rel_tol must be >= 0, got abs_tol={self.abs_tol!r}, "
+                             f"rel_tol={self.rel_tol!r}")
+        if self.kind == "choice" and norm(str(self.expected)) not in {norm(c) for c in self.choices}:
             raise ValueError(f"expected {self.expected!r} is not one of choices {self.choices!r}")
-        if self.kind == "numbers" and not isinstance(self.expected, (list, tuple)):
-            raise ValueError(f"kind 'numbers' needs a list or tuple as expected, got {self.expected!r}")
+        if self.kind in ("numbers", "ordering") and not isinstance(self.expected, (list, tuple)):
+            raise ValueError(f"kind {self.kind!r} needs a list or tuple as expected, got {self.expected!r}")
 
     @property
     def tolerance(self) -> str:
-        """The tolerance in words, for the prompt: 'within 0.05', 'within 5%', 'within 0.05 + 5% of the value',
-        'exact' (the two add up: see ``_close``)."""
-        rel = f"{100 * self.rel_tol:.3g}%"
-        if self.tol and self.rel_tol:
-            return f"within {self.tol:g} + {rel} of the value"
-        return f"within {self.tol:g}" if self.tol else f"within {rel}" if self.rel_tol else "exact"
-
-    def _close(self, answer: float, expected: float) -> bool:
-        return abs(answer - expected) <= self.tol + self.rel_tol * abs(expected) + 1e-12
+        """The tolerance in words (`tolerance_words`): 'within ±0.05', 'within 5%', 'within 5% or ±0.05', 'exactly'."""
+        return tolerance_words(self.abs_tol, self.rel_tol, self.unit)
 
     def _is_right(self, answer) -> bool:
-        """True/False, or _Invalid when the answer is not of this question's kind."""
+        """True/False; TypeError/ValueError when the answer is not of this question's kind."""
         if self.kind == "number":
-            return self._close(_as_number(answer, "the answer"), float(self.expected))
+            return is_close(parse_number(answer), float(self.expected), self.abs_tol, self.rel_tol)
         if self.kind == "numbers":
-            items = _as_list(answer, len(self.expected))
-            got = [_as_number(a, f"item {i}") for i, a in enumerate(items)]
-            return all(self._close(a, float(e)) for a, e in zip(got, self.expected, strict=True))
+            got = [parse_number(a, f"item {i}") for i, a in enumerate(as_list(answer, len(self.expected)))]
+            return all(is_close(a, float(e), self.abs_tol, self.rel_tol)
+                       for a, e in zip(got, self.expected, strict=True))
         if self.kind == "bool":
-            if isinstance(answer, str) and _norm(answer) in _TRUE | _FALSE:
-                answer = _norm(answer) in _TRUE
+            if isinstance(answer, str) and norm(answer) in TRUE_WORDS | FALSE_WORDS:
+                answer = norm(answer) in TRUE_WORDS
             if not isinstance(answer, bool):
-                raise _Invalid(f"the answer must be True or False, got {type(answer).__name__} {answer!r}")
+                raise TypeError(f"the answer must be True or False (or yes / no), got {type(answer).__name__} "
+                                f"{answer!r}")
             return answer == bool(self.expected)
-        allowed = {_norm(c) for c in self.choices}            # "choice"
-        if not isinstance(answer, str) or _norm(answer) not in allowed:
-            raise _Invalid(f"the answer must be one of {', '.join(map(repr, self.choices))} (any case), "
-                           f"got {answer!r}")
-        return _norm(answer) == _norm(str(self.expected))
+        if self.kind == "ordering":
+            return ordering(answer) == ordering(self.expected)
+        if self.kind == "text":
+            return norm(str(answer)) == norm(str(self.expected))
+        allowed = {norm(c) for c in self.choices}            # "choice"
+        if not isinstance(answer, str) or norm(answer) not in allowed:
+            raise ValueError(f"the answer must be one of {', '.join(map(repr, self.choices))} (any case), "
+                             f"got {answer!r}")
+        return norm(answer) == norm(str(self.expected))
 
     def check(self, answer) -> Result:
         """Compare a learner's answer with the expected one; never raises for the answer's value."""
@@ -161,11 +129,12 @@ class Question:
             return Result(self.key, "unanswered", "not answered yet (set the variable, rerun the cell)")
         try:
             ok = self._is_right(answer)
-        except _Invalid as err:
+        except (TypeError, ValueError) as err:
             return Result(self.key, "invalid", f"{err}. Fix it and rerun the cell.")
         if ok:
             return Result(self.key, "right", "right.")
-        return Result(self.key, "wrong", f"not quite ({self.tolerance}). {self.explanation}".strip())
+        tol = f" ({self.tolerance})" if self.kind in ("number", "numbers") else ""
+        return Result(self.key, "wrong", f"not quite{tol}. {self.explanation}".strip())
 
 
 @dataclass
@@ -207,7 +176,8 @@ class Quiz:
         q = self[key]
         n = len(q.expected) if q.kind == "numbers" else 0
         form = {"number": f"a number, {q.tolerance}", "numbers": f"a list of {n} numbers, {q.tolerance}",
-                "choice": "one of " + ", ".join(map(repr, q.choices)), "bool": "True or False"}[q.kind]
+                "choice": "one of " + ", ".join(map(repr, q.choices)), "bool": "True or False",
+                "text": "a word", "ordering": "names in order, as 'a < b < c'"}[q.kind]
         return f"{q.key}. {q.prompt}\n   Answer: {form}." + (f"  (Topic: {q.topic}.)" if q.topic else "")
 
     def right_answer(self, key: str):
@@ -237,26 +207,58 @@ class Quiz:
         return "\n".join(lines)
 
 
-def check_prediction(prediction, measured, kind: str = "number", tol: float = 0.0, rel_tol: float = 0.0,
-                     choices: tuple = (), explain: str = "", unit: str = "") -> Result:
+def _kind_of(measured, choices: tuple) -> str:
+    """How `check_prediction` reads a prediction of `measured`: the Question kind its type implies."""
+    if isinstance(measured, bool):
+        return "bool"
+    if isinstance(measured, numbers.Real):
+        return "number"
+    if isinstance(measured, str):
+        return "choice" if choices else "text"
+    if isinstance(measured, (list, tuple)):
+        numeric = all(isinstance(m, numbers.Real) and not isinstance(m, bool) for m in measured)
+        return "numbers" if numeric and measured else "ordering"
+    raise TypeError(f"measured must be a bool, a number, a string or a list of names or numbers; "
+                    f"got {type(measured).__name__}")
+
+
+def _shown(measured, kind: str, unit: str, sep: str) -> str:
+    if kind == "bool":
+        return "yes" if measured else "no"
+    if kind == "number":
+        return f"{measured}{unit}" if isinstance(measured, numbers.Integral) else f"{measured:.4g}{unit}"
+    if kind == "ordering":
+        return sep.join(map(str, measured))
+    return f"{measured}{unit}"
+
+
+def check_prediction(prediction, measured, *, abs_tol: float = 0.0, rel_tol: float = 0.0, choices: tuple = (),
+                     explain: str = "", unit: str = "", sep: str = " < ") -> Result:
     """A lesson's predict -> run -> check step: compare the learner's `prediction` with this run's
-    `measured` value, print the verdict, the measurement and why (`explain`), and return the Result.
+    `measured` value and return a `Result` (shown once as the cell's value) with the measurement and why.
 
-    Nothing is revealed before the learner predicts: this is called in a cell after the run.
-    Worked number: prediction 0.5, measured 0.605, rel_tol 0.05 -> wrong (off by 17%).
+    How the prediction is read follows `measured`: a bool -> yes / no; a number -> `parse_number`, right
+    when ``|p - m| <= max(abs_tol, rel_tol * |m|)`` (`is_close`; both 0: exact); a string -> one of
+    `choices` when given, else the same text ignoring case; a list of numbers -> each as a number; a list
+    of names -> an ordering ("a < b < c" or a list; shown joined by `sep`). Numpy values count as Python's.
+    None or ``...`` means "not yet": the message asks for a prediction and reveals nothing, nor does an
+    unreadable one. Worked number: prediction 0.5, measured 0.605, rel_tol 0.05 -> wrong (off by 17%).
 
-    >>> print(check_prediction(0.6, 0.605, rel_tol=0.05, explain="embeddings stay 16-bit"))  # doctest: +ELLIPSIS
-    [right] prediction: ...
+    >>> print(check_prediction(0.6, 0.605, rel_tol=0.05, explain="embeddings stay 16-bit"))
+    [right] prediction: this run measured 0.605 (within 5%). embeddings stay 16-bit
     """
-    q = Question("prediction", "", measured, kind=kind, tol=tol, rel_tol=rel_tol, choices=choices)
+    if hasattr(measured, "tolist") and not isinstance(measured, str):   # numpy scalars and arrays, tensors
+        measured = measured.tolist()
+    kind = _kind_of(measured, tuple(choices))
+    q = Question("prediction", "", measured, kind=kind, abs_tol=abs_tol, rel_tol=rel_tol, choices=tuple(choices),
+                 unit=unit)
     result = q.check(prediction)
-    shown = f"{measured:.4g}{unit}" if isinstance(measured, float) else f"{measured}{unit}"
-    verdict = {"right": f"close: this run measured {shown} ({q.tolerance}).",
-               "wrong": f"this run measured {shown}; your prediction was {prediction!r} ({q.tolerance} counts).",
-               "unanswered": "no prediction written yet: set the variable in the cell above, run it, then run this "
-                             "cell again (the measurement and the explanation come after your prediction).",
-               "invalid": result.message + f" This run measured {shown}."}[result.status]
-    told = "" if result.status == "unanswered" else explain   # reveal nothing before a prediction
-    result = Result("prediction", result.status, f"{verdict} {told}".strip())
-    print(result)
-    return result
+    if result.status == "unanswered":
+        return Result("prediction", "unanswered", "none yet: set the variable in the cell above, run it, then run "
+                      "this cell again (the measurement and the explanation come after your prediction).")
+    if result.status == "invalid":
+        return Result("prediction", "invalid", result.message)
+    tol = f" ({q.tolerance})" if kind in ("number", "numbers") else ""
+    said = "" if result.right else f"you predicted {prediction!r}; "
+    return Result("prediction", result.status,
+                  f"{said}this run measured {_shown(measured, kind, unit, sep)}{tol}. {explain}".strip())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from . import codebooks
-from ._checks import _check_axis, check_bits, check_blocksize, check_choice, check_finite, check_tensor
+from ._checks import _check_axis, check_bits, check_blocksize, check_choice, check_finite, check_int, check_tensor
 from .intquant import AbsmaxQuantized, Int8Vectorwise, ZeroPointQuantized
 from .quantize import BLOCKSIZES_4BIT, BLOCKSIZES_8BIT, DQ_BLOCKSIZE, DQ_RULES, Blockwise8bit, Quantized4bit
 
@@ -161,8 +161,7 @@ def _group_ids(x: torch.Tensor, axis: int | None, blocksize: int | None) -> tupl
         return torch.arange(x.shape[axis], device=x.device).view(index_shape).expand(x.shape), x.shape[axis]
     if blocksize is None:
         return torch.zeros(x.shape, dtype=torch.int64, device=x.device), 1
-    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:
-        raise ValueError(f"blocksize must be a positive integer or None; got {blocksize!r}")
+    check_int(blocksize, "blocksize", minimum=1)
     return torch.arange(x.numel(), device=x.device).view(x.shape) // blocksize, -(-x.numel() // blocksize)
 
 
@@ -199,13 +198,14 @@ def absmax_quantize(x: torch.Tensor, bits: int = 8, axis: int | None = None,
 
 def zeropoint_quantize(x: torch.Tensor, bits: int = 8, axis: int | None = None, blocksize: int | None = None,
                        zero_point_domain: str = "int") -> ZeroPointQuantized:
-    """Asymmetric integer quantization: codes round(x / scale + zero_point) in 0 .. 2**bits - 1.
+    """Asymmetric integer quantization: codes in 0 .. 2**bits - 1 with scale = (max - min) / (2**bits - 1).
 
-    x: float tensor, any shape; groups as in `absmax_quantize`. scale = (max - min) / (2**bits - 1) per group.
-    "int" domain: the range is widened to hold 0 and zero_point = round(-min / scale), an integer, so 0.0
-    is exact; "float" domain: the range is exactly [min, max], zero_point = -min / scale unrounded
-    (x = code * scale + min, GGUF's Q4_1 style). Returns a `ZeroPointQuantized`: codes uint8 (x's shape),
-    scale and zero_point float32 (groups,).
+    x: float tensor, any shape; groups as in `absmax_quantize`.
+    "int" domain: the range is widened to hold 0, zero_point = round(-min / scale), an integer, so 0.0 is
+    exact; codes round(x / scale + zero_point), x ~= (code - zero_point) * scale. "float" domain: the range
+    is exactly [min, max], codes round((x - min) / scale), x ~= code * scale + min (GGUF's Q4_1 style).
+    Returns a `ZeroPointQuantized`: codes uint8 (x's shape), scale float32 (groups,) and zero_point
+    ("int") or minimum ("float") float32 (groups,).
     Worked number: 4 bits on [-10.2, 10.2] -> scale = (10.2 - (-10.2)) / 15 = 1.36, zero_point 7.5 -> 8.
 
     >>> zeropoint_quantize(torch.tensor([-10.2, 0.0, 10.2]), bits=4).codes.tolist()
@@ -219,16 +219,19 @@ def zeropoint_quantize(x: torch.Tensor, bits: int = 8, axis: int | None = None, 
     qmax = 2 ** bits - 1
     lo, hi = _per_group(v, ids, groups, "amin"), _per_group(v, ids, groups, "amax")   # (groups,)
     check_finite(hi - lo)
-    if zero_point_domain == "int":
-        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
-    scale = (hi - lo) / qmax                                     # (groups,)
+    if zero_point_domain == "float":
+        scale = (hi - lo) / qmax                                 # (groups,)
+        step = torch.where(scale > 0, scale, 1.0)
+        codes = torch.round((v - lo[ids]) / step[ids]).clamp(0, qmax)
+        return ZeroPointQuantized(codes.to(torch.uint8), scale, x.shape, x.dtype, bits, axis, blocksize,
+                                  minimum=lo, zero_point_domain="float")
+    lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+    scale = (hi - lo) / qmax
     step = torch.where(scale > 0, scale, 1.0)
-    zero_point = -lo / step
-    if zero_point_domain == "int":
-        zero_point = zero_point.round().clamp(0, qmax)
+    zero_point = (-lo / step).round().clamp(0, qmax)
     codes = torch.round(v / step[ids] + zero_point[ids]).clamp(0, qmax)
     return ZeroPointQuantized(codes.to(torch.uint8), scale, x.shape, x.dtype, bits, axis, blocksize,
-                              zero_point=zero_point, zero_point_domain=zero_point_domain)
+                              zero_point=zero_point)
 
 
 def int8_vectorwise(x: torch.Tensor, threshold: float = 0.0) -> Int8Vectorwise:

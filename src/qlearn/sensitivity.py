@@ -2,8 +2,8 @@
 
 Measured on CALIBRATION text, never on the evaluation text of ``qlearn.evaluate``: the module
 docstrings of a fixed list of standard-library modules (Python's own prose, like the evaluation text,
-but not in the help topics; ``tests/test_mixed.py`` checks they share no run of 8 words), frozen in the
-package (`qlearn.texts`).
+but not in the help topics; ``tests/test_calibration.py`` checks they share no run of 8 words), frozen in
+the package: ``qlearn.calibration.calibration_ids(tok, "sensitivity", ...)``.
 
 One reference run of the unquantized model keeps (a) each decoder block's input, (b) each linear
 layer's input energy per channel (mean x^2 over the calibration tokens) and (c) the reference
@@ -13,8 +13,9 @@ log-probabilities at every ``every``-th position. Then:
   unchanged: their output is cached), and measure KL(reference || quantized), nats per position.
   This is the measured sensitivity, in one format (the "anchor", NF4 + double quant by default).
 - ``block_kl``: the same with all 7 layers of one block quantized (the cheaper per-block view).
-- ``output_error``: sum over weights of energy(in channel) x (w - w_hat)^2, the layer's output error
-  on the calibration inputs (diagonal approximation): cheap, so computed for every format.
+- ``weighted_error``: sum over weights of energy(in channel) x (w - w_hat)^2, the layer's output error
+  on the calibration inputs (diagonal approximation): cheap, so computed for every format. (Not
+  ``qlearn.methods.output_error``, the plain mean squared error of a layer's output on given inputs.)
 - ``sensitivities``: predicted KL of layer l in format f = KL_anchor(l) x error_f(l) / error_anchor(l)
   (KL grows with the square of a small perturbation, i.e. linearly with its energy), cached on disk.
 """
@@ -29,24 +30,15 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from . import texts
+from ._checks import check_int
+from .calibration import calibration_ids
+from .capture import input_hooks, layer_input
 from .fakequant import fake_quantize, quantizable_layers, quantizer
 
-__all__ = ["CALIBRATION_MODULES", "Calibration", "calibration_text", "calibration_ids", "Reference", "reference",
-           "layer_kl", "block_kl", "output_error", "Sensitivity", "sensitivities", "block_of"]
-
-# stdlib modules whose docstrings are the calibration prose (heapq also gives its __about__ essay)
-CALIBRATION_MODULES = ("heapq", "difflib", "argparse", "random", "collections", "string", "csv",
-                       "json", "unittest", "pickle", "sqlite3", "typing")
-
+__all__ = ["Calibration", "Reference", "reference", "layer_kl", "block_kl", "weighted_error", "Sensitivity",
+           "sensitivities", "block_of"]
 
 _VERSION = 2   # bump when what a format name means or how KL is measured changes: old cache files go unused
-
-
-def calibration_text() -> str:
-    """The calibration prose: heapq.__about__ then the docstrings of ``CALIBRATION_MODULES``, as CPython
-    3.11.7 has them (21,855 chars), frozen in the package (`qlearn.texts`: the same on every Python)."""
-    return texts.calibration_text("sensitivity")
 
 
 @dataclass(frozen=True)
@@ -60,18 +52,11 @@ class Calibration:
 
     def __post_init__(self):
         for name in ("n_seqs", "seq_len", "every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Calibration.{name} must be a positive int; got {value!r}")
+            check_int(getattr(self, name), f"Calibration.{name}", minimum=1)
 
-
-def calibration_ids(tok, calibration: Calibration = Calibration()) -> torch.Tensor:
-    """The first n_seqs x seq_len token ids of the calibration text, int64 (n_seqs, seq_len)."""
-    ids = tok(calibration_text(), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-    need = calibration.n_seqs * calibration.seq_len
-    if ids.numel() < need:
-        raise ValueError(f"calibration text has {ids.numel()} tokens; {need} asked (n_seqs x seq_len)")
-    return ids[:need].view(calibration.n_seqs, calibration.seq_len)
+    def ids(self, tok) -> torch.Tensor:
+        """The first n_seqs x seq_len ids of the "sensitivity" calibration text, int64 (n_seqs, seq_len)."""
+        return calibration_ids(tok, "sensitivity", n_tokens=self.n_seqs * self.seq_len, window=self.seq_len)
 
 
 def block_of(name: str) -> int:
@@ -91,15 +76,12 @@ class Reference:
         self.block_inputs: list[torch.Tensor] = []
         self.energy: dict[str, torch.Tensor] = {}                               # name -> (in_features,) f32
         names = set(quantizable_layers(model))
-        hooks = [blk.register_forward_pre_hook(self._keep_block_input, with_kwargs=True) for blk in self.blocks]
-        hooks += [m.register_forward_pre_hook(self._energy_hook(n)) for n, m in model.named_modules() if n in names]
-        try:
-            with torch.inference_mode():
-                hidden = self.decoder(input_ids=ids, use_cache=False).last_hidden_state
-                self.logp = self._log_probs(hidden)                             # (n_seqs, positions, vocab)
-        finally:
-            for h in hooks:
-                h.remove()
+        blocks = {str(i): blk for i, blk in enumerate(self.blocks)}
+        linears = {n: m for n, m in model.named_modules() if n in names}
+        with input_hooks(blocks, self._keep_block_input), input_hooks(linears, self._keep_energy), \
+                torch.inference_mode():
+            hidden = self.decoder(input_ids=ids, use_cache=False).last_hidden_state
+            self.logp = self._log_probs(hidden)                                 # (n_seqs, positions, vocab)
 
     @property
     def decoder(self):
@@ -109,14 +91,13 @@ class Reference:
     def blocks(self) -> nn.ModuleList:
         return self.model.model.layers
 
-    def _keep_block_input(self, module, args, kwargs):
-        self.block_inputs.append((args[0] if args else kwargs["hidden_states"]).detach().clone())
+    def _keep_block_input(self, _name, args, kwargs):
+        self.block_inputs.append(layer_input(args, kwargs).detach().clone())
 
-    def _energy_hook(self, name):
-        def hook(module, args):
-            x = args[0].detach().float().reshape(-1, args[0].shape[-1])          # (tokens, in_features)
-            self.energy[name] = (x * x).mean(dim=0)
-        return hook
+    def _keep_energy(self, name, args, kwargs):
+        x = layer_input(args, kwargs).detach()
+        x = x.float().reshape(-1, x.shape[-1])                                  # (tokens, in_features)
+        self.energy[name] = (x * x).mean(dim=0)
 
     def _log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.model.lm_head(hidden[:, self.positions])                  # (n_seqs, positions, vocab)
@@ -137,7 +118,7 @@ class Reference:
 
 def reference(model: nn.Module, tok, calibration: Calibration = Calibration(), ids=None) -> Reference:
     """Run the (unquantized) model once on the calibration ids and keep what the sensitivities need."""
-    ids = calibration_ids(tok, calibration) if ids is None else ids
+    ids = calibration.ids(tok) if ids is None else ids
     return Reference(model, ids.to(model.device), calibration.every)
 
 
@@ -169,9 +150,10 @@ def block_kl(ref: Reference, fmt: str, layers=None) -> dict[int, float]:
     return out
 
 
-def output_error(ref: Reference, formats, layers=None) -> dict[str, dict[str, float]]:
+def weighted_error(ref: Reference, formats, layers=None) -> dict[str, dict[str, float]]:
     """{format: {layer: sum_ij energy_j (w_ij - w_hat_ij)^2}}: each layer's output error energy per
-    calibration token, diagonal approximation (float). bf16 gives 0."""
+    calibration token, diagonal approximation (float). bf16 gives 0. Worked number: one weight off by
+    0.1 on a channel of energy 4 gives 4 x 0.01 = 0.04."""
     modules = dict(ref.model.named_modules())
     layers = quantizable_layers(ref.model) if layers is None else list(layers)
     out = {fmt: {} for fmt in formats}
@@ -188,7 +170,7 @@ def output_error(ref: Reference, formats, layers=None) -> dict[str, dict[str, fl
 class Sensitivity:
     """Predicted KL (nats/position) of every layer in every format, and what it was measured from.
     kl[layer][fmt]; measured: the anchor format's measured layer KL; blocks: per-block KL (anchor);
-    error[layer][fmt]: output error energy; numel / in_features per layer; seconds of the anchor run."""
+    error[layer][fmt]: `weighted_error`; numel / in_features per layer; seconds of the anchor run."""
 
     model_key: str
     anchor: str
@@ -234,7 +216,7 @@ def sensitivities(model: nn.Module, tok, formats, anchor: str = "nf4+dq/64",
     only reused for the same question. Embedded SmolLM2, defaults, 2 CPU cores: see the lesson.
     """
     formats = tuple(dict.fromkeys([anchor, *formats]))
-    ids = calibration_ids(tok, calibration)
+    ids = calibration.ids(tok)
     measure = tuple(f for f in measure if f != anchor)
     settings = dict(asdict(calibration), anchor=anchor, formats=formats, ids=ids.view(-1).tolist(), version=_VERSION,
                     dtype=str(model.dtype), device=model.device.type)   # bf16 compute adds a KL noise floor
@@ -257,8 +239,8 @@ def sensitivities(model: nn.Module, tok, formats, anchor: str = "nf4+dq/64",
     blocks = block_kl(ref, anchor, layers)
     seconds["block_kl"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    error = output_error(ref, formats, layers)
-    seconds["output_error"] = time.perf_counter() - t0
+    error = weighted_error(ref, formats, layers)
+    seconds["weighted_error"] = time.perf_counter() - t0
     layers = tuple(measured)
     kl = {n: {f: measured[n] * error[f][n] / error[anchor][n] if error[anchor][n] > 0 else 0.0
               for f in formats} for n in layers}

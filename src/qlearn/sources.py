@@ -2,7 +2,7 @@
 
 Three kinds: seeded synthetic samples shaped like LLM weights (`synthetic`), one named layer of a
 loaded model (`layer_weight`), and every linear layer of a model (`linear_layers`). `layer_inputs`
-captures what a layer receives on a prompt (a forward hook), for the outlier view.
+captures what a layer receives on a prompt (`qlearn.capture.first_call`), for the outlier view.
 Weights come back as float32 tensors on the model's device; a bitsandbytes layer (LLM.int8 or
 4-bit) is dequantized first (4-bit: code * absmax in float32, before or after bitsandbytes' CPU
 repack), so a quantized model can be looked at like any other.
@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .quantize import Quantized4bit
+from . import bnb_interop
+from ._checks import check_int
+from .capture import first_call, layer_input
 
 __all__ = [
     "SYNTHETIC_KINDS", "synthetic", "linear_layer_names", "layer_weight", "linear_layers",
@@ -43,8 +45,7 @@ def synthetic(kind: str = "normal", n: int = 65536, *, seed: int = 0, std: float
     """
     if kind not in SYNTHETIC_KINDS:
         raise ValueError(f"kind must be one of {SYNTHETIC_KINDS}, got {kind!r}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    check_int(n, "n", minimum=1)
     if shape is not None and math.prod(shape) != n:
         raise ValueError(f"shape {tuple(shape)} holds {math.prod(shape)} values, not n={n}")
     rng = np.random.default_rng(seed)
@@ -125,16 +126,10 @@ def linear_layers(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def _dequantized(module: nn.Linear) -> torch.Tensor:
-    w = module.weight
-    if hasattr(w, "quant_state") and w.quant_state is not None:   # bitsandbytes Linear4bit: decoded by qlearn
-        # code * absmax in float32, from either layout (flat, or CPU blocked after a forward on AVX512-BF16)
-        return Quantized4bit.from_bitsandbytes(w.data, w.quant_state).dequantize(torch.float32)
-    scb = getattr(w, "SCB", None)
-    if scb is None:
-        scb = getattr(module, "state", None) and getattr(module.state, "SCB", None)
-    if w.dtype == torch.int8 and scb is not None:                  # bitsandbytes Linear8bitLt
-        return w.data.float() * (scb.float()[:, None] / 127.0)     # row absmax / 127 per row
-    return w.detach().float()
+    """float32 weight of a linear layer; a bitsandbytes layer's record decoded by qlearn (4-bit: code *
+    absmax in float32 from either layout; int8: codes * row absmax / 127)."""
+    record = bnb_interop.record_from_layer(module)
+    return record.dequantize(torch.float32) if record is not None else module.weight.detach().float()
 
 
 def layer_inputs(model: nn.Module, tokenizer, name: str, prompt: str,
@@ -149,26 +144,9 @@ def layer_inputs(model: nn.Module, tokenizer, name: str, prompt: str,
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
     module = dict(model.named_modules())[name]
-    captured: list[torch.Tensor] = []
-
-    def hook(_mod, args):
-        captured.append(args[0].detach().float().reshape(-1, args[0].shape[-1]))  # (tokens, in)
-        raise _Captured   # the layers after this one are not needed: stop the forward pass here
-
-    handle = module.register_forward_pre_hook(hook)
-    try:
-        device = next(model.parameters()).device
-        ids = tokenizer(prompt, return_tensors="pt")["input_ids"][:, :max_tokens].to(device)
-        with torch.no_grad():
-            model(input_ids=ids)
-    except _Captured:
-        pass
-    finally:
-        handle.remove()
-    if not captured:
-        raise RuntimeError(f"layer {name!r} was not called in the forward pass (is it used by this model?)")
-    return captured[0]
-
-
-class _Captured(Exception):
-    """Raised by the capture hook to end the forward pass early."""
+    device = next(model.parameters()).device
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"][:, :max_tokens].to(device)
+    with torch.no_grad():   # the forward stops at the layer: the layers after it are not needed
+        args, kwargs = first_call(module, lambda: model(input_ids=ids))
+    x = layer_input(args, kwargs, "input")
+    return x.detach().float().reshape(-1, x.shape[-1])   # (tokens, in)

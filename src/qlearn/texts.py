@@ -7,10 +7,11 @@ Frozen, the same weights give the same perplexity on every Python. Each text's s
 checked when it is read.
 
 - ``evaluation_text()``: the help topics of CPython 3.11.7 (the language reference's prose), 465,126 chars.
-- ``calibration_text("sensitivity")``: ``heapq.__about__`` and the module docstrings of 12 stdlib modules
+- ``read_text("sensitivity")``: ``heapq.__about__`` and the module docstrings of 12 stdlib modules
   (the text qlearn.sensitivity and lesson 10 calibrate on), 21,855 chars.
-- ``calibration_text("methods")``: the docstrings of 21 stdlib modules and their public classes and
+- ``read_text("methods")``: the docstrings of 21 stdlib modules and their public classes and
   functions (GPTQ / AWQ calibration, qlearn.methods and lesson 11), 107,262 chars.
+The two calibration texts are read through `qlearn.calibration` (text and token ids, one function each).
 
 The calibration texts are library reference prose, the evaluation text is the language reference: the
 tests check that they share no long run of words. All three are Python's documentation, copyright the
@@ -24,7 +25,7 @@ import hashlib
 from functools import cache
 from importlib import resources
 
-__all__ = ["TEXTS", "evaluation_text", "calibration_text", "read_text"]
+__all__ = ["TEXTS", "evaluation_text", "read_text"]
 
 # name -> (file in qlearn/data, sha256 of the UTF-8 text, characters)
 TEXTS = {
@@ -59,14 +60,3 @@ def evaluation_text() -> str:
     'The "assert" statement'
     """
     return read_text("evaluation")
-
-
-def calibration_text(kind: str = "sensitivity") -> str:
-    """A calibration prose, "sensitivity" (lesson 10, 21,855 chars) or "methods" (GPTQ / AWQ, 107,262 chars).
-
-    >>> len(calibration_text("methods"))
-    107262
-    """
-    if kind not in ("sensitivity", "methods"):
-        raise ValueError(f"kind must be 'sensitivity' or 'methods'; got {kind!r}")
-    return read_text(kind)

@@ -8,7 +8,8 @@ from .bandwidth import Floors, copy_bandwidth, floors, matmul_flops
 from .bnb4bit import Bnb4bitLinear
 from .device import INT4_PATHS, describe_int4_path, elapsed, int4_path, module_device, synchronize, wrote_weight
 from .fused import (
-    GROUPSIZES,
+    BLOCKSIZES_INT4,
+    KERNEL_KINDS,
     DequantInt4Linear,
     FusedInt4Linear,
     FusedInt8Linear,
@@ -29,8 +30,8 @@ from .timesplit import (
     time_split,
 )
 
-__all__ = ["GROUPSIZES", "Int4Weights", "quantize_int4", "FusedInt4Linear", "DequantInt4Linear", "FusedInt8Linear",
-           "Bnb4bitLinear", "swap_linears", "release_checkpoint", "INT4_PATHS", "int4_path", "describe_int4_path",
-           "module_device", "synchronize", "elapsed", "wrote_weight", "copy_bandwidth", "matmul_flops", "Floors",
-           "floors", "LAYER_TYPES", "PARTS", "TimeSplit", "layer_type", "dequantize_replay", "decode_probe",
-           "time_forward", "time_split", "hook_overhead"]
+__all__ = ["BLOCKSIZES_INT4", "KERNEL_KINDS", "Int4Weights", "quantize_int4", "FusedInt4Linear", "DequantInt4Linear",
+           "FusedInt8Linear", "Bnb4bitLinear", "swap_linears", "release_checkpoint", "INT4_PATHS", "int4_path",
+           "describe_int4_path", "module_device", "synchronize", "elapsed", "wrote_weight", "copy_bandwidth",
+           "matmul_flops", "Floors", "floors", "LAYER_TYPES", "PARTS", "TimeSplit", "layer_type", "dequantize_replay",
+           "decode_probe", "time_forward", "time_split", "hook_overhead"]

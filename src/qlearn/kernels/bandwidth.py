@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._checks import check_int
 from .device import elapsed
 
 __all__ = ["copy_bandwidth", "matmul_flops", "Floors", "floors"]
@@ -35,10 +36,8 @@ def copy_bandwidth(nbytes: int = 64 << 20, repeats: int = 5, device=None) -> flo
     >>> copy_bandwidth(1 << 20, repeats=5) > 1e7    # loose: a shared machine may deschedule a copy
     True
     """
-    if not isinstance(nbytes, int) or nbytes < 4096:
-        raise ValueError(f"nbytes must be an int >= 4096; got {nbytes!r}")
-    if not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be a positive int; got {repeats!r}")
+    check_int(nbytes, "nbytes", minimum=4096)
+    check_int(repeats, "repeats", minimum=1)
     device = torch.device(device or "cpu")
     src = torch.ones(nbytes // 4, device=device)
     dst = torch.empty_like(src)

@@ -20,7 +20,7 @@ from torch import nn
 
 from .bandwidth import copy_bandwidth, matmul_flops
 from .device import describe_int4_path, int4_path
-from .fused import GROUPSIZES, DequantInt4Linear, FusedInt4Linear, FusedInt8Linear, quantize_int4
+from .fused import BLOCKSIZES_INT4, DequantInt4Linear, FusedInt4Linear, FusedInt8Linear, quantize_int4
 from .layerbench import build_paths, default_paths, time_layer_paths
 from .timesplit import time_split
 
@@ -41,7 +41,7 @@ def _int4(dev) -> dict:
     worst = {}
     for n, k in SHAPES:
         w = (torch.randn(n, k, generator=gen) * 0.02).to(dev, torch.bfloat16)
-        for g in GROUPSIZES:
+        for g in BLOCKSIZES_INT4:
             q = quantize_int4(w, g, torch.bfloat16)
             fused, plain = FusedInt4Linear(q), DequantInt4Linear(q)
             for m in (1, 4, 64):

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import bnb_interop
+from .._threads import threads
 from .device import int4_path, synchronize
 from .fused import DequantInt4Linear, FusedInt4Linear, FusedInt8Linear, quantize_int4
-from .timesplit import threads
 
 __all__ = ["PATHS", "CUDA_PATHS", "default_paths", "LayerTimes", "build_paths", "time_layer_paths"]
 
@@ -54,13 +55,13 @@ class LayerTimes:
         return self.seconds[slow] / self.seconds[fast]
 
 
-def build_paths(weights: list[torch.Tensor], paths=None, groupsize: int = 64, blocksize: int = 64) -> dict:
+def build_paths(weights: list[torch.Tensor], paths=None, int4_blocksize: int = 64, nf4_blocksize: int = 64) -> dict:
     """{path: [callable(x) per layer]} for (N, K) bf16 weights, on the weights' device. paths: default
     ``default_paths`` of that device. "int4" and "int4-dequant" share the same int4 codes (asymmetric,
-    ``groupsize``; on the "bitsandbytes" int4 path "int4" is NF4 at ``groupsize`` instead); "bnb-nf4" and
-    "bnb-gemm_4bit" are bitsandbytes nf4 at ``blocksize``.
+    blocks of ``int4_blocksize``; on the "bitsandbytes" int4 path "int4" is NF4 at ``int4_blocksize`` instead);
+    "bnb-nf4" and "bnb-gemm_4bit" are bitsandbytes nf4 at ``nf4_blocksize``.
 
-    >>> fns = build_paths([torch.randn(32, 64, dtype=torch.bfloat16)], ("bf16", "int4"), groupsize=32)
+    >>> fns = build_paths([torch.randn(32, 64, dtype=torch.bfloat16)], ("bf16", "int4"), int4_blocksize=32)
     >>> fns["int4"][0](torch.randn(1, 64, dtype=torch.bfloat16)).shape
     torch.Size([1, 32])
     """
@@ -75,27 +76,25 @@ def build_paths(weights: list[torch.Tensor], paths=None, groupsize: int = 64, bl
         elif path == "int4" and int4_path(weights[0].device) == "bitsandbytes":
             from .bnb4bit import Bnb4bitLinear
 
-            out[path] = [Bnb4bitLinear(w, blocksize=groupsize) for w in weights]
+            out[path] = [Bnb4bitLinear(w, blocksize=int4_blocksize) for w in weights]
         elif path in ("int4", "int4-dequant"):
             cls = FusedInt4Linear if path == "int4" else DequantInt4Linear
-            out[path] = [cls(quantize_int4(w, groupsize)) for w in weights]
+            out[path] = [cls(quantize_int4(w, int4_blocksize)) for w in weights]
         elif path == "int8":
             out[path] = [FusedInt8Linear(w) for w in weights]
         else:
-            out[path] = _bnb_paths(weights, path, blocksize)
+            out[path] = _bnb_paths(weights, path, nf4_blocksize)
     return out
 
 
 def _bnb_paths(weights, path: str, blocksize: int) -> list:
-    """bitsandbytes nf4: "bnb-nf4" decodes with ``dequantize_4bit`` then ``F.linear``; "bnb-gemm_4bit" calls
-    ``bitsandbytes.matmul_4bit``, what ``Linear4bit.forward`` calls with no gradient."""
-    import bitsandbytes
-    import bitsandbytes.functional as bnbf
-
-    states = [bnbf.quantize_4bit(w, blocksize=blocksize, quant_type="nf4") for w in weights]
+    """bitsandbytes nf4 (through `qlearn.bnb_interop`): "bnb-nf4" decodes with ``dequantize_4bit`` then
+    ``F.linear``; "bnb-gemm_4bit" calls ``bitsandbytes.matmul_4bit``, what ``Linear4bit.forward`` calls with no
+    gradient."""
+    states = [bnb_interop.quantize_nf4(w, blocksize) for w in weights]
     if path == "bnb-gemm_4bit":
-        return [lambda x, s=s: bitsandbytes.matmul_4bit(x, s[0], s[1]) for s in states]
-    return [lambda x, s=s: F.linear(x, bnbf.dequantize_4bit(s[0], s[1]).to(x.dtype)) for s in states]
+        return [lambda x, s=s: bnb_interop.matmul_4bit(x, s[0], s[1]) for s in states]
+    return [lambda x, s=s: F.linear(x, bnb_interop.dequantize_4bit(s[0], s[1]).to(x.dtype)) for s in states]
 
 
 def time_layer_paths(fns: dict, in_features: list[int], batch: int = 1, rounds: int = 5,
@@ -104,7 +103,7 @@ def time_layer_paths(fns: dict, in_features: list[int], batch: int = 1, rounds: 
     own in_features), ``rounds`` alternating rounds after one warm-up; seconds per layer of the fastest round.
     On a CUDA device the clock is read after ``torch.cuda.synchronize`` (every kernel of the round done).
 
-    >>> fns = build_paths([torch.randn(32, 64, dtype=torch.bfloat16)], ("bf16", "int4"), groupsize=32)
+    >>> fns = build_paths([torch.randn(32, 64, dtype=torch.bfloat16)], ("bf16", "int4"), int4_blocksize=32)
     >>> sorted(time_layer_paths(fns, [64], rounds=1).seconds)
     ['bf16', 'int4']
     """

@@ -28,7 +28,9 @@ AVX512-BF16 repacked layout, int8 via ``torch._int_mm``) have no separate decode
 activations, Python). The parts add up to the clocked forward exactly; ``gap`` compares that with a
 forward WITHOUT clocks, timed separately: that difference is what the measuring itself costs (plus
 the machine's noise between the two).
-bitsandbytes is imported only when a 4-bit layer is found.
+What a bitsandbytes layer decodes is asked of `qlearn.bnb_interop.dequantizer` (bitsandbytes is imported only
+when a 4-bit layer is found). Timed on one torch thread by default (`qlearn._threads.threads`): on a shared
+machine a second intra-op thread waits on the first whenever either is descheduled, and the timings scatter.
 """
 
 from __future__ import annotations
@@ -39,12 +41,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import bnb_interop
+from .._checks import check_int
+from .._threads import threads
 from .bnb4bit import Bnb4bitLinear
 from .device import elapsed, module_device, synchronize, wrote_weight
 from .fused import DequantInt4Linear, FusedInt4Linear, FusedInt8Linear
 
 __all__ = ["LAYER_TYPES", "PARTS", "TimeSplit", "layer_type", "dequantize_replay", "time_forward", "time_split",
-           "threads", "hook_overhead", "decode_probe"]
+           "hook_overhead", "decode_probe"]
 
 LAYER_TYPES = ("attention", "mlp", "lm_head")
 PARTS = ("dequantize", "matmul")
@@ -78,19 +83,11 @@ def dequantize_replay(module, dtype: torch.dtype):
     >>> dequantize_replay(torch.nn.Linear(4, 4), torch.float32) is None
     True
     """
-    weight = getattr(module, "weight", None)
-    kind = type(weight).__name__
     if isinstance(module, DequantInt4Linear):
         return lambda: module.weights().dequantize(dtype)
     if isinstance(module, Bnb4bitLinear):
         return lambda: module.dequantize(dtype)
-    if kind == "Params4bit" and not getattr(weight.quant_state, "packing_format_for_cpu", False):
-        import bitsandbytes.functional as bnbf
-
-        return lambda: bnbf.dequantize_4bit(weight.data, weight.quant_state).to(dtype)
-    if kind == "Int8Params" and weight.device.type == "cpu" and torch.backends.cpu.get_cpu_capability() != "AVX512":
-        return lambda: weight.data.float()
-    return None
+    return bnb_interop.dequantizer(getattr(module, "weight", None), dtype)   # bitsandbytes layers, else None
 
 
 @dataclass(frozen=True)
@@ -143,20 +140,6 @@ class TimeSplit:
                 for (lt, p), s in self.parts.items()]
 
 
-@contextmanager
-def threads(n: int | None):
-    """Run the block with ``torch.set_num_threads(n)`` (None: leave as is), then restore. One thread is the
-    default for timing: on a shared machine a second intra-op thread waits on the first whenever either
-    is descheduled, and the timings scatter."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _device(model) -> torch.device:
     """Where the model runs: transformers' ``model.device``, else its first parameter's device."""
     return torch.device(getattr(model, "device", None) or module_device(model))
@@ -171,8 +154,8 @@ def _inputs(model, batch: int, seq: int) -> torch.Tensor:
 def time_forward(model, batch: int = 1, seq: int = 1, repeats: int = 5, n_threads: int | None = 1) -> float:
     """Fastest of ``repeats`` timings of ``model(ids, use_cache=False)`` on ``batch`` x ``seq`` random token ids
     (fixed seed), after one warm-up; the decode step of generation at ``seq=1`` (without the KV cache's reads)."""
-    if not all(isinstance(v, int) and v >= 1 for v in (batch, seq, repeats)):
-        raise ValueError(f"batch, seq and repeats must be positive ints; got {batch!r}, {seq!r}, {repeats!r}")
+    for name, value in (("batch", batch), ("seq", seq), ("repeats", repeats)):
+        check_int(value, name, minimum=1)
     ids, device = _inputs(model, batch, seq), _device(model)
     with torch.inference_mode(), threads(n_threads):
         times = [elapsed(lambda: model(ids, use_cache=False), device) for _ in range(repeats + 1)]
@@ -313,7 +296,7 @@ def time_split(model, batch: int = 1, seq: int = 1, repeats: int = 5, label: str
 
     ``dtype``: the compute dtype the decodes are cast to (default: the embedding's dtype, bf16 for every
     qlearn mode but fp32). Batch 1, seq 1 is one generated token; seq 64 a 64-token prompt. Timed on
-    ``n_threads`` torch threads (default 1, see ``threads``; None: as set). On a CUDA device every clock
+    ``n_threads`` torch threads (default 1, see `qlearn._threads.threads`; None: as set). On a CUDA device every clock
     read waits for the GPU (``synchronize``) and only the layers that decoded in a probe forward get a
     replayed dequantize (``decode_probe``; module docstring).
 
@@ -321,8 +304,8 @@ def time_split(model, batch: int = 1, seq: int = 1, repeats: int = 5, label: str
     >>> split.gap < 0.15  # doctest: +SKIP
     True
     """
-    if not all(isinstance(v, int) and v >= 1 for v in (batch, seq, repeats)):
-        raise ValueError(f"batch, seq and repeats must be positive ints; got {batch!r}, {seq!r}, {repeats!r}")
+    for name, value in (("batch", batch), ("seq", seq), ("repeats", repeats)):
+        check_int(value, name, minimum=1)
     dtype = dtype or model.get_input_embeddings().weight.dtype
     layers = [(n, m) for n, m in model.named_modules() if _is_linear(m) and layer_type(n)]
     if not layers:

@@ -8,11 +8,12 @@ s = mean|x|^alpha (normalised so sqrt(max s * min s) = 1) and picks alpha from a
 by measuring the layer's output error on calibration inputs. alpha = 0 is plain RTN, so on the
 calibration inputs the search can only match or beat RTN.
 
-Fake quantization here: W_hat = Q(W * s) / s, with Q = `rtn` (same grid, same group size).
+Fake quantization here: W_hat = Q(W * s) / s, with Q = `rtn` (same grid, same blocksize).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +26,8 @@ __all__ = ["AWQQuantized", "awq", "awq_scales"]
 @dataclass(frozen=True)
 class AWQQuantized:
     """RTN of W * s (`inner`, codes (out, in)) and the per-input-channel scale s float32 (in,);
-    W ~= inner.dequantize() / s. alpha: the exponent the search chose; errors: output MSE per alpha."""
+    W ~= inner.dequantize() / s (inner.dtype is the input's). alpha: the exponent the search chose; errors:
+    output MSE per alpha."""
 
     inner: GroupQuantized
     in_scale: torch.Tensor
@@ -62,7 +64,7 @@ def awq_scales(x_mean_abs: torch.Tensor, alpha: float) -> torch.Tensor:
     return s / torch.sqrt(s.max() * s.min())
 
 
-def awq(w: torch.Tensor, x: torch.Tensor, bits: int = 4, group_size: int | None = 128, symmetric: bool = True,
+def awq(w: torch.Tensor, x: torch.Tensor, bits: int = 4, blocksize: int | None = 128, symmetric: bool = True,
         n_grid: int = 20, x_mean_abs: torch.Tensor | None = None) -> AWQQuantized:
     """Search alpha in {0, 1/n_grid, ..., (n_grid-1)/n_grid} minimising ||x W^T - x W_hat^T||^2, then RTN.
 
@@ -72,10 +74,10 @@ def awq(w: torch.Tensor, x: torch.Tensor, bits: int = 4, group_size: int | None 
     Worked number: alpha = 0 gives exactly `rtn(w)`.
 
     >>> w, x = torch.randn(8, 16), torch.randn(32, 16)
-    >>> torch.equal(awq(w, x, group_size=8, n_grid=1).dequantize(), rtn(w, group_size=8).dequantize())
+    >>> torch.equal(awq(w, x, blocksize=8, n_grid=1).dequantize(), rtn(w, blocksize=8).dequantize())
     True
     """
-    w = check_weight(w, group_size)
+    w = check_weight(w, blocksize)
     x = x.reshape(-1, w.shape[1]).float().to(w.device)                   # the work runs on w's device
     mean_abs = x.abs().mean(dim=0) if x_mean_abs is None else x_mean_abs.float().to(w.device)
     wf = w.detach().float()
@@ -85,10 +87,10 @@ def awq(w: torch.Tensor, x: torch.Tensor, bits: int = 4, group_size: int | None 
     for k in range(n_grid):
         alpha = k / n_grid
         s = awq_scales(mean_abs, alpha) if alpha > 0 else torch.ones_like(mean_abs)
-        q = rtn(wf * s, bits, group_size, symmetric)
+        q = rtn(wf * s, bits, blocksize, symmetric)
         err = float(((x @ (q.dequantize(torch.float32) / s).T - y) ** 2).mean())
         errors.append(err)
         if best is None or err < best[0]:
             best = (err, alpha, q, s)
     _, alpha, q, s = best
-    return AWQQuantized(q, s, alpha, tuple(errors))
+    return AWQQuantized(dataclasses.replace(q, dtype=w.dtype), s, alpha, tuple(errors))

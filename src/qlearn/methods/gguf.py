@@ -26,11 +26,13 @@ from dataclasses import dataclass
 import torch
 
 from .._checks import check_choice, check_finite, check_tensor
+from ..affine import choose_qparams_affine, dequantize_affine, quantize_affine
+from ..formats import FORMATS
 
-__all__ = ["GGUF_TYPES", "GGUFQuantized", "quantize_gguf", "decode_blocks"]
+__all__ = ["GGUF_TYPES", "GGUFQuantized", "quantize_gguf", "quantize_gguf_weight", "decode_blocks"]
 
-# name -> (values a block, bytes a block)
-GGUF_TYPES = {"Q8_0": (32, 34), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q4_K": (256, 144)}
+# name -> (values a block, bytes a block), from the registry's GGUF formats (Q8_0, Q4_0, Q4_1, Q4_K)
+GGUF_TYPES = {f.name: (f.blocksize, f.block_bytes) for f in FORMATS.values() if f.block_bytes}
 
 
 def _f16_bytes(v: torch.Tensor) -> torch.Tensor:
@@ -68,19 +70,20 @@ def _q8_0(blocks: torch.Tensor) -> torch.Tensor:
 
 
 def _q4_0(blocks: torch.Tensor) -> torch.Tensor:
-    """(n, 32) -> (n, 18). d = (the value of largest |x|, with its sign) / -8; q = trunc(x / d + 8.5)."""
+    """(n, 32) -> (n, 18). d = (the value of largest |x|, with its sign) / -8, zero point 8 ("int" domain of
+    `qlearn.affine`, ggml rounding): q = trunc(x / d + 8.5), x ~= d * (q - 8)."""
     imax = blocks.abs().argmax(dim=1, keepdim=True)                  # first index of the largest |x|
-    d = blocks.gather(1, imax) / -8
-    q = torch.trunc(blocks * _recip(d) + 8.5).clamp(0, 15).to(torch.uint8)
-    return torch.cat([_f16_bytes(d.view(-1)), _pack_halves(q)], dim=1)
+    d = blocks.gather(1, imax).view(-1) / -8                          # (n,)
+    q = quantize_affine(blocks, d, torch.full_like(d, 8), 4, "int", rounding="ggml").to(torch.uint8)
+    return torch.cat([_f16_bytes(d), _pack_halves(q)], dim=1)
 
 
 def _q4_1(blocks: torch.Tensor) -> torch.Tensor:
-    """(n, 32) -> (n, 20). d = (max - min) / 15, m = min; q = trunc((x - min) / d + 0.5)."""
-    lo, hi = blocks.amin(dim=1, keepdim=True), blocks.amax(dim=1, keepdim=True)
-    d = (hi - lo) / 15
-    q = torch.trunc((blocks - lo) * _recip(d) + 0.5).clamp(0, 15).to(torch.uint8)
-    return torch.cat([_f16_bytes(d.view(-1)), _f16_bytes(lo.view(-1)), _pack_halves(q)], dim=1)
+    """(n, 32) -> (n, 20). d = (max - min) / 15, m = min ("float" domain of `qlearn.affine`, ggml rounding):
+    q = trunc((x - min) / d + 0.5), x ~= d * q + m."""
+    d, lo = choose_qparams_affine(blocks, 4, "float")                # (n,) each
+    q = quantize_affine(blocks, d, lo, 4, "float", rounding="ggml").to(torch.uint8)
+    return torch.cat([_f16_bytes(d), _f16_bytes(lo), _pack_halves(q)], dim=1)
 
 
 def _pack_k_scales(sc: torch.Tensor, mn: torch.Tensor) -> torch.Tensor:
@@ -139,10 +142,11 @@ def decode_blocks(data: torch.Tensor, qtype: str) -> tuple[torch.Tensor, torch.T
         return q, q.float() * _f16(b[:, :2])
     if qtype == "Q4_0":
         q = _unpack_halves(b[:, 2:])
-        return q, _f16(b[:, :2]) * (q.to(torch.int8) - 8).float()
+        d = _f16(b[:, :2]).view(-1)
+        return q, dequantize_affine(q, d, torch.full_like(d, 8), "int")
     if qtype == "Q4_1":
         q = _unpack_halves(b[:, 4:])
-        return q, _f16(b[:, :2]) * q.float() + _f16(b[:, 2:4])
+        return q, dequantize_affine(q, _f16(b[:, :2]).view(-1), _f16(b[:, 2:4]).view(-1), "float")
     sc, mn = _unpack_k_scales(b[:, 4:16])
     qs = b[:, 16:].reshape(-1, 4, 1, 32)
     q = torch.cat([qs & 0xF, qs >> 4], dim=2).reshape(-1, 8, 32)         # (n, 8 sub-blocks, 32)
@@ -201,3 +205,28 @@ def quantize_gguf(x: torch.Tensor, qtype: str = "Q4_0") -> GGUFQuantized:
     data = _QUANTIZERS[qtype](flat)                                      # (blocks, type_size)
     rows = math.prod(x.shape[:-1])
     return GGUFQuantized(data.reshape(rows, -1), qtype, x.shape, x.dtype)
+
+
+def quantize_gguf_weight(w: torch.Tensor, qtype: str = "Q4_0") -> GGUFQuantized:
+    """`quantize_gguf` of a weight whose rows need not hold whole blocks, the record in w's shape.
+
+    Rows whose length is a multiple of the block size are quantized as rows. Otherwise (the embedded
+    model's rows of 576 hold no whole super-block of 256: llama.cpp falls back to another type there)
+    the flattened weight is cut into blocks, which keeps the format's arithmetic; w.numel() must then be
+    a multiple of the block size, and `data` is (blocks, bytes a block). Either way `.codes` and
+    `.dequantize()` come back in w's shape. Worked number: a (576, 576) weight in Q4_K is 1296
+    super-blocks of 256: 186,624 bytes, 4.5 bits a weight.
+
+    >>> q = quantize_gguf_weight(torch.randn(576, 576), "Q4_K")
+    >>> q.codes.shape, q.nbytes, q.bits_per_param
+    (torch.Size([576, 576]), 186624, 4.5)
+    """
+    x = check_tensor(w, "w")
+    check_choice(qtype, "qtype", tuple(GGUF_TYPES))
+    size, type_size = GGUF_TYPES[qtype]
+    if x.shape[-1] % size == 0:
+        return quantize_gguf(x, qtype)
+    if x.numel() % size:
+        raise ValueError(f"w has {x.numel()} elements, not a multiple of {qtype}'s block size {size}")
+    flat = quantize_gguf(x.reshape(-1, size), qtype)
+    return GGUFQuantized(flat.data.reshape(-1, type_size), qtype, x.shape, x.dtype)

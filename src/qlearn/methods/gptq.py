@@ -6,10 +6,12 @@ changing W by dW is ||X dW^T||^2, a quadratic form with Hessian H = 2 X^T X / n 
 column j by e_j is then best compensated by moving the later columns by -e_j * Hinv[j, j:] / Hinv[j, j]
 (the Optimal Brain Surgeon update). GPTQ does this in a fixed column order, reads the needed rows of
 Hinv from the upper Cholesky factor of H^-1 (numerically stable), and applies the updates to the
-columns beyond the current block of 128 lazily, once a block (one matrix product instead of 128).
+columns beyond the current batch of 128 lazily, once a batch (one matrix product instead of 128; the
+paper's "lazy batch-updates", `lazy_batch`).
 
-With group_size g, a group's scales are computed from its columns as they are when the group is
-reached (already moved by the earlier columns' errors), then fixed. The result is stored exactly as
+With blocksize g (the paper's group size: g input columns share a scale), a block's scales are computed
+from its columns as they are when the block is reached (already moved by the earlier columns' errors),
+then fixed. The result is stored exactly as
 round-to-nearest stores it (same codes dtype, same scales), so bits per weight are equal.
 """
 
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import check_int
+from .._threads import threads
 from .rtn import GroupQuantized, check_weight, group_params
 
 __all__ = ["hessian", "gptq"]
@@ -41,11 +45,13 @@ def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
     return torch.linalg.cholesky(inv, upper=True)
 
 
-def gptq(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group_size: int | None = 128, symmetric: bool = True,
-         block_size: int = 128, damp: float = 0.01, act_order: bool = False, return_moved: bool = False):
+def gptq(w: torch.Tensor, h: torch.Tensor, bits: int = 4, blocksize: int | None = 128, symmetric: bool = True,
+         lazy_batch: int = 128, damp: float = 0.01, act_order: bool = False, return_moved: bool = False):
     """GPTQ-quantize weight w (out, in) with layer-input Hessian h (in, in) (see `hessian`).
 
-    Columns whose Hessian diagonal is 0 (inputs never seen) are set to 0. damp: fraction of the mean
+    blocksize: input columns that share a scale (None: one block a row); lazy_batch: columns rounded
+    before the rest of the weight is updated (speed only: any value gives the same result up to float
+    rounding). Columns whose Hessian diagonal is 0 (inputs never seen) are set to 0. damp: fraction of the mean
     diagonal added to it (the paper's 1%). act_order: round columns in order of decreasing H[j, j]
     (group scales are then computed up front from the unmoved weight, "static groups", so storage
     stays in plain column order). Returns the same record as `rtn` (GroupQuantized, codes (out, in));
@@ -55,25 +61,22 @@ def gptq(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group_size: int | None
     Worked number: with H = identity nothing is compensated and the codes equal `rtn`'s.
 
     >>> w = torch.tensor([[0.07, 0.034, -0.02, 0.0]])
-    >>> gptq(w, torch.eye(4), group_size=4).codes.tolist()
+    >>> gptq(w, torch.eye(4), blocksize=4).codes.tolist()
     [[7, 3, -2, 0]]
     """
-    w = check_weight(w, group_size)
+    w = check_weight(w, blocksize)
+    check_int(lazy_batch, "lazy_batch", minimum=1)
     if h.shape != (w.shape[1], w.shape[1]):
         n = w.shape[1]
         raise ValueError(f"h must be ({n}, {n}) for a weight with {n} input columns; got {tuple(h.shape)}")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # many small ops: a second thread only waits on a loaded 2-core machine (CPU)
-    try:
-        rec, moved = _gptq(w, h, bits, group_size, symmetric, block_size, damp, act_order)
-    finally:
-        torch.set_num_threads(threads)
+    with threads(1):   # many small ops: a second thread only waits on a loaded 2-core machine (CPU)
+        rec, moved = _gptq(w, h, bits, blocksize, symmetric, lazy_batch, damp, act_order)
     return (rec, moved) if return_moved else rec
 
 
-def _gptq(w, h, bits, group_size, symmetric, block_size, damp, act_order):
+def _gptq(w, h, bits, blocksize, symmetric, lazy_batch, damp, act_order):
     rows, cols = w.shape
-    g = group_size or cols
+    g = blocksize or cols
     W, H = w.detach().float().clone(), h.detach().float().to(w.device, copy=True)
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
@@ -89,9 +92,9 @@ def _gptq(w, h, bits, group_size, symmetric, block_size, damp, act_order):
     Wt = W[:, perm].T.contiguous()                   # (cols, rows): one column a contiguous row, for speed
     codes, moved = torch.zeros_like(Wt), torch.zeros_like(Wt)
     qmin, qmax = (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if symmetric else (0, 2 ** bits - 1)
-    for i1 in range(0, cols, block_size):
-        i2 = min(i1 + block_size, cols)
-        W1, Err1 = Wt[i1:i2].clone(), Wt.new_zeros(i2 - i1, rows)             # (block, rows)
+    for i1 in range(0, cols, lazy_batch):
+        i2 = min(i1 + lazy_batch, cols)
+        W1, Err1 = Wt[i1:i2].clone(), Wt.new_zeros(i2 - i1, rows)             # (batch, rows)
         for i in range(i2 - i1):
             j = order[i1 + i]                                                 # original column index
             if not act_order and j % g == 0:                                  # a new group: its scales now
@@ -104,7 +107,7 @@ def _gptq(w, h, bits, group_size, symmetric, block_size, damp, act_order):
             q = torch.round(w_j / safe + z).clamp_(qmin, qmax)                 # = rtn.quantize_column
             codes[i1 + i], moved[i1 + i] = q, w_j
             err = (w_j - (q - z) * s) / Hinv[i1 + i, i1 + i]
-            W1[i:].addr_(Hinv[i1 + i, i1 + i:i2], err, alpha=-1)              # compensate within the block
+            W1[i:].addr_(Hinv[i1 + i, i1 + i:i2], err, alpha=-1)              # compensate within the batch
             Err1[i] = err
         Wt[i2:] -= Hinv[i1:i2, i2:].T @ Err1                                  # lazy update of the rest
     codes, moved = codes.T, moved.T

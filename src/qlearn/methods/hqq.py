@@ -22,37 +22,22 @@ from dataclasses import dataclass
 import torch
 
 from .._checks import check_bits
-from .rtn import check_weight
+from .rtn import GroupQuantized, check_weight
 
 __all__ = ["HQQQuantized", "hqq", "shrink_lp", "optimize_zero"]
 
 
 @dataclass(frozen=True)
-class HQQQuantized:
-    """codes uint8 (out, in) in 0..2**bits-1; scale and zero float16 (out, groups) as the hqq library
-    stores them; W ~= (codes - zero) * scale, group k of a row = columns k*g .. (k+1)*g - 1."""
-
-    codes: torch.Tensor
-    scale: torch.Tensor
-    zero: torch.Tensor
-    group_size: int
-    bits: int
-    dtype: torch.dtype
-
-    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """(codes - zero) * scale in float32 per group, cast to `dtype` (default: the input's), (out, in)."""
-        idx = torch.arange(self.codes.shape[1], device=self.codes.device) // self.group_size
-        w = (self.codes.float() - self.zero.float()[:, idx]) * self.scale.float()[:, idx]
-        return w.to(dtype or self.dtype)
+class HQQQuantized(GroupQuantized):
+    """RTN's record with HQQ's numbers: codes uint8 (out, in) in 0..2**bits-1; scale and zero_point float16
+    (out, blocks) as the hqq library stores them (its `scale` and `zero`; the zero point is optimised, so
+    fractional): W ~= (codes - zero_point) * scale in float32, block k of a row = columns k*b .. (k+1)*b - 1.
+    torchao maps it to the float domain as minimum = -zero_point * scale (`qlearn.affine`)."""
 
     @property
     def nbytes(self) -> int:
-        """bits a code plus a float16 scale and zero a group: 4 + 32/128 = 4.25 bits/weight at g = 128."""
-        return (self.codes.numel() * self.bits + 7) // 8 + 2 * self.scale.numel() + 2 * self.zero.numel()
-
-    @property
-    def bits_per_param(self) -> float:
-        return 8 * self.nbytes / self.codes.numel()
+        """bits a code plus a float16 scale and zero point a block: 4 + 32/128 = 4.25 bits/weight at 128."""
+        return (self.codes.numel() * self.bits + 7) // 8 + 2 * self.scale.numel() + 2 * self.zero_point.numel()
 
 
 def shrink_lp(x: torch.Tensor, beta: float, p: float = 0.7) -> torch.Tensor:
@@ -70,8 +55,8 @@ def shrink_lp(x: torch.Tensor, beta: float, p: float = 0.7) -> torch.Tensor:
 
 def optimize_zero(wg: torch.Tensor, s: torch.Tensor, z: torch.Tensor, qmax: int, p: float = 0.7, beta: float = 10.0,
                   kappa: float = 1.0, iters: int = 20) -> torch.Tensor:
-    """The half-quadratic loop on groups wg (groups, g) with inverse scales s and zeros z (groups, 1),
-    all float32; returns the optimised zeros (groups, 1). The same steps as the hqq library's default
+    """The half-quadratic loop on blocks wg (blocks, b) with inverse scales s and zeros z (blocks, 1),
+    all float32; returns the optimised zeros (blocks, 1). The same steps as the hqq library's default
     `optimize_weights_proximal_legacy` (tested equal to it): that one keeps beta fixed (kappa = 1);
     the blog's schedule grows it by kappa = 1.01 a step."""
     best = float("inf")
@@ -97,26 +82,27 @@ def _init(wg: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     return s, -lo * s
 
 
-def hqq(w: torch.Tensor, bits: int = 4, group_size: int = 128, iters: int = 20, p: float = 0.7,
+def hqq(w: torch.Tensor, bits: int = 4, blocksize: int = 128, iters: int = 20, p: float = 0.7,
         beta: float = 10.0, kappa: float = 1.0) -> HQQQuantized:
-    """HQQ-quantize weight w (out, in) in groups of `group_size` input columns, no data needed.
+    """HQQ-quantize weight w (out, in) in blocks of `blocksize` input columns (HQQ's group_size), no data needed.
 
     Start: s = (2**bits - 1) / (max - min), z = -min * s (min/max asymmetric RTN, zero not rounded);
-    then `optimize_zero` (one loop over all groups together, as hqq; when g does not divide `in`,
-    the short last groups of the rows get their own loop); codes = clamp(round(w * s + z)) with the
-    float32 s and z; stored: scale = 1 / s and zero, in float16. iters = 0: the min/max start.
+    then `optimize_zero` (one loop over all blocks together, as hqq; when blocksize does not divide `in`,
+    the short last blocks of the rows get their own loop); codes = clamp(round(w * s + z)) with the
+    float32 s and z (the library's arithmetic, so its codes); stored: scale = 1 / s and the zero point z,
+    in float16. iters = 0: the min/max start.
 
-    >>> q = hqq(torch.randn(4, 64), group_size=32)
+    >>> q = hqq(torch.randn(4, 64), blocksize=32)
     >>> q.codes.shape, q.scale.shape, q.bits_per_param
     (torch.Size([4, 64]), torch.Size([4, 2]), 5.0)
     """
-    w = check_weight(w, group_size)
+    w = check_weight(w, blocksize)
     check_bits(bits)
     rows, cols = w.shape
     qmax = 2 ** bits - 1
     wf = w.detach().float()
-    full = cols - cols % group_size
-    parts = [wf[:, :full].reshape(-1, group_size)] if full else []          # (rows * full/g, g)
+    full = cols - cols % blocksize
+    parts = [wf[:, :full].reshape(-1, blocksize)] if full else []           # (rows * full/b, b)
     if full < cols:
         parts.append(wf[:, full:])                                          # (rows, cols - full)
     codes, scales, zeros = [], [], []
@@ -127,4 +113,4 @@ def hqq(w: torch.Tensor, bits: int = 4, group_size: int = 128, iters: int = 20, 
         codes.append(torch.round(wg * s + z).clamp(0, qmax).to(torch.uint8).view(rows, -1))
         scales.append((1 / s).to(torch.float16).view(rows, -1))
         zeros.append(z.to(torch.float16).view(rows, -1))
-    return HQQQuantized(torch.cat(codes, 1), torch.cat(scales, 1), torch.cat(zeros, 1), group_size, bits, w.dtype)
+    return HQQQuantized(torch.cat(codes, 1), torch.cat(scales, 1), torch.cat(zeros, 1), blocksize, bits, w.dtype)

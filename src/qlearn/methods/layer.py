@@ -4,41 +4,32 @@ from __future__ import annotations
 
 import torch
 
-from .awq import awq
-from .gguf import GGUF_TYPES, quantize_gguf
+from ..formats import FORMATS, names
 from .gptq import gptq, hessian
-from .hqq import hqq
-from .rtn import rtn
 
 __all__ = ["LAYER_METHODS", "quantize_layer", "synthetic_layer"]
 
-LAYER_METHODS = ("rtn", "rtn-asym", "gptq", "awq", "hqq", "Q4_0", "Q4_1", "Q4_K")
+LAYER_METHODS = names("layer")   # rtn, rtn-asym, gptq, awq, hqq, Q4_0, Q4_1, Q4_K
 
 
-def quantize_layer(method: str, w: torch.Tensor, x: torch.Tensor | None = None, group_size: int = 128):
+def quantize_layer(method: str, w: torch.Tensor, x: torch.Tensor | None = None, blocksize: int = 128):
     """(record, moved) for weight w (out, in) float32 and calibration inputs x (tokens, in) (GPTQ / AWQ).
 
-    moved is GPTQ's float32 (out, in) "value when rounded" (see `gptq`), else None. GGUF types use
-    their own block sizes (group_size is ignored); Q4_K needs `in` % 256 == 0, else the flattened
-    weight is cut into super-blocks.
+    The record is the registry's ``FORMATS[method].quantize(w, blocksize, x)``. moved is GPTQ's float32
+    (out, in) "value when rounded" (see `gptq`), else None. GGUF types use their own block sizes
+    (blocksize is ignored); Q4_K needs `in` % 256 == 0, else the flattened weight is cut into super-blocks
+    (`quantize_gguf_weight`).
 
-    >>> quantize_layer("rtn", torch.tensor([[0.07, 0.034, -0.02, 0.0]]), group_size=4)[0].codes.tolist()
+    >>> quantize_layer("rtn", torch.tensor([[0.07, 0.034, -0.02, 0.0]]), blocksize=4)[0].codes.tolist()
     [[7, 3, -2, 0]]
     """
     if method not in LAYER_METHODS:
         raise ValueError(f"method must be one of {', '.join(LAYER_METHODS)}; got {method!r}")
-    if method in ("gptq", "awq") and x is None:
-        raise ValueError(f"method {method!r} needs calibration inputs x (tokens, in)")
     if method == "gptq":
-        return gptq(w, hessian(x), group_size=group_size, return_moved=True)
-    if method == "awq":
-        return awq(w, x, group_size=group_size), None
-    if method == "hqq":
-        return hqq(w, group_size=group_size), None
-    if method in GGUF_TYPES:
-        size = GGUF_TYPES[method][0]
-        return quantize_gguf(w if w.shape[-1] % size == 0 else w.reshape(-1, size), method), None
-    return rtn(w, group_size=group_size, symmetric=method == "rtn"), None
+        if x is None:
+            raise ValueError(f"method {method!r} needs calibration inputs x (tokens, in)")
+        return gptq(w, hessian(x), blocksize=blocksize, return_moved=True)
+    return FORMATS[method].quantize(w, blocksize, x), None
 
 
 def synthetic_layer(out_features: int = 128, in_features: int = 256, seed: int = 0,

@@ -24,7 +24,7 @@ from ..granularity import group_values, n_groups
 from ..levels import code_values, levels_of
 from ..metrics import error_stats, errors
 from ..quantize import Quantized4bit
-from ._base import COLORS, new_figure, set_ylim_to, stairs_data, to_numpy
+from ._base import COLORS, LEGEND_ZORDER, new_figure, set_ylim_to, stairs_data, to_numpy
 
 __all__ = ["QuantHistogramView", "ZeroPointView", "quantization_histograms"]
 
@@ -62,7 +62,7 @@ class QuantHistogramView:
         a.set_ylabel("count")
         b.set_xlabel("weight value")
         c.set_xlabel("dequantized - original")
-        b.legend(loc="upper right", frameon=False)
+        b.legend(loc="upper right", frameon=False).set_zorder(LEGEND_ZORDER)
         self._x = None
 
     def update(self, x: torch.Tensor, result, group: int = 0, log: bool = False,
@@ -79,7 +79,7 @@ class QuantHistogramView:
         x_hat = result.dequantize(torch.float32) if x_hat is None else x_hat
         group_levels = levels_of(result, group)                            # (levels,) float32
         levels = to_numpy(group_levels)
-        vals = group_values(x, result, group)                              # (group_size,) float32
+        vals = group_values(x, result, group)                              # (n,) float32: the group's values
         glo, ghi = value_range(vals, group_levels)
         counts, edges = stairs_data(vals, BINS if vals.numel() > 512 else 40, glo, ghi)
         self.group_hist.set_data(counts, edges)
@@ -142,12 +142,12 @@ class ZeroPointView:
         a.set_ylabel("count")
         b.set_xlabel("weight value")
         b.set_ylabel("dequantized - original")
-        b.legend(loc="upper center", frameon=False, markerscale=4, ncols=2)
+        b.legend(loc="upper center", frameon=False, markerscale=4, ncols=2).set_zorder(LEGEND_ZORDER)
         c.set_xlabel("bits")
         c.set_ylabel("SQNR (dB)")
         c.set_xlim(1.7, 8.3)
         c.xaxis.set_major_locator(MaxNLocator(integer=True))
-        c.legend(loc="upper left", frameon=False)
+        c.legend(loc="upper left", frameon=False).set_zorder(LEGEND_ZORDER)
         self._x, self.used = None, {}
 
     def update(self, x: torch.Tensor, results: dict, sqnr: dict, bits: int) -> ZeroPointView:

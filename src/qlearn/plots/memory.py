@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from ._base import COLORS, new_figure
+from ._base import COLORS, LEGEND_ZORDER, new_figure
 
 __all__ = ["DoubleQuantView", "format_params"]
 
@@ -60,14 +60,14 @@ class DoubleQuantView:
             self._per_param_state = getattr(self, "_per_param_state", {})
             self._per_param_state[dq] = bottom
         a.set_xticks(x, [_short_int(bs) for bs in blocksizes])
-        self.span = a.axvspan(-0.5, 0.5, color="#f0e68c", alpha=0.35, zorder=0)
-        a.legend(loc="upper right", frameon=False, fontsize=7)
+        self.span = a.axvspan(-0.5, 0.5, color="#f0e68c", alpha=0.35, zorder=0.95)   # over ticks and legend, under bars
+        a.legend(loc="upper right", frameon=False, fontsize=7).set_zorder(LEGEND_ZORDER)
         for dq, style in ((False, "-"), (True, "--")):
             b.plot(blocksizes, bpp[dq], style, marker="o", ms=3, color=COLORS["orig"] if not dq else COLORS["nf4"],
                    label="double quant" if dq else "float32 absmax")
         (self.marker,) = b.plot([], [], "o", ms=8, mfc="none", mec=COLORS["level"], mew=1.5)
         b.set_xticks(blocksizes[::2], [_short_int(bs) for bs in blocksizes[::2]])
-        b.legend(loc="upper right", frameon=False)
+        b.legend(loc="upper right", frameon=False).set_zorder(LEGEND_ZORDER)
         b.set_ylim(3.9, max(bpp[False]) + 0.15)
         self.size_bars = c.bar(range(len(sizes)), np.zeros(len(sizes)), color=COLORS["muted"])
         c.set_xticks(range(len(sizes)), [format_params(n) for n in sizes])

@@ -18,13 +18,14 @@ FAMILY_COLORS = {"bf16": "#333333", "int8": "#8c564b", "rtn": COLORS["int4"], "r
 
 
 def _label(row: dict) -> str:
-    return row["method"] + (f" g{row['group']}" if row.get("group") else "")
+    """The method and its blocksize as the GPTQ / AWQ papers write it: "gptq g128"."""
+    return row["method"] + (f" g{row['blocksize']}" if row.get("blocksize") else "")
 
 
 def frontier_figure(rows: list[dict], ymax: float | None = None,
                     scope: str = "every linear layer fake-quantized") -> Figure:
     """Perplexity (y) against stored bits per weight (x), one point per row of
-    {"method", "group", "bits", "ppl"}; bf16 drawn as a horizontal line, the lower-left the better.
+    {"method", "blocksize", "bits", "ppl"}; bf16 drawn as a horizontal line, the lower-left the better.
     scope: what was quantized, for the title (a lesson's FAST run quantizes only some layers)."""
     fig, (ax,) = new_figure(1, figsize=(9.6, 4.6))
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.9)
@@ -33,10 +34,10 @@ def frontier_figure(rows: list[dict], ymax: float | None = None,
         ax.axhline(base[0]["ppl"], color=FAMILY_COLORS["bf16"], lw=1, ls="--")
         ax.text(0.01, base[0]["ppl"], f"bf16 {base[0]['ppl']:.2f} (16 bits, off the axis)", va="top", ha="left",
                 fontsize=8, transform=ax.get_yaxis_transform())
-    shown = list({(r["method"], r.get("group")): r for r in rows if r["method"] != "bf16"}.values())  # once each
+    shown = list({(r["method"], r.get("blocksize")): r for r in rows if r["method"] != "bf16"}.values())  # once each
     for r in shown:
         color = FAMILY_COLORS.get(r["method"], COLORS["muted"])
-        marker = {None: "o", 32: "s", 64: "^", 128: "o"}.get(r.get("group"), "o")
+        marker = {None: "o", 32: "s", 64: "^", 128: "o"}.get(r.get("blocksize"), "o")
         ax.scatter(r["bits"], r["ppl"], color=color, marker=marker, s=36, zorder=3)
     ax.margins(x=0.12)                       # room for the labels of the right-most points
     ax.set_xlabel("stored bits per weight (codes + scales + zero points, over the linear layers quantized)")

@@ -21,7 +21,7 @@ from matplotlib.transforms import blended_transform_factory
 from .. import codebooks
 from ..codeusage import entropy_bits, occupancy
 from ..levels import to_unit_scale
-from ._base import COLORS, new_figure, set_ylim_to, stairs_data, to_numpy
+from ._base import COLORS, LEGEND_ZORDER, new_figure, set_ylim_to, stairs_data, to_numpy
 
 __all__ = ["NF4View"]
 
@@ -29,6 +29,8 @@ __all__ = ["NF4View"]
 class NF4View:
     """Three panels: NF4 from the normal CDF, normalized block values with NF4 bins, and level
     occupancy for NF4 vs INT4 vs FP4. `shares` holds the last {name: (levels, share)}."""
+
+    COMPARED = ("nf4", "int4", "fp4")   # registry formats (qlearn.formats) whose level usage panel (c) compares
 
     def __init__(self, fig: Figure | None = None):
         self.fig, self.axes = (fig, np.array(fig.axes)) if fig is not None else new_figure(3)
@@ -42,7 +44,7 @@ class NF4View:
         a.set_ylim(0, 1.02)
         a.set_xlabel("z (standard normal)")
         a.set_ylabel("P(Z <= z)")
-        a.legend(loc="lower right", frameon=False)
+        a.legend(loc="lower right", frameon=False).set_zorder(LEGEND_ZORDER)
         self.hist = b.stairs([0], np.linspace(-1, 1, 2), fill=True, color=COLORS["orig"], alpha=0.5)
         self.edges = b.add_collection(LineCollection(
             [], colors=COLORS["nf4"], linewidths=0.8,
@@ -51,7 +53,7 @@ class NF4View:
         b.set_xlabel("value / block absmax")
         b.set_ylabel("count")
         self.lines = {}
-        for name in ("nf4", "int4", "fp4"):
+        for name in self.COMPARED:
             (self.lines[name],) = c.plot([], [], marker="o", ms=3.5, lw=1.2, color=COLORS[name])
         c.axhline(100 / 16, color="black", lw=0.8, ls="--", label="1/16")
         c.set_xlim(-1.08, 1.08)
@@ -60,8 +62,8 @@ class NF4View:
         self.shares: dict = {}
 
     def update(self, x: torch.Tensor, results: dict, offset: float = codebooks.NF4_OFFSET) -> NF4View:
-        """results: {"nf4": Quantized4bit, "int4": AbsmaxQuantized (4-bit, same blocksize),
-        "fp4": Quantized4bit} of the same tensor `x`; `offset` drives panel (a) only."""
+        """results: {name: record} for the formats of `COMPARED` ("nf4": Quantized4bit, "int4": AbsmaxQuantized,
+        "fp4": Quantized4bit, same blocksize) of the same tensor `x`; `offset` drives panel (a) only."""
         a, b, c = self.axes
         parts = codebooks.nf4_construction(offset)
         p, z = to_numpy(parts["p"]), to_numpy(parts["z"])                 # (15,) each
@@ -85,6 +87,8 @@ class NF4View:
             self.lines[name].set_label(labels[-1])
         top = max(100 * s.max() for _, s in self.shares.values())
         c.set_ylim(0, top * 1.35)
-        c.legend(loc="upper left", frameon=False, ncols=2, fontsize=7.5)
+        legend = c.get_legend()          # made again only when its labels change (a legend costs ~10 ms to lay out)
+        if legend is None or [t.get_text() for t in legend.get_texts()][:len(labels)] != labels:
+            c.legend(loc="upper left", frameon=False, ncols=2, fontsize=7.5).set_zorder(LEGEND_ZORDER)
         c.set_title("share of weights per level\n(entropy <= log2 of #levels)")
         return self

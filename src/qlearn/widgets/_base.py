@@ -13,13 +13,12 @@ import base64
 import html
 import warnings
 from collections import OrderedDict
-from contextlib import contextmanager
 
 import ipywidgets as widgets
 import torch
 from torch import nn
 
-from .. import sources
+from .. import _threads, sources
 from ..plots import to_png
 from ..plots._base import FastRenderer, plain_agg
 
@@ -36,25 +35,6 @@ def slider_layout(width: str = "260px") -> widgets.Layout:
     return widgets.Layout(width=width)
 
 
-@contextmanager
-def torch_threads(n: int | None):
-    """Run a block with `n` torch intra-op threads, restoring the previous count after.
-
-    Explorer callbacks work on tensors of 1e4..1e6 values; on the 2-core machines learners get
-    (Colab, Binder) and on any busy machine, handing such small ops to a second thread costs more
-    than it saves (measured here under load: abs of 1M values 0.2 ms on 1 thread, 8 ms on 2).
-    """
-    old = torch.get_num_threads()
-    if n is None or n == old:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 class Explorer(widgets.VBox):
     """Base class: subclasses set `name`, build `controls` and a plots view, and implement
     `_draw(values)` (values = {control name: value}) calling math then `self.view.update(...)`.
@@ -65,7 +45,10 @@ class Explorer(widgets.VBox):
     """
 
     name = "explorer"
-    threads: int | None = 1   # torch threads during a redraw (see torch_threads); None = leave as is
+    # torch threads during a redraw (None: leave as is). Explorer callbacks work on tensors of 1e4..1e6 values;
+    # on the 2-core machines learners get (Colab, Binder) and on any busy machine, handing such small ops to a
+    # second thread costs more than it saves (measured under load: abs of 1M values 0.2 ms on 1 thread, 8 on 2)
+    threads: int | None = 1
     renderer: str = "fast"    # how the PNG is made: "fast" or "agg" (see _render_png)
 
     def __init__(self, controls: dict, view, title: str = "", before: tuple = (), after: tuple = (),
@@ -113,7 +96,7 @@ class Explorer(widgets.VBox):
         """
         notes: list[str] = []
         self._busy = True
-        with torch_threads(self.threads):
+        with _threads.threads(self.threads):
             self._update(params, notes)
         return self
 

@@ -11,17 +11,19 @@ import ipywidgets as widgets
 
 from .. import codebooks, plots, sources
 from ..codeusage import entropy_bits
-from ..granularity import n_groups
+from ..formats import FORMATS, names
+from ..granularity import GRANULARITIES, n_groups
 from ..levels import levels_of
 from ..metrics import error_stats
 from ..quantize import BLOCKSIZES_4BIT, absmax_quantize, quantize_4bit, zeropoint_quantize
 from ._base import _WIDE, Explorer, ResultCache, SourceControls, slider_layout
 
 __all__ = ["HistogramExplorer", "NF4Explorer", "ZeroPointExplorer", "histogram_explorer", "nf4_explorer",
-           "zeropoint_explorer", "SCHEMES", "GRANULARITIES"]
+           "zeropoint_explorer", "SCHEMES", "GRANULARITY_OPTIONS"]
 
-SCHEMES = (("absmax", "absmax"), ("zero-point", "zeropoint"), ("NF4", "nf4"), ("FP4", "fp4"))
-GRANULARITIES = (("per tensor", "tensor"), ("per row", "row"), ("per block", "block"))
+# (label, name) dropdown options: the registry's "scheme" formats and qlearn.granularity's granularities
+SCHEMES = tuple((FORMATS[n].label, n) for n in names("scheme"))   # absmax, zero-point, NF4, FP4
+GRANULARITY_OPTIONS = tuple((f"per {g}", g) for g in GRANULARITIES)   # per tensor, per row, per block
 
 
 def _bits_slider(value: int) -> widgets.IntSlider:
@@ -65,7 +67,7 @@ class HistogramExplorer(Explorer):
             "scheme": widgets.Dropdown(options=SCHEMES, value=scheme, description="scheme",
                                        layout=slider_layout("170px")),
             "bits": _bits_slider(bits),
-            "granularity": widgets.Dropdown(options=GRANULARITIES, value=granularity, description="scales",
+            "granularity": widgets.Dropdown(options=GRANULARITY_OPTIONS, value=granularity, description="scales",
                                             layout=slider_layout("180px")),
             "blocksize": _blocksize_slider(blocksize),
             "group": widgets.IntSlider(value=0, min=0, max=0, description="block / row", style=_WIDE,
@@ -125,10 +127,8 @@ class NF4Explorer(Explorer):
     def _draw(self, v: dict) -> None:
         x = self.src.tensor(v)
         bs = v["blocksize"]
-        results = self._results.get_or((self.src.key(v), bs), lambda: {
-            "nf4": quantize_4bit(x, "nf4", blocksize=bs),
-            "int4": absmax_quantize(x, 4, blocksize=bs),
-            "fp4": quantize_4bit(x, "fp4", blocksize=bs)})
+        results = self._results.get_or((self.src.key(v), bs), lambda: {   # nf4, int4 (absmax), fp4 at bs
+            name: FORMATS[name].quantize(x, bs) for name in plots.NF4View.COMPARED})
         self.view.update(x, results, offset=v["offset"])
         self.shares = self.view.shares
         self.entropy = {k: entropy_bits(s) for k, (_, s) in self.shares.items()}

@@ -15,30 +15,30 @@ from ._base import _WIDE, Explorer, ResultCache, slider_layout
 
 __all__ = ["MethodExplorer", "method_explorer", "layer_data"]
 
-GROUP_SIZES = (32, 64, 128)
+BLOCKSIZES = (32, 64, 128)   # the blocksize dropdown (columns of a row that share one scale)
 
 
 def layer_data(model, tok, names, text: str | None = None, max_tokens: int = 256) -> tuple[dict, dict]:
     """({name: weight (out, in) float32}, {name: inputs (tokens, in) float32}) for linear layers `names`
     of a loaded model, inputs captured on the calibration text (not the evaluation text)."""
     from .. import sources
-    from ..methods.apply import calibration_text
+    from ..calibration import calibration_text
 
-    text = text or calibration_text()[:8 * max_tokens]
+    text = text or calibration_text("methods")[:8 * max_tokens]
     weights = {n: sources.layer_weight(model, n) for n in names}
     inputs = {n: sources.layer_inputs(model, tok, n, text, max_tokens=max_tokens) for n in names}
     return weights, inputs
 
 
 class MethodExplorer(Explorer):
-    """Controls: layer, method, group_size, row. After each update: `record` (the method's record),
+    """Controls: layer, method, blocksize, row. After each update: `record` (the method's record),
     `col_err` / `rtn_col_err` (mean |error| per input column, numpy), `shift` (GPTQ's mean |moved -
     original| per column, else None), `out_err` / `rtn_out_err` (mean squared output error on the inputs)."""
 
     name = "method_explorer"
 
     def __init__(self, weights: dict, inputs: dict, layer: str | None = None, method: str = "gptq",
-                 group_size: int = 128, row: int = 0, columns: int = 96, canvas: str = "png"):
+                 blocksize: int = 128, row: int = 0, columns: int = 96, canvas: str = "png"):
         if not weights:
             raise ValueError("weights must name at least one layer: {name: (out, in) tensor}")
         layer = layer or next(iter(weights))
@@ -48,7 +48,7 @@ class MethodExplorer(Explorer):
         controls = {
             "layer": widgets.Dropdown(options=list(weights), value=layer, description="layer", style=_WIDE),
             "method": widgets.Dropdown(options=list(LAYER_METHODS), value=method, description="method"),
-            "group_size": widgets.Dropdown(options=list(GROUP_SIZES), value=group_size, description="group"),
+            "blocksize": widgets.Dropdown(options=list(BLOCKSIZES), value=blocksize, description="blocksize"),
             "row": widgets.IntSlider(value=row, min=0, max=rows - 1, description="row", continuous_update=False,
                                      layout=slider_layout()),
         }
@@ -57,17 +57,17 @@ class MethodExplorer(Explorer):
                          canvas=canvas)
         self.update()
 
-    def _result(self, layer: str, method: str, group: int):
+    def _result(self, layer: str, method: str, blocksize: int):
         w, x = self.weights[layer].float(), self.inputs.get(layer)
-        return self.cache.get_or((layer, method, group), lambda: quantize_layer(method, w, x, group))
+        return self.cache.get_or((layer, method, blocksize), lambda: quantize_layer(method, w, x, blocksize))
 
     def _draw(self, v: dict) -> None:
-        layer, method, group = v["layer"], v["method"], v["group_size"]
+        layer, method, blocksize = v["layer"], v["method"], v["blocksize"]
         w, x = self.weights[layer].float(), self.inputs.get(layer)
         self.controls["row"].max = w.shape[0] - 1
         row = min(v["row"], w.shape[0] - 1)
-        rec, moved = self._result(layer, method, group)
-        base, _ = self._result(layer, "rtn", group)
+        rec, moved = self._result(layer, method, blocksize)
+        base, _ = self._result(layer, "rtn", blocksize)
         w_hat = rec.dequantize(torch.float32).reshape(w.shape)
         self.record = rec
         self.col_err, self.rtn_col_err = to_numpy(column_error(w, w_hat)), to_numpy(column_error(w, base.dequantize()))

@@ -16,7 +16,7 @@ from ._base import _WIDE, Explorer, slider_layout
 
 __all__ = ["MixedPrecisionExplorer", "mixed_precision_explorer"]
 
-COLOURS = {"predicted KL": "predicted KL (nats/position)", "output error": "output error energy"}
+COLOURS = {"predicted KL": "predicted KL (nats/position)", "weighted error": "energy-weighted squared weight error"}
 
 
 class MixedPrecisionExplorer(Explorer):
@@ -31,7 +31,7 @@ class MixedPrecisionExplorer(Explorer):
         t = self.tables
         self.least = float(t.bits.amin(dim=1).sum() / t.numel.sum())
         self.colour_values = {"predicted KL": t.cost,
-                      "output error": torch.tensor([[sens.error[n][f] for f in t.formats] for n in t.layers])}
+                      "weighted error": torch.tensor([[sens.error[n][f] for f in t.formats] for n in t.layers])}
         self.labels = [n.replace("model.layers.", "").replace("self_attn.", "").replace("mlp.", "") for n in t.layers]
         budgets = torch.linspace(self.least, max_bits, curve_points).tolist()
         curve = [mixed.solve(t, b) for b in budgets]
