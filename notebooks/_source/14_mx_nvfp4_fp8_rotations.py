@@ -27,9 +27,10 @@ from IPython.display import Image, Markdown, display
 import qlearn as ql
 from qlearn import methods as qm
 from qlearn.fakequant import fake_quantize, quantizable_layers
+from qlearn.formats import FORMATS
 from qlearn.fp8 import quantize_fp8
-from qlearn.matched4bit import FORMATS, grids
-from qlearn.microscaling import e2m1_codes, e2m1_values, quantize_mxfp4, quantize_nvfp4
+from qlearn.matched4bit import FORMATS as MATCHED, grids
+from qlearn.microscaling import e2m1_codes, e2m1_values, quantize_mxfp4
 from qlearn.plots.methods import frontier_figure
 from qlearn.quiz import check_prediction
 from qlearn.rotation import peak_to_mean, rotate, rotated
@@ -101,8 +102,8 @@ PREDICT_NV_OVER_MX = None   # e.g. 0.8
 
 # %%
 g = grids(w)
-layer_err = {f: float(((g[f].dequantize() - w) ** 2).sum() / (w ** 2).sum()) for f in FORMATS}
-fmt_table = pd.DataFrame({"bits per weight": {f: g[f].bits_per_param for f in FORMATS},
+layer_err = {f: float(((g[f].dequantize() - w) ** 2).sum() / (w ** 2).sum()) for f in MATCHED}
+fmt_table = pd.DataFrame({"bits per weight": {f: g[f].bits_per_param for f in MATCHED},
                           "relative squared error": layer_err}).sort_values("relative squared error")
 nv_over_mx = layer_err["NVFP4"] / layer_err["MXFP4"]
 fmt_table
@@ -212,28 +213,24 @@ QUANT_LAYERS = 2 if FAST else None
 names = quantizable_layers(model)
 if QUANT_LAYERS:
     names = [n for n in names if int(n.split("layers.")[1].split(".")[0]) < QUANT_LAYERS]
-RUNS = {
-    "bf16": None,
-    "rtn g128": qm.rtn,
-    "rtn g128, rotated": rotated(qm.rtn, 64, seed=0),
-    "MXFP4": quantize_mxfp4,
-    "NVFP4": quantize_nvfp4,
-}
+RUNS = [("bf16", None), ("rtn", 128), ("rtn-hadamard", 128), ("mxfp4", None), ("nvfp4", None)]
 if not FAST:
-    RUNS.update({"nf4": "nf4", "FP8 e4m3 128x128": lambda m: quantize_fp8(m, "e4m3", 128)})
+    RUNS += [("nf4", None), ("fp8-e4m3", 128)]
 frontier = []
 t0 = time.perf_counter()
-for label, how in RUNS.items():
-    if how is None:
+for name, group in RUNS:
+    if name == "bf16":
         bits, ppl = 16.0, float(ql.perplexity(model, tok, max_tokens=PPL_TOKENS, progress=False))
     else:
-        with fake_quantize(model, {n: how for n in names}) as fq:
-            bits = 8 * sum(fq.nbytes.values()) / sum(modules[n].weight.numel() for n in names)
+        fmt = FORMATS[name]                          # the registry: every format qlearn knows, with its quantizer
+        with fake_quantize(model, {n: (lambda m, f=fmt, b=group: f.quantize(m, b)) for n in names}) as fq:
+            bits = fq.bits_per_param
             ppl = float(ql.perplexity(model, tok, max_tokens=PPL_TOKENS, progress=False))
-    frontier.append({"method": label, "group": None, "bits": bits, "ppl": ppl})
+    frontier.append({"method": name, "blocksize": group, "bits": bits, "ppl": ppl})
 print(f"{len(RUNS)} runs in {time.perf_counter() - t0:.0f} s ({PPL_TOKENS} tokens each, "
       f"{len(names)} linear layers quantized)")
-table = pd.DataFrame(frontier).set_index("method")[["bits", "ppl"]].sort_values("bits")
+table = pd.DataFrame(frontier, index=[r["method"] + (f" g{r['blocksize']}" if r["blocksize"] else "") for r in frontier])
+table = table[["bits", "ppl"]].sort_values("bits")
 table
 
 # %%
@@ -243,9 +240,9 @@ display(Image(ql.plots.to_png(frontier_figure(frontier, scope=scope))))
 # %%
 ppl = table["ppl"]
 gap = ppl["rtn g128"] - ppl["bf16"]
-closed = (ppl["rtn g128"] - ppl["rtn g128, rotated"]) / gap if gap > 0 else float("nan")
+closed = (ppl["rtn g128"] - ppl["rtn-hadamard g128"]) / gap if gap > 0 else float("nan")
 check_prediction(PREDICT_GAP_CLOSED, closed, abs_tol=0.15, explain=(
-    f"Rotating first took RTN int4 g128 from perplexity {ppl['rtn g128']:.3f} to {ppl['rtn g128, rotated']:.3f} "
+    f"Rotating first took RTN int4 g128 from perplexity {ppl['rtn g128']:.3f} to {ppl['rtn-hadamard g128']:.3f} "
     f"(bf16 {ppl['bf16']:.3f}): {closed:.0%} of the gap. It spread each row's large weights (peak/mean "
     f"{peak[0]:.1f} -> {peak[1]:.1f} on q_proj) and lowered the weight error of {lower_w} of 7 projections of "
     f"layer 3 and their output error on calibration inputs for {lower_o} of 7."))

@@ -14,7 +14,8 @@ __all__ = ["FAMILY_COLORS", "frontier_figure", "MethodView", "block_bytes_figure
 FAMILY_COLORS = {"bf16": "#333333", "int8": "#8c564b", "rtn": COLORS["int4"], "rtn-asym": "#ff9896",
                  "gptq": COLORS["orig"], "gptq-asym": "#aec7e8", "awq": COLORS["err"], "hqq": COLORS["fp4"],
                  "Q4_0": "#bcbd22", "Q4_1": "#e6ab02", "Q4_K": "#17becf", "Q8_0": "#7f7f7f",
-                 "nf4": "#2ca02c", "nf4+dq": "#98df8a", "fp4": "#9467bd"}
+                 "nf4": "#2ca02c", "nf4+dq": "#98df8a", "fp4": "#9467bd", "mxfp4": "#8172b3", "nvfp4": "#dd8452",
+                 "fp8-e4m3": "#637939", "fp8-e5m2": "#b5cf6b", "rtn-hadamard": "#7b4173"}
 
 
 def _label(row: dict) -> str:
@@ -45,6 +46,9 @@ def frontier_figure(rows: list[dict], ymax: float | None = None,
     lo, hi = min(r["ppl"] for r in rows), max(r["ppl"] for r in rows)
     heights, label_x = _label_places(shown, gap=0.045 * (hi - lo))
     ax.set_ylim(lo * 0.97, ymax or max([hi] + heights) * 1.04)
+    left, right = ax.get_xlim()
+    if label_x:                              # the labels' column inside the axes, with room for ~12 characters
+        ax.set_xlim(left, max(right, max(label_x) + 0.3 * (max(label_x) - left)))
     for r, y, x in zip(shown, heights, label_x, strict=True):
         moved = abs(y - r["ppl"]) > 1e-9 or x - r["bits"] > 0.07
         ax.annotate(_label(r), (r["bits"], r["ppl"]), xytext=(x, y), fontsize=7, va="center",
