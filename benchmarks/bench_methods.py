@@ -37,7 +37,8 @@ from qlearn.methods import apply as qa
 BARS = [("bf16", None), ("rtn", 128), ("gptq", 128), ("hqq", 128), ("awq", 128)]
 FRONTIER = [("Q4_1", None), ("rtn-asym", 32), ("rtn-asym", 128), ("rtn", 64), ("rtn-asym", 64), ("rtn", 32),
             ("gptq", 64), ("hqq", 64), ("hqq", 32), ("Q4_0", None), ("Q4_K", None), ("nf4", None), ("nf4+dq", None),
-            ("fp4", None), ("int8", None), ("Q8_0", None)]
+            ("fp4", None), ("int8", None), ("Q8_0", None),
+            ("mxfp4", None), ("nvfp4", None), ("fp8-e4m3", None), ("rtn-hadamard", 128)]   # lesson 14's formats
 RESULTS = Path(__file__).resolve().parent.parent / "tests" / "_artifacts" / "methods_frontier.json"
 
 
