@@ -1,6 +1,7 @@
 """A real browser: JupyterLab on 127.0.0.1 with a token, a lesson notebook opened in headless
-Chromium through Playwright, all cells run, an explorer's slider dragged with the mouse, and the
-figure's image must change. Screenshots go to tests/_artifacts/browser/.
+Chromium through Playwright, all cells run, an explorer's slider dragged with the mouse (pressed, moved,
+released), and the figure's image must change while the button is still held, not only after the
+release (the sliders send while dragged: continuous_update). Screenshots go to tests/_artifacts/browser/.
 The same with ipywidgets 7.7.1 in the classic Notebook front end (nbclassic, widgetsnbextension
 3.6), the pair Colab's ipywidgets 7.7 was made for, on a two-cell notebook that shows an explorer
 (tests/_artifacts/browser/classic_*.png): the kernel and server take ipywidgets 7.7.1 and nbclassic
@@ -96,6 +97,31 @@ def lab(tmp_path, embedded_path):
         log.close()
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         shutil.copy(tmp_path / "lab.log", ARTIFACTS / "jupyterlab.log")
+
+
+def _drag(page, handle, track, readout_of, figure_ready: str, before_src: str, shot: Path) -> tuple[bool, str]:
+    """Drag `handle` with the mouse towards the low end of `track`: press, move half way, and while
+    still pressing wait up to 30 s for the figure to change (the sliders send while dragged and the
+    kernel redraws as they do); then move on and release. Returns (changed while pressed, the readout
+    then)."""
+    hb, tb = handle.bounding_box(), track.bounding_box()
+    y = hb["y"] + hb["height"] / 2
+    start, end = hb["x"] + hb["width"] / 2, tb["x"] + 0.02 * tb["width"]
+    page.mouse.move(start, y)
+    page.mouse.down()
+    try:
+        page.mouse.move((start + end) / 2, y, steps=8)
+        try:
+            page.wait_for_function(figure_ready, arg=before_src, timeout=30_000)
+            changed = True
+        except Exception:   # playwright's TimeoutError: the figure did not move while pressed
+            changed = False
+        readout = readout_of.inner_text()
+        page.screenshot(path=str(shot))
+        page.mouse.move(end, y, steps=6)
+    finally:
+        page.mouse.up()
+    return changed, readout.strip()
 
 
 def _figure_src(page) -> str:
@@ -194,11 +220,11 @@ def test_slider_moves_the_figure_in_jupyterlab(lab):
             handle = slider.locator(".noUi-handle").first
             track = slider.locator(".noUi-target, .slider").first
             handle.wait_for(state="visible")
-            hb, tb = handle.bounding_box(), track.bounding_box()
-            page.mouse.move(hb["x"] + hb["width"] / 2, hb["y"] + hb["height"] / 2)
-            page.mouse.down()
-            page.mouse.move(tb["x"] + 0.02 * tb["width"], hb["y"] + hb["height"] / 2, steps=12)
-            page.mouse.up()
+            figure_changed = (f"(old) => {{ const i = document.querySelector('{EXPLORER} img.qlearn-figure');"
+                              " return i && i.src !== old && i.complete && i.naturalWidth > 0; }")
+            during, during_readout = _drag(page, handle, track, slider.locator(".widget-readout").first,
+                                           figure_changed, before_src,
+                                           ARTIFACTS / "04a_page_during_drag.png")
             readout = slider.locator(".widget-readout").first.inner_text().strip()
 
             page.wait_for_function(
@@ -216,6 +242,8 @@ def test_slider_moves_the_figure_in_jupyterlab(lab):
         finally:
             browser.close()
     assert readout != "4", f"the bits slider did not move (readout {readout!r})"
+    assert during, f"the figure did not change while the slider was held (readout {during_readout!r} then)"
+    assert during_readout != "4", "the slider had not moved when the figure changed"
     assert after_png != before_png, "the figure's pixels did not change after moving the slider"
     assert "⚠" not in message, f"the explorer showed an error: {message}"
 
@@ -312,11 +340,9 @@ def test_slider_moves_the_figure_in_classic_notebook_ipywidgets7(classic):
             # ipywidgets 7 draws sliders with jQuery UI: drag the handle from 4 towards the low end
             slider = page.locator(f"{EXPLORER} .qlearn-control-bits").first
             handle, track = slider.locator(".ui-slider-handle").first, slider.locator(".ui-slider").first
-            hb, tb = handle.bounding_box(), track.bounding_box()
-            page.mouse.move(hb["x"] + hb["width"] / 2, hb["y"] + hb["height"] / 2)
-            page.mouse.down()
-            page.mouse.move(tb["x"] + 0.02 * tb["width"], hb["y"] + hb["height"] / 2, steps=12)
-            page.mouse.up()
+            during, during_readout = _drag(page, handle, track, slider.locator(".widget-readout").first,
+                                           figure_ready, before_src,
+                                           ARTIFACTS / "classic_02a_page_during_drag.png")
             readout = slider.locator(".widget-readout").first.inner_text().strip()
 
             page.wait_for_function(figure_ready, arg=before_src, timeout=60_000)
@@ -331,5 +357,6 @@ def test_slider_moves_the_figure_in_classic_notebook_ipywidgets7(classic):
             browser.close()
     assert printed.strip() == "ipywidgets 7.7.1", f"the kernel did not run ipywidgets 7.7.1: {printed!r}"
     assert readout == "2", f"the bits slider did not reach 2 (readout {readout!r})"
+    assert during, f"the figure did not change while the slider was held (readout {during_readout!r} then)"
     assert after_png != before_png, "the figure's pixels did not change after moving the slider"
     assert "⚠" not in message, f"the explorer showed an error: {message}"

@@ -475,3 +475,84 @@ def test_canvas_option_png_default_ipympl_optional():
     assert "qlearn-figure" in w.canvas._dom_classes and w.figure.canvas is w.canvas
     w.update(bits=3)
     assert w.error is None and w.used["zeropoint"][1] == 8
+
+
+# --- live sliders: continuous_update, and front-end changes coalesced in a real kernel ---------------
+
+def _all_explorers():
+    """One of every explorer (stand-in inputs, nothing loaded)."""
+    from test_frames import CASES
+
+    made = [make() for make, _ in CASES.values()]
+    return made + [widgets.generation_explorer(modes=("bf16",), loader=_fake_loader)]
+
+
+@ipywidgets7
+def test_every_explorer_slider_sends_while_it_is_dragged():
+    import ipywidgets
+
+    sliders = (ipywidgets.IntSlider, ipywidgets.FloatSlider, ipywidgets.FloatLogSlider, ipywidgets.SelectionSlider)
+    seen = 0
+    for w in _all_explorers():
+        for key, control in w.controls.items():
+            if isinstance(control, sliders):
+                assert control.continuous_update, f"{w.name}: {key} updates only when released"
+                seen += 1
+    assert seen >= 14
+
+
+KERNEL_SETUP = """
+import json, time, ipywidgets, qlearn as ql
+w = ql.widgets.zeropoint_explorer(n=4096)
+log = []
+_draw = w._draw
+def _recorded(values):
+    log.append(("draw", values["bits"])); time.sleep(0.05); _draw(values)   # a slow frame: changes pile up behind it
+w._draw = _recorded
+w.controls["bits"].observe(lambda change: log.append(("change", change["new"])), names="value")
+print(json.dumps([ipywidgets.__version__, w.controls["bits"].model_id]))
+"""
+
+
+@ipywidgets7
+def test_front_end_changes_are_coalesced_in_a_real_kernel():
+    """A real kernel (jupyter_client, the venv's ipykernel) gets 20 slider updates as comm messages, sent
+    back to back the way a front end sends them while a slider is dragged: it draws at once for the
+    first, then once more with the last value, not 20 frames behind the hand."""
+    import json
+    import time
+
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3")
+
+    def run(code):
+        out = []
+        reply = kc.execute_interactive(code, timeout=180, output_hook=out.append)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        return "".join(m["content"].get("text", "") for m in out if m["msg_type"] == "stream").strip()
+
+    try:
+        version, comm_id = json.loads(run(KERNEL_SETUP).splitlines()[-1])
+        run("log.clear()")
+        values = [2, 3, 5, 6, 7, 8, 3, 2, 5, 6, 7, 8, 2, 3, 5, 6, 7, 8, 2, 6]
+        for v in values:
+            kc.shell_channel.send(kc.session.msg("comm_msg", {"comm_id": comm_id, "data": {
+                "method": "update", "state": {"value": v}, "buffer_paths": []}}))
+        deadline, state = time.monotonic() + 60, None
+        while time.monotonic() < deadline:
+            state = json.loads(run("print(json.dumps([log, w.controls['bits'].value, w.error, w._scheduled, "
+                                   "w.used['zeropoint'][1]]))"))
+            if not state[3] and [e for e in state[0] if e[0] == "draw"][-1:] == [["draw", 6]]:
+                break
+            time.sleep(0.2)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    import ipywidgets
+    assert version == ipywidgets.__version__                       # the kernel ran this test's ipywidgets
+    log, value, error, scheduled, levels = state
+    changes, draws = [e for e in log if e[0] == "change"], [e[1] for e in log if e[0] == "draw"]
+    assert [c[1] for c in changes] == values and value == 6 and error is None and not scheduled
+    assert draws[-1] == 6 and levels == 2 ** 6                       # the last value is what is shown
+    assert len(draws) <= 3, f"{len(draws)} frames for {len(values)} changes: {draws}"

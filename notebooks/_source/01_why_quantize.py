@@ -301,11 +301,12 @@ print(f"{LAYER} (nf4+dq): its 4-bit codes after {forwards} forward pass{'' if fo
       f"it loaded with: {codes_kept}")
 
 # %% [markdown]
-# Derived, not learned: a maximum or a minimum of the weights, computed when the model loads (notebook 02 shows what
-# GPTQ-style methods that *do* fit their parameters to data change, notebook 11). And nothing is quantized again: each
-# forward decodes the 4-bit weights into a temporary 16-bit matrix (or, on a fused path, straight into the product)
-# and throws it away; the stored codes never change. What *is* quantized a second time is the scales, once, at
-# load time: double quantization (section 6, notebook 05).
+# Derived, not learned: a maximum or a minimum of the weights, computed when the model loads. (Methods that do fit
+# something to data, GPTQ and AWQ, adjust weights or scales from calibration inputs, still without training:
+# notebook 11.) And nothing is quantized again: a forward decodes the 4-bit weights into a temporary 16-bit matrix
+# (or, on a fused path, straight into the product) and drops it; the stored codes stay as they are (an AVX512-BF16
+# CPU repacks them into another layout at the first forward, same codes: notebook 05). What *is* quantized a second
+# time is the scales, once, at load time: double quantization (section 6, notebook 05).
 #
 # ## 4. "The computation happens in BF16 after a quick dequantization"
 #
@@ -335,7 +336,7 @@ the weights lost."""))
 # ## 5. Does a 13B model fit on Colab's free GPU at 4k context?
 #
 # Colab's free GPU is a T4, sold as 16 GB. A program there gets less: TensorFlow on Colab's T4 logs
-# `deviceMemorySize: 14.73GiB` (googlecolab/colabtools issue #1749), 15.8 GB; the rest goes to ECC and the driver.
+# `deviceMemorySize: 14.73GiB` (googlecolab/colabtools issue #1749): 15.8 GB, less than the 16 GB it is sold with.
 # `claims.HARDWARE` keeps that number. Generating also keeps a **KV cache**: for each layer, a key and a value
 # vector per token, 2 × layers × kv_heads × head_dim × tokens × 2 bytes in 16-bit. It does not shrink when the
 # weights do.

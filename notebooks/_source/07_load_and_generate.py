@@ -204,8 +204,10 @@ def time_forwards(model, tok):
 
 def measure(label, model, tok):
     layer = model.get_submodule(LAYER)
-    return {"layer class": type(layer).__name__,
-            "compute dtype": str(getattr(layer, "compute_dtype", None) or model.dtype).removeprefix("torch."),
+    dtype = getattr(layer, "compute_dtype", None)              # Linear4bit's; a bf16 layer computes in bf16
+    compute = (str(dtype).removeprefix("torch.") if dtype is not None else
+               f"LLM.int8: {info.int8_matmul}" if label == "int8" else str(model.dtype).removeprefix("torch."))
+    return {"layer class": type(layer).__name__, "compute dtype": compute,
             "ops in one layer (one token)": ops_in_one_layer(model, tok), **time_forwards(model, tok),
             "perplexity": float(ql.perplexity(model, tok, max_tokens=128 if FAST else PPL_TOKENS, progress=False)),
             "layer output error": layer_error(model, tok), "largest activation": largest_activation(model, tok)}
@@ -225,7 +227,7 @@ for col in ("1 token (ms)", "64 tokens (ms)"):
 speed
 
 # %% [markdown]
-# Each row's `LAYER` class and compute dtype (what is inside those classes, byte for byte: lessons 01 and 05):
+# Each row's `LAYER` class and what it computes in (what is inside those classes, byte for byte: lessons 01 and 05):
 
 # %%
 table[["layer class", "compute dtype"]]

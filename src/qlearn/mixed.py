@@ -68,6 +68,11 @@ class CalibrationDraw(Calibration):
     ...     return {"input_ids": torch.tensor([[ord(c) for c in text]])}
     >>> CalibrationDraw(1, 4, 1, draw=1).ids(chars).tolist()   # "Heap queues": characters 4-7
     [[32, 113, 117, 101]]
+    >>> torch.equal(CalibrationDraw(2, 4, 1).ids(chars), Calibration(2, 4, 1).ids(chars))   # draw 0
+    True
+    >>> CalibrationDraw(draw=-1)
+    Traceback (most recent call last):
+    ValueError: CalibrationDraw.draw must be an int >= 0; got -1
     """
 
     draw: int = 0

@@ -8,6 +8,7 @@ No math here (levels, code usage, histograms, errors come from the math layer: `
 bytes a notebook shows.
 """
 
+from . import finetune as finetune  # lesson 12's figures (loss curves, memory split, NF4 rounding)
 from . import floats, int8, kernels, methods, mixed  # the figures of lessons 04, 06, 09, 11, 10 (by module)
 from ._base import new_figure, to_png
 from .histograms import QuantHistogramView, ZeroPointView, quantization_histograms

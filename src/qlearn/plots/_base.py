@@ -6,13 +6,16 @@ terminal. Histograms are counted by `qlearn.distribution.histogram` (torch.histc
 tensor, fast at 1M values) and drawn as one `stairs` artist whose data can be swapped in place.
 
 Rendering. `to_png(fig)` is matplotlib's own savefig. The faster redraws explorers use (a canvas that
-stamps each text from a cache, installed by `new_figure`, and a renderer that redraws only what moved)
-live in `qlearn.plots._fastrender`, with their measurement.
+replays each text's glyph draws from a cache, installed by `new_figure`, and a renderer that draws only
+what moved, with the same pixels) live in `qlearn.plots._fastrender`, with their measurement. Axes are
+styled so that their frame (ticks, grid, legends) is drawn under the data, which lets those redraws keep
+it as a still background.
 """
 
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import torch
@@ -23,12 +26,10 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 from matplotlib.transforms import ScaledTranslation
 
 from ..distribution import histogram
-from ._fastrender import (
-    CachedTextCanvas,
-    FastRenderer,  # noqa: F401 - re-exported for qlearn.widgets._base until it imports _fastrender
-)
+from ._textcache import CachedTextCanvas
 
-__all__ = ["new_figure", "to_png", "plain_agg", "to_numpy", "stairs_data", "COLORS", "DPI", "LEGEND_ZORDER"]
+__all__ = ["new_figure", "to_png", "plain_agg", "to_numpy", "stairs_data", "steady_limits", "COLORS", "DPI",
+           "LEGEND_ZORDER"]
 
 DPI = 90          # 9.6 in wide -> 864 px: fits a notebook cell (JupyterLab, Colab) without scaling
 COLORS = {"orig": "#4c72b0", "deq": "#dd8452", "err": "#55a868", "level": "#c44e52",
@@ -135,9 +136,25 @@ def stairs_data(x: torch.Tensor, bins: int, lo: float, hi: float) -> tuple[np.nd
     return to_numpy(counts), to_numpy(edges)
 
 
+def steady_limits(lo: float, hi: float, margin: float = 0.05, steps: int = 6) -> tuple[float, float]:
+    """(lo, hi) widened by `margin` of the span, then out to multiples of a round step (1, 2 or 5 x 10^k,
+    about span / `steps`): neighbouring data ranges (the next block, the next row) often get the same
+    limits, so a slider step moves the data and leaves the axis (and its drawing) as it was.
+
+    >>> steady_limits(0.013, 0.087)
+    (0.0, 0.1)
+    """
+    span = (hi - lo) or abs(hi) or 1.0
+    lo, hi = lo - margin * span, hi + margin * span
+    raw = (hi - lo) / steps
+    mag = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    return round(math.floor(lo / step) * step, 12), round(math.ceil(hi / step) * step, 12)
+
+
 def set_ylim_to(ax: Axes, top: float, log: bool = False, headroom: float = 1.3) -> None:
-    """Y limits [0 (or 0.8 on a log axis), top * headroom] (room for a legend), set directly
-    rather than autoscaled over every artist."""
+    """Y limits [0 (or 0.8 on a log axis), top * headroom] (room for a legend; linear: rounded up to a
+    round number, `steady_limits`), set directly rather than autoscaled over every artist."""
     top = max(float(top), 1.0)
     if log:
         if ax.get_yscale() != "log":
@@ -146,4 +163,4 @@ def set_ylim_to(ax: Axes, top: float, log: bool = False, headroom: float = 1.3) 
     else:
         if ax.get_yscale() != "linear":
             ax.set_yscale("linear")
-        ax.set_ylim(0, top * headroom)
+        ax.set_ylim(0, steady_limits(0.0, top * headroom, margin=0.0)[1])   # round: often the same next time

@@ -24,7 +24,7 @@ from ..granularity import group_values, n_groups
 from ..levels import code_values, levels_of
 from ..metrics import error_stats, errors
 from ..quantize import Quantized4bit
-from ._base import COLORS, LEGEND_ZORDER, new_figure, set_ylim_to, stairs_data, to_numpy
+from ._base import COLORS, LEGEND_ZORDER, new_figure, set_ylim_to, stairs_data, steady_limits, to_numpy
 
 __all__ = ["QuantHistogramView", "ZeroPointView", "quantization_histograms"]
 
@@ -63,7 +63,7 @@ class QuantHistogramView:
         b.set_xlabel("weight value")
         c.set_xlabel("dequantized - original")
         b.legend(loc="upper right", frameon=False).set_zorder(LEGEND_ZORDER)
-        self._x = None
+        self._x = self._whole = None                # the tensor, and (result, log) panels (b), (c) show
 
     def update(self, x: torch.Tensor, result, group: int = 0, log: bool = False,
                stats: dict | None = None, x_hat: torch.Tensor | None = None) -> QuantHistogramView:
@@ -73,7 +73,7 @@ class QuantHistogramView:
         count = n_groups(result)
         group = min(max(int(group), 0), count - 1)
         if x is not self._x:                      # the tensor changed: new range, new histogram
-            self._x, self._range = x, value_range(x)
+            self._x, self._range, self._whole = x, value_range(x), None
             self._orig = stairs_data(x, BINS, *self._range)
         lo, hi = self._range
         x_hat = result.dequantize(torch.float32) if x_hat is None else x_hat
@@ -85,10 +85,13 @@ class QuantHistogramView:
         self.group_hist.set_data(counts, edges)
         self.levels.set_segments([[(v, 0), (v, 1)] for v in levels])
         self.levels.set_transform(blended_transform_factory(a.transData, a.transAxes))
-        a.set_xlim(glo, ghi)
+        a.set_xlim(*steady_limits(glo, ghi, margin=0.0))   # round limits: the next block often keeps the axis
         set_ylim_to(a, counts.max(), log)
         a.set_title(f"{_group_name(result, group, count)}: {vals.numel():,} values\n"
                     f"red: its {len(levels)} levels")
+        if self._whole is not None and self._whole[0] is result and self._whole[1] == log:
+            return self                          # the same result, another group: panels (b), (c) stand
+        self._whole = (result, log)
         self.orig_hist.set_data(*self._orig)
         self.deq_hist.set_data(*stairs_data(x_hat, BINS, lo, hi))
         b.set_xlim(lo, hi)
@@ -99,7 +102,7 @@ class QuantHistogramView:
         m = max(stats["max_abs"], 1e-12) * 1.05                           # max |x_hat - x|
         ecounts, eedges = stairs_data(errors(x, x_hat), BINS, -m, m)
         self.err_hist.set_data(ecounts, eedges)
-        c.set_xlim(-m, m)
+        c.set_xlim(*steady_limits(-m, m, margin=0.0))
         set_ylim_to(c, ecounts.max(), log)
         c.set_title(f"error of every value\nSQNR {stats['sqnr_db']:.1f} dB, max |error| {stats['max_abs']:.2g}")
         return self
@@ -172,12 +175,12 @@ class ZeroPointView:
             emax = max(emax, float(np.abs(err).max()))
             self.points[name].set_offsets(np.column_stack([to_numpy(self._pts), err]))
             self.curves[name].set_data(np.arange(2, 9), np.asarray(sqnr[name]))
-        a.set_xlim(xlo, xhi)
+        a.set_xlim(*steady_limits(xlo, xhi, margin=0.0))         # round limits: a shift step often keeps them
         set_ylim_to(a, self.hist.get_data().values.max() / 0.75)   # room for the level rugs on top
         a.set_title(f"levels used at {bits} bits (grey: unused)\n"
                     f"absmax {self.used['absmax'][0]}/{self.used['absmax'][1]} used, "
                     f"zero-point {self.used['zeropoint'][0]}/{self.used['zeropoint'][1]} used")
-        b.set_xlim(*value_range(self._pts))
+        b.set_xlim(*steady_limits(*value_range(self._pts), margin=0.0))
         b.set_ylim(-emax * 1.1, emax * 1.6)
         b.set_title(f"rounding error per value\n({len(self._pts):,} of {x.numel():,} shown)")
         self.bits_line.set_xdata([bits, bits])

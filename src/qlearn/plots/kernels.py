@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from ._base import axes_or_new, new_figure
+from ._base import LEGEND_ZORDER, axes_or_new, new_figure
 
 __all__ = ["PART_COLORS", "time_split_bars", "roofline", "crossover", "SpeedView"]
 
@@ -130,6 +131,7 @@ def crossover(points: list[dict], ax: Axes | None = None) -> list:
 class SpeedView:
     """Two panels for the speed explorer: (a) the time split of one mode at one batch size, beside the
     other modes at that batch; (b) the roofline with that mode drawn thick and the batch marked.
+    Built once for the splits handed in; `update` moves bars and lines (one collection per part).
 
     >>> from qlearn.kernels import TimeSplit
     >>> s = TimeSplit("bf16", 1, 1, 0.01, 0.01, {("mlp", "matmul"): 0.01})
@@ -143,19 +145,54 @@ class SpeedView:
             fig, _ = new_figure(2, figsize=(10.5, 4.4))
             fig.subplots_adjust(left=0.17, right=0.985, bottom=0.3, top=0.9, wspace=0.35)
         self.fig, self.axes = fig, np.array(fig.axes)
-        self.selected = None
+        self.selected = self._built = None
+
+    def _build(self, splits: dict, points: list[dict]) -> None:
+        a, b = self.axes
+        rows = max(sum(1 for (_, bs) in splits if bs == batch) for _, batch in splits)
+        parts = [k for k in PART_COLORS if any(s.parts.get(k, 0) > 0 for s in splits.values())]
+        self.bars = {k: a.add_collection(PolyCollection(
+            [], facecolors=PART_COLORS[k], edgecolors="white", linewidths=0.5,
+            hatch="//" if k[1] == "dequantize" else None, label=k[0] if k[1] == "other" else f"{k[0]} {k[1]}"))
+            for k in parts}
+        (self.forward,) = a.plot([], [], color="black", lw=1.6)
+        a.set_ylim(-0.6, rows - 0.4)
+        a.set_xlabel("ms per token")
+        a.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=4, frameon=False, fontsize=7)
+        self.lines = dict(zip([label for label, _ in _by_mode(points)], roofline(points, ax=b)[::2], strict=True))
+        b.get_legend().set_zorder(LEGEND_ZORDER)
+        self.batch_line = b.axvline(1, color="black", lw=0.8, alpha=0.5)
+        self._built = (id(splits), id(points))
 
     def update(self, splits: dict, points: list[dict], mode: str, batch: int) -> SpeedView:
         """splits: (mode, batch) -> TimeSplit; points: roofline dicts; draws ``mode`` at ``batch``."""
-        a, b = self.axes
-        a.clear()
-        b.clear()
-        at_batch = [s for (m, bs), s in splits.items() if bs == batch]
+        a, _ = self.axes
+        if self._built != (id(splits), id(points)):
+            self._build(splits, points)
         chosen = splits[(mode, batch)]
-        time_split_bars([chosen] + [s for s in at_batch if s is not chosen], ax=a)
+        shown = [chosen] + [s for (m, bs), s in splits.items() if bs == batch and s is not chosen]
+        ys = np.arange(len(shown))[::-1]                     # the chosen mode on top
+        boxes = {k: [] for k in self.bars}
+        ticks_x, ticks_y = [], []
+        for y, split in zip(ys, shown, strict=True):
+            scale, left = 1e3 / split.tokens, 0.0
+            for key in self.bars:
+                width = split.parts.get(key, 0.0) * scale
+                if width > 0:
+                    boxes[key].append([(left, y - 0.3), (left + width, y - 0.3), (left + width, y + 0.3),
+                                       (left, y + 0.3)])
+                    left += width
+            ticks_x += [split.forward_s * scale] * 2 + [np.nan]
+            ticks_y += [y - 0.38, y + 0.38, np.nan]
+        for key, collection in self.bars.items():
+            collection.set_verts(boxes[key])
+        self.forward.set_data(ticks_x, ticks_y)
+        a.set_yticks(ys, [f"{s.label} b{s.batch}x{s.seq}" for s in shown])
+        a.set_xlim(0, 1.05 * max(max(s.hooked_s, s.forward_s) * 1e3 / s.tokens for s in shown))
         a.set_title(f"{mode}, batch {batch}: {1e3 * chosen.forward_s / chosen.tokens:.1f} ms/token "
                     f"(gap {100 * chosen.gap:.0f}%)")
-        roofline(points, ax=b, highlight=mode)
-        b.axvline(batch, color="black", lw=0.8, alpha=0.5)
+        for label, line in self.lines.items():
+            line.set_linewidth(2.6 if label == mode else 1.4)
+        self.batch_line.set_xdata([batch, batch])
         self.selected = (mode, batch)
         return self

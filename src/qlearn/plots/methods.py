@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from ._base import COLORS, new_figure
+from ._base import COLORS, LEGEND_ZORDER, new_figure
 
 __all__ = ["FAMILY_COLORS", "frontier_figure", "MethodView", "block_bytes_figure"]
 
@@ -87,50 +87,77 @@ def _label_places(rows: list[dict], gap: float, cluster_bits: float = 0.4) -> tu
 class MethodView:
     """Three panels for one layer and one method: (a) one row's weights before / after (and, for
     GPTQ, the value each weight had when it was rounded), (b) mean |error| per input column,
-    (c) the shift error compensation gave each column (GPTQ) or the method's per-column scale (AWQ)."""
+    (c) the shift error compensation gave each column (GPTQ) or the method's per-column scale (AWQ).
+    Built once; `update` swaps the lines' data. Panel (a) keeps one y range per layer (the shown
+    columns of every row), so stepping through rows moves the lines, not the axis."""
 
     def __init__(self, fig: Figure | None = None):
         self.fig, self.axes = (fig, np.array(fig.axes)) if fig is not None else new_figure(3, figsize=(10.5, 3.4))
         self.fig.subplots_adjust(left=0.06, right=0.99, bottom=0.17, top=0.85, wspace=0.3)
+        a, b, c = self.axes
+        (self.orig,) = a.plot([], [], color=COLORS["orig"], lw=1, label="original")
+        (self.moved,) = a.plot([], [], color=COLORS["err"], lw=1, alpha=0.8, label="when rounded (moved)")
+        (self.quant,) = a.step([], [], where="mid", color=COLORS["deq"], lw=1, label="quantized")
+        a.set_xlabel("input column")
+        a.set_ylabel("weight")
+        (self.rtn,) = b.plot([], [], color=COLORS["muted"], lw=0.8, label="RTN")
+        (self.err,) = b.plot([], [], color=COLORS["level"], lw=0.8, label="this method")
+        b.set_xlabel("input column")
+        b.set_ylabel("mean |error|")
+        b.legend(frameon=False, fontsize=7, loc="upper right").set_zorder(LEGEND_ZORDER)
+        b.set_title("error per input column")
+        (self.comp,) = c.plot([], [], color=COLORS["err"], lw=0.8)
+        self.note = c.text(0.5, 0.5, "no compensation:\neach weight rounded on its own", ha="center", va="center",
+                           transform=c.transAxes, fontsize=9, color=COLORS["muted"])
+        c.set_xlabel("input column")
+        self._legend = None
 
     def update(self, cols: np.ndarray, w_row: np.ndarray, q_row: np.ndarray, moved_row: np.ndarray | None,
                col_err: np.ndarray, rtn_col_err: np.ndarray, shift: np.ndarray | None, in_scale: np.ndarray | None,
-               title: str) -> None:
+               title: str, w_range: tuple[float, float] | None = None) -> None:
         """cols (k,) column indices shown in (a); w_row / q_row / moved_row (k,) values of one row;
         col_err, rtn_col_err (in,) mean |error| per input column of this method and of RTN;
         shift (in,) mean |moved - w| per column (GPTQ) or None; in_scale (in,) AWQ's s or None;
-        title: shown over the first panel (method, bits, output error)."""
+        title: shown over the first panel (method, bits, output error); w_range: (a)'s y limits
+        (default: this row's values)."""
         a, b, c = self.axes
-        for ax in self.axes:
-            ax.cla()
-        a.plot(cols, w_row, color=COLORS["orig"], lw=1, label="original")
-        if moved_row is not None:
-            a.plot(cols, moved_row, color=COLORS["err"], lw=1, alpha=0.8, label="when rounded (moved)")
-        a.step(cols, q_row, where="mid", color=COLORS["deq"], lw=1, label="quantized")
-        a.set_xlabel("input column")
-        a.set_ylabel("weight")
-        a.legend(frameon=False, fontsize=7, loc="upper right")
+        self.orig.set_data(cols, w_row)
+        self.quant.set_data(cols, q_row)
+        self.moved.set_data(cols, moved_row if moved_row is not None else [])
+        self.moved.set_visible(moved_row is not None)
+        shown = [self.orig] + ([self.moved] if moved_row is not None else []) + [self.quant]
+        if self._legend != len(shown):           # the legend names what is drawn
+            a.legend(shown, [line.get_label() for line in shown], frameon=False, fontsize=7,
+                     loc="upper right").set_zorder(LEGEND_ZORDER)
+            self._legend = len(shown)
+        lo, hi = w_range or (min(np.min(w_row), np.min(q_row)), max(np.max(w_row), np.max(q_row)))
+        pad = 0.05 * (hi - lo or 1.0)
+        a.set_xlim(cols[0] - 0.05 * (cols[-1] - cols[0] + 1), cols[-1] + 0.05 * (cols[-1] - cols[0] + 1))
+        a.set_ylim(lo - pad, hi + pad)
         a.set_title(title, loc="left", fontsize=8)
         x = np.arange(len(col_err))
-        b.plot(x, rtn_col_err, color=COLORS["muted"], lw=0.8, label="RTN")
-        b.plot(x, col_err, color=COLORS["level"], lw=0.8, label="this method")
-        b.set_xlabel("input column")
-        b.set_ylabel("mean |error|")
-        b.legend(frameon=False, fontsize=7, loc="upper right")
-        b.set_title("error per input column")
-        if shift is not None:
-            c.plot(x, shift, color=COLORS["err"], lw=0.8)
-            c.set_ylabel("mean |moved - original|")
-            c.set_title("GPTQ: shift from compensation")
-        elif in_scale is not None:
-            c.plot(x, in_scale, color=COLORS["err"], lw=0.8)
-            c.set_ylabel("s (scale of input channel)")
-            c.set_title("AWQ: W * s is rounded, then / s")
+        self.rtn.set_data(x, rtn_col_err)
+        self.err.set_data(x, col_err)
+        _fit(b, x, np.concatenate([rtn_col_err, col_err]))
+        values = shift if shift is not None else in_scale
+        self.comp.set_data(x if values is not None else [], values if values is not None else [])
+        self.note.set_visible(values is None)
+        if values is not None:
+            _fit(c, x, values)
         else:
-            c.text(0.5, 0.5, "no compensation:\neach weight rounded on its own", ha="center", va="center",
-                   transform=c.transAxes, fontsize=9, color=COLORS["muted"])
-            c.set_title("compensation")
-        c.set_xlabel("input column")
+            c.set_xlim(0, 1)
+            c.set_ylim(0, 1)
+        c.set_ylabel("mean |moved - original|" if shift is not None else
+                     "s (scale of input channel)" if in_scale is not None else "")
+        c.set_title("GPTQ: shift from compensation" if shift is not None else
+                    "AWQ: W * s is rounded, then / s" if in_scale is not None else "compensation")
+
+
+def _fit(ax, x: np.ndarray, y: np.ndarray) -> None:
+    """Limits around x and y with 5% margins (what autoscaling gives a line), set directly."""
+    lo, hi = float(np.nanmin(y)), float(np.nanmax(y))
+    ax.set_xlim(x[0] - 0.05 * (x[-1] - x[0]), x[-1] + 0.05 * (x[-1] - x[0]))
+    ax.set_ylim(lo - 0.05 * (hi - lo or 1.0), hi + 0.05 * (hi - lo or 1.0))
 
 
 def block_bytes_figure(blocks: list[tuple[str, np.ndarray, list[tuple[str, int, int]]]]) -> Figure:

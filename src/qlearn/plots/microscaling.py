@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.collections import LineCollection
 
-from ._base import COLORS, new_figure
+from ._base import COLORS, LEGEND_ZORDER, new_figure, steady_limits
 
 __all__ = ["FORMAT_COLORS", "BlockGridView"]
 
@@ -45,7 +45,7 @@ class BlockGridView:
         b.set_xlabel("weight in the window (index)")
         b.set_ylabel("|dequantized - weight|")
         b.set_title("error per weight", fontsize=9)
-        b.legend(frameon=False, fontsize=7, loc="upper right")
+        b.legend(frameon=False, fontsize=7, loc="upper right").set_zorder(LEGEND_ZORDER)
         self.axes = (a, b)
 
     def update(self, w, deq: dict, levels: list, grid_format: str, title: str, boundaries=()) -> BlockGridView:
@@ -63,13 +63,13 @@ class BlockGridView:
             self.errs[f].set_data(x, np.abs(deq[f] - w))
         lo = min(float(np.min(w)), *(float(np.min(d)) for d in deq.values()))
         hi = max(float(np.max(w)), *(float(np.max(d)) for d in deq.values()))
-        pad = 0.08 * (hi - lo or 1.0)
+        lo, hi = steady_limits(lo, hi)           # round limits: the next window often keeps them (and the axis)
         a.set_xlim(-0.7, n - 0.3)
-        a.set_ylim(lo - pad, hi + pad)
-        self.bounds.set_segments([[(t - 0.5, lo - pad), (t - 0.5, hi + pad)] for t in boundaries])
+        a.set_ylim(lo, hi)
+        self.bounds.set_segments([[(t - 0.5, lo), (t - 0.5, hi)] for t in boundaries])
         top = max(float(np.max(np.abs(deq[f] - w))) for f in self.formats)
         b.set_xlim(-0.7, n - 0.3)
-        b.set_ylim(0, 1.1 * top or 1.0)
+        b.set_ylim(0, steady_limits(0.0, top)[1] if top > 0 else 1.0)
         a.set_title(title, loc="left", fontsize=8.5, y=1.1)
         self.ticks.set_label(f"{grid_format} levels")
         return self

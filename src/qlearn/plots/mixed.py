@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from ._base import COLORS, new_figure, to_numpy
+from ._base import COLORS, LEGEND_ZORDER, new_figure, to_numpy
 
 __all__ = ["MixedPlanView", "frontier", "block_profile"]
 
@@ -47,7 +47,7 @@ class MixedPlanView:
         b.set_yscale("log")
         b.set_xlabel("bits per weight (linear layers)")
         b.set_ylabel("summed predicted KL (nats)")
-        b.legend(fontsize=7, loc="upper right")
+        b.legend(fontsize=7, loc="upper right").set_zorder(LEGEND_ZORDER)
 
     def update(self, values, layers, formats, chosen, plan_bits, plan_cost, curve_bits, curve_cost, uniform,
                title, colour_label="predicted KL (nats/position)"):

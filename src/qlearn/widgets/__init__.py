@@ -17,6 +17,7 @@ from .explorers import (
     nf4_explorer,
     zeropoint_explorer,
 )
+from .finetune import FinetuneExplorer, finetune_explorer  # noqa: F401  (lesson 12)
 from .kernels import SpeedExplorer, speed_explorer
 from .memory import DoubleQuantExplorer, double_quant_explorer
 from .methods import MethodExplorer, method_explorer

@@ -5,12 +5,20 @@ VS Code, Voila) are used: VBox/HBox, Image, HTML and the value controls. The fig
 `matplotlib.figure.Figure` rendered to PNG bytes into an `ipywidgets.Image`, so no ipympl and no
 `%matplotlib widget` are needed. A control change calls `update()`; tests call `update(**params)`.
 Errors raised while drawing are caught and shown in the message area, never as a traceback.
+
+Live sliders (`continuous_update=True`): a change that arrives from the front end (a `comm_msg`) does not
+draw at once. It is noted, and the redraw is scheduled on the kernel's event loop after the loop has
+turned twice with no further change, so changes already queued behind it (ipykernel reads one shell
+message per turn) are absorbed first and one redraw shows the latest values: at most one redraw in
+flight, no queue of stale frames. (The front end helps: ipywidgets keeps one update per widget in flight
+and merges the rest.) A change made from Python (a cell, a test) redraws before the assignment returns.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import time
 import warnings
 from collections import OrderedDict
 
@@ -20,7 +28,8 @@ from torch import nn
 
 from .. import _threads, sources
 from ..plots import to_png
-from ..plots._base import FastRenderer, plain_agg
+from ..plots._base import plain_agg
+from ..plots._fastrender import FastRenderer
 
 __all__ = ["Explorer", "SourceControls"]
 
@@ -65,6 +74,7 @@ class Explorer(widgets.VBox):
         self.message = widgets.HTML(value="")
         self.error: str | None = None
         self._busy = False
+        self._changes, self._scheduled = 0, False     # front-end changes seen; a redraw waiting on the loop
         header = widgets.HTML(value=f"<b>{html.escape(title)}</b>") if title else None
         bar = widgets.HBox(list(self.controls.values()),
                            layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
@@ -132,11 +142,10 @@ class Explorer(widgets.VBox):
             self.image.value = self._render_png()
 
     def _render_png(self) -> bytes:
-        """PNG bytes of the figure. renderer "agg": matplotlib's plain FigureCanvasAgg + savefig,
-        nothing of ours (~170-230 ms CPU per redraw of a three-panel explorer, over the 100 ms
-        target); "fast" (default): FastRenderer on a CachedTextCanvas (~60-90 ms), which re-renders
-        only the axes whose frame changed and stamps each text from a cache. Measured side by
-        side by benchmarks/bench_widgets.py."""
+        """PNG bytes of the figure. renderer "agg": matplotlib's plain FigureCanvasAgg + savefig, nothing of
+        ours (80-120 ms of CPU for a three-panel explorer: 3-4 frames' time); "fast" (default):
+        `qlearn.plots._fastrender.FastRenderer`, the same pixels (tests/test_frames.py) drawing only what
+        moved. benchmarks/bench_widgets.py measures both."""
         if self.renderer == "fast":
             if self._fast is None or self._fast.canvas is not self.figure.canvas:   # (renderer switched)
                 self._fast = FastRenderer(self.figure)
@@ -147,8 +156,26 @@ class Explorer(widgets.VBox):
         return to_png(self.figure)
 
     def _on_change(self, change) -> None:
-        if not self._busy:
+        if self._busy:
+            return
+        loop = _frontend_loop()
+        if loop is None:                  # from Python: redraw now
             self.update()
+            return
+        self._changes += 1
+        if not self._scheduled:
+            self._scheduled = True
+            loop.add_callback(self._flush, loop, self._changes, 0, time.monotonic())
+
+    def _flush(self, loop, seen: int, quiet: int, started: float) -> None:
+        """Redraw once the loop has turned twice without a new change (queued changes absorbed), or
+        after 50 ms of changes arriving back to back (so the picture keeps moving)."""
+        quiet = quiet + 1 if self._changes == seen else 0
+        if quiet < 2 and time.monotonic() - started < 0.05:
+            loop.add_callback(self._flush, loop, self._changes, quiet, started)
+            return
+        self._scheduled = False
+        self.update()
 
     def _set(self, key: str, value) -> bool:
         """Set one control; False when the control clamped the value to its range."""
@@ -207,6 +234,27 @@ class Explorer(widgets.VBox):
     def png(self) -> bytes:
         """The figure as PNG bytes, fully re-rendered (what `image` shows, without the caching)."""
         return to_png(self.figure)
+
+
+def _frontend_loop():
+    """The kernel's event loop (a tornado IOLoop) when the change being handled came from the front end
+    (the kernel is handling a `comm_msg`), else None. ipykernel 6-7: `get_parent("shell")`; 5.x (older
+    Colab images): `_parent_header`."""
+    try:
+        from IPython import get_ipython
+    except ImportError:            # pragma: no cover - IPython comes with ipywidgets
+        return None
+    kernel = getattr(get_ipython(), "kernel", None)
+    if kernel is None or getattr(kernel, "io_loop", None) is None:
+        return None
+    try:
+        parent = kernel.get_parent("shell")
+    except TypeError:
+        parent = kernel.get_parent()
+    except AttributeError:
+        parent = getattr(kernel, "_parent_header", None)
+    header = (parent or {}).get("header") or {}
+    return kernel.io_loop if header.get("msg_type") == "comm_msg" else None
 
 
 def _ipympl_canvas(figure):

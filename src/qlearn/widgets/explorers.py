@@ -27,13 +27,13 @@ GRANULARITY_OPTIONS = tuple((f"per {g}", g) for g in GRANULARITIES)   # per tens
 
 
 def _bits_slider(value: int) -> widgets.IntSlider:
-    return widgets.IntSlider(value=value, min=2, max=8, step=1, description="bits", continuous_update=False,
+    return widgets.IntSlider(value=value, min=2, max=8, step=1, description="bits", continuous_update=True,
                              style=_WIDE, layout=slider_layout("200px"))
 
 
 def _blocksize_slider(value: int) -> widgets.SelectionSlider:
     return widgets.SelectionSlider(options=list(BLOCKSIZES_4BIT), value=value, description="blocksize",
-                                   continuous_update=False, style=_WIDE, layout=slider_layout("250px"))
+                                   continuous_update=True, style=_WIDE, layout=slider_layout("250px"))
 
 
 def quantize_scheme(x, scheme: str, bits: int, granularity: str, blocksize: int):
@@ -71,7 +71,7 @@ class HistogramExplorer(Explorer):
                                             layout=slider_layout("180px")),
             "blocksize": _blocksize_slider(blocksize),
             "group": widgets.IntSlider(value=0, min=0, max=0, description="block / row", style=_WIDE,
-                                       continuous_update=False, layout=slider_layout("260px")),
+                                       continuous_update=True, layout=slider_layout("260px")),
             "log": widgets.Checkbox(value=False, description="log counts", indent=False,
                                     layout=slider_layout("110px")),
         }
@@ -116,7 +116,7 @@ class NF4Explorer(Explorer):
             **self.src.controls,
             "blocksize": _blocksize_slider(blocksize),
             "offset": widgets.FloatSlider(value=offset, min=0.9, max=0.995, step=0.0005, readout_format=".4f",
-                                          description="offset (top quantile)", continuous_update=False,
+                                          description="offset (top quantile)", continuous_update=True,
                                           style=_WIDE, layout=slider_layout("330px")),
         }
         self._results = ResultCache(6)
@@ -147,10 +147,10 @@ class ZeroPointExplorer(Explorer):
         controls = {
             **self.src.controls,
             "shift": widgets.FloatSlider(value=shift, min=-3.0, max=3.0, step=0.25, description="shift (std)",
-                                         continuous_update=False, style=_WIDE, layout=slider_layout("260px")),
+                                         continuous_update=True, style=_WIDE, layout=slider_layout("260px")),
             "bits": _bits_slider(bits),
         }
-        self._results = ResultCache(4)
+        self._results = ResultCache(16)      # ~1.3 MB a shift (65,536 values): a shift dragged back is kept
         self.used, self.sqnr = {}, {}
         super().__init__(controls, plots.ZeroPointView(), title="Absmax vs zero-point", canvas=canvas)
         self.update()

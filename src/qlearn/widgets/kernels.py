@@ -27,7 +27,7 @@ class SpeedExplorer(Explorer):
         controls = {
             "mode": widgets.Dropdown(options=modes, value=mode or modes[0], description="mode", style=_WIDE),
             "batch": widgets.SelectionSlider(options=batches, value=batch or batches[0], description="batch size",
-                                             continuous_update=False, style=_WIDE, layout=slider_layout("280px")),
+                                             continuous_update=True, style=_WIDE, layout=slider_layout("280px")),
         }
         self.splits, self.points, self.shown = dict(splits), list(points), None
         super().__init__(controls, SpeedView(), title="Speed: where the time goes, and the floor under it",

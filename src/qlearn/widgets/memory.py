@@ -38,11 +38,11 @@ class DoubleQuantExplorer(Explorer):
         sizes = list(MODEL_SIZES) if model_size in MODEL_SIZES else sorted({*MODEL_SIZES, float(model_size)})
         controls = {
             "blocksize": widgets.SelectionSlider(options=list(BLOCKSIZES_4BIT), value=blocksize,
-                                                 description="blocksize", continuous_update=False,
+                                                 description="blocksize", continuous_update=True,
                                                  style=_WIDE, layout=slider_layout("280px")),
             "model_size": widgets.SelectionSlider(options=[(plots.format_params(n), n) for n in sizes],
                                                   value=model_size, description="model size",
-                                                  continuous_update=False, style=_WIDE,
+                                                  continuous_update=True, style=_WIDE,
                                                   layout=slider_layout("280px")),
         }
         self.quant_type, self.sizes = quant_type, sizes

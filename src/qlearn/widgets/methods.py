@@ -44,12 +44,13 @@ class MethodExplorer(Explorer):
         layer = layer or next(iter(weights))
         self.weights, self.inputs, self.columns = weights, inputs, columns
         self.cache = ResultCache(8)
+        self._views = ResultCache(8)
         rows = weights[layer].shape[0]
         controls = {
             "layer": widgets.Dropdown(options=list(weights), value=layer, description="layer", style=_WIDE),
             "method": widgets.Dropdown(options=list(LAYER_METHODS), value=method, description="method"),
             "blocksize": widgets.Dropdown(options=list(BLOCKSIZES), value=blocksize, description="blocksize"),
-            "row": widgets.IntSlider(value=row, min=0, max=rows - 1, description="row", continuous_update=False,
+            "row": widgets.IntSlider(value=row, min=0, max=rows - 1, description="row", continuous_update=True,
                                      layout=slider_layout()),
         }
         self.record = self.col_err = self.rtn_col_err = self.shift = None
@@ -61,31 +62,40 @@ class MethodExplorer(Explorer):
         w, x = self.weights[layer].float(), self.inputs.get(layer)
         return self.cache.get_or((layer, method, blocksize), lambda: quantize_layer(method, w, x, blocksize))
 
+    def _layer_view(self, layer: str, method: str, blocksize: int) -> dict:
+        """What does not change with the row, for one (layer, method, blocksize): computed once."""
+        def compute():
+            w, x = self.weights[layer].float(), self.inputs.get(layer)
+            rec, moved = self._result(layer, method, blocksize)
+            base, _ = self._result(layer, "rtn", blocksize)
+            w_hat = rec.dequantize(torch.float32).reshape(w.shape)
+            k = min(self.columns, w.shape[1])
+            shown = [w[:, :k], w_hat[:, :k]] + ([moved[:, :k]] if moved is not None else [])
+            in_scale = getattr(rec, "in_scale", None)
+            return dict(
+                rec=rec, moved=moved, w_hat=w_hat, k=k, w_range=(min(float(t.min()) for t in shown),
+                                                                  max(float(t.max()) for t in shown)),
+                col_err=to_numpy(column_error(w, w_hat)), rtn_col_err=to_numpy(column_error(w, base.dequantize())),
+                shift=to_numpy(column_error(w, moved)) if moved is not None else None,
+                in_scale=to_numpy(in_scale) if in_scale is not None else None,
+                out_err=output_error(x, w, w_hat) if x is not None else None,
+                rtn_out_err=output_error(x, w, base.dequantize()) if x is not None else None)
+        return self._views.get_or((layer, method, blocksize), compute)
+
     def _draw(self, v: dict) -> None:
         layer, method, blocksize = v["layer"], v["method"], v["blocksize"]
-        w, x = self.weights[layer].float(), self.inputs.get(layer)
+        w = self.weights[layer].float()
         self.controls["row"].max = w.shape[0] - 1
         row = min(v["row"], w.shape[0] - 1)
-        rec, moved = self._result(layer, method, blocksize)
-        base, _ = self._result(layer, "rtn", blocksize)
-        w_hat = rec.dequantize(torch.float32).reshape(w.shape)
-        self.record = rec
-        self.col_err, self.rtn_col_err = to_numpy(column_error(w, w_hat)), to_numpy(column_error(w, base.dequantize()))
-        self.shift = to_numpy(column_error(w, moved)) if moved is not None else None
-        in_scale = getattr(rec, "in_scale", None)
-        if x is not None:
-            self.out_err = output_error(x, w, w_hat)
-            self.rtn_out_err = output_error(x, w, base.dequantize())
-        else:
-            self.out_err = self.rtn_out_err = None
-        k = min(self.columns, w.shape[1])
-        cols = np.arange(k)
+        d = self._layer_view(layer, method, blocksize)
+        self.record, self.col_err, self.rtn_col_err, self.shift = d["rec"], d["col_err"], d["rtn_col_err"], d["shift"]
+        self.out_err, self.rtn_out_err = d["out_err"], d["rtn_out_err"]
+        k, moved = d["k"], d["moved"]
         ratio = f", output err {self.out_err / self.rtn_out_err:.2f}x RTN" if self.out_err is not None else ""
-        self.view.update(cols, to_numpy(w[row, :k]), to_numpy(w_hat[row, :k]),
+        self.view.update(np.arange(k), to_numpy(w[row, :k]), to_numpy(d["w_hat"][row, :k]),
                          to_numpy(moved[row, :k]) if moved is not None else None,
-                         self.col_err, self.rtn_col_err, self.shift,
-                         to_numpy(in_scale) if in_scale is not None else None,
-                         f"{method}, row {row}\n{rec.bits_per_param:.2f} bits/weight{ratio}")
+                         self.col_err, self.rtn_col_err, self.shift, d["in_scale"],
+                         f"{method}, row {row}\n{self.record.bits_per_param:.2f} bits/weight{ratio}", d["w_range"])
 
 
 def method_explorer(model=None, tok=None, layers=("model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"),

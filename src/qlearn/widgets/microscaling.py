@@ -35,10 +35,10 @@ class BlockFormatExplorer(Explorer):
         out, inp = self.weights[layer].shape
         controls = {
             "layer": widgets.Dropdown(options=list(weights), value=layer, description="layer", style=_WIDE),
-            "row": widgets.IntSlider(value=row, min=0, max=out - 1, description="row", continuous_update=False,
+            "row": widgets.IntSlider(value=row, min=0, max=out - 1, description="row", continuous_update=True,
                                      layout=slider_layout()),
             "window": widgets.IntSlider(value=window, min=0, max=inp // WINDOW - 1, description="window",
-                                        continuous_update=False, layout=slider_layout()),
+                                        continuous_update=True, layout=slider_layout()),
             "grid": widgets.Dropdown(options=list(FORMATS), value=grid, description="levels of"),
         }
         self.window_error, self.largest = {}, {}
@@ -48,12 +48,12 @@ class BlockFormatExplorer(Explorer):
 
     def _draw(self, v: dict) -> None:
         w = self.weights[v["layer"]]
-        g = self.cache.get_or(v["layer"], lambda: grids(w))
+        g, whole = self.cache.get_or(v["layer"], lambda: _grids_and_values(w))   # once per layer
         self.controls["row"].max = w.shape[0] - 1
         self.controls["window"].max = w.shape[1] // WINDOW - 1
         row, start = min(v["row"], w.shape[0] - 1), min(v["window"], w.shape[1] // WINDOW - 1) * WINDOW
         cols = slice(start, start + WINDOW)
-        deq = {f: g[f].dequantize()[row, cols] for f in FORMATS}
+        deq = {f: whole[f][row, cols] for f in FORMATS}
         x = w[row, cols]
         self.window_error = {f: float(((deq[f] - x) ** 2).sum()) for f in FORMATS}
         self.largest = {f: sorted(set((g[f].scale[row, cols] * g[f].codebook.abs().max()).tolist())) for f in FORMATS}
@@ -66,6 +66,12 @@ class BlockFormatExplorer(Explorer):
         title = (f"{v['layer']}, row {row}, weights {start}..{start + WINDOW - 1}: smallest error {best}\n"
                  f"largest level of each block: {scale_text}")
         self.view.update(to_numpy(x), {f: to_numpy(d) for f, d in deq.items()}, levels, v["grid"], title, bounds)
+
+
+def _grids_and_values(w: torch.Tensor) -> tuple[dict, dict]:
+    """The four formats' grids of a layer and their dequantized weights (a slider move only slices them)."""
+    g = grids(w)
+    return g, {f: g[f].dequantize() for f in FORMATS}
 
 
 def block_format_explorer(model=None, layers=("model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"),

@@ -12,7 +12,7 @@ import torch
 
 from .. import mixed
 from ..plots.mixed import MixedPlanView
-from ._base import _WIDE, Explorer, slider_layout
+from ._base import _WIDE, Explorer, ResultCache, slider_layout
 
 __all__ = ["MixedPrecisionExplorer", "mixed_precision_explorer"]
 
@@ -40,19 +40,20 @@ class MixedPrecisionExplorer(Explorer):
                         for p in [mixed.uniform(t, f)]]
         controls = {
             "budget": widgets.FloatSlider(value=budget, min=round(self.least + 0.0005, 3), max=max_bits, step=0.001,
-                                          readout_format=".3f", description="bits/weight", continuous_update=False,
+                                          readout_format=".3f", description="bits/weight", continuous_update=True,
                                           style=_WIDE, layout=slider_layout("340px")),
             "colour": widgets.Dropdown(options=list(COLOURS), value="predicted KL", description="colour",
                                        style=_WIDE, layout=slider_layout("220px")),
         }
         self.plan = self.predicted_mb = None
+        self._plans = ResultCache(256)
         super().__init__(controls, MixedPlanView(), title="One format per layer under a byte budget",
                          canvas=canvas)
         self.update()
 
     def _draw(self, v: dict) -> None:
         t = self.tables
-        self.plan = mixed.solve(t, v["budget"])
+        self.plan = self._plans.get_or(v["budget"], lambda: mixed.solve(t, v["budget"]))   # dragged back: kept
         self.predicted_mb = self.plan.bits_per_weight * float(t.numel.sum()) / 8e6
         chosen = torch.tensor([t.formats.index(f) for f in self.plan.formats])
         counts = ", ".join(f"{n} {f}" for f, n in list(self.plan.counts().items())[:4])

@@ -47,7 +47,7 @@ class OutlierExplorer(Explorer):
             "prompt": widgets.Text(value=prompt, description="prompt", continuous_update=False,
                                    style=_WIDE, layout=slider_layout("420px")),
             "threshold": widgets.FloatLogSlider(value=threshold, base=10, min=-1, max=2, step=0.01,
-                                                description="threshold", continuous_update=False,
+                                                description="threshold", continuous_update=True,
                                                 readout_format=".3g", style=_WIDE, layout=slider_layout("300px")),
         }
         self._inputs = ResultCache(4)
@@ -107,7 +107,7 @@ class GenerationExplorer(Explorer):
             controls[_checkbox(mode)] = widgets.Checkbox(value=mode in modes, description=mode, indent=False,
                                                         layout=slider_layout("70px"))
         controls["max_new_tokens"] = widgets.IntSlider(value=max_new_tokens, min=1, max=200, description="new tokens",
-                                                       continuous_update=False, style=_WIDE,
+                                                       continuous_update=True, style=_WIDE,
                                                        layout=slider_layout("260px"))
         controls["generate"] = widgets.Button(description="Generate", button_style="primary")
         self.progress = widgets.IntProgress(value=0, min=0, max=1, description="", layout=slider_layout("300px"))
