@@ -1,4 +1,4 @@
-"""The layering of DESIGN.md, checked on the source with `ast`: math imports torch only, plots draw
+"""The layering of README.md ("Layers"), checked on the source with `ast`: math imports torch only, plots draw
 what they are handed (no torch math), widgets import no model libraries at module level.
 
 The AST cannot tell a tensor from a numpy array, so the "no math in plots" check is a list: calls
@@ -27,7 +27,7 @@ MATH = {"codebooks", "quantize", "intquant", "memory", "metrics", "granularity",
         "texts", "capture", "_threads", "microscaling", "fp8", "rotation", "matched4bit", "formats", "affine",
         "calibration"}
 # not math: numpy, models, the CLI; claims and quiz check a learner's answers (stdlib only); sensitivity runs a model
-OTHER = {"__init__", "backend", "cli", "evaluate", "models", "sources", "claims", "quiz", "sensitivity", "finetune",
+OTHER = {"__init__", "backend", "cli", "evaluate", "models", "sources", "claims", "quiz", "sensitivity",
          "kvcache", "roundtrip",   # lesson 13: a model's KV cache and its save / reload (transformers inside functions)
          "_memrelease",   # _memrelease: glibc / madvise calls (ctypes), a platform trick, not math
          "exercises", "assessment", "answers",   # exercises: a learner's function checked; assessment: lesson 08's run

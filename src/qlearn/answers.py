@@ -1,7 +1,7 @@
 """Reading what a learner wrote: one number parser, one yes/no word list, one tolerance rule.
 
 `qlearn.quiz` (the assessment lesson's questions and every lesson's ``check_prediction``) reads answers
-with these; ``qlearn.claims`` re-exports `parse_number`. The tolerance rule of the whole package (`is_close`):
+with these. The tolerance rule of the whole package (`is_close`):
 a number is right when ``|answer - expected| <= max(abs_tol, rel_tol * |expected|)``: either tolerance
 suffices, as in ``math.isclose``, but relative to the expected value only. Pure Python.
 """

@@ -25,11 +25,10 @@ from dataclasses import dataclass
 import torch
 
 from ._checks import check_int
-from .calibration import calibration_ids
+from .calibration import Calibration, calibration_ids
 from .fakequant import parse_format
 from .formats import FORMATS, names
 from .memory import bits_per_param
-from .sensitivity import Calibration
 
 __all__ = ["PLAN_BLOCKSIZES", "PLAN_FORMATS", "LADDER", "format_bits", "CalibrationDraw", "Plan", "Tables", "tables",
            "make_plan", "solve", "uniform", "shuffled", "llama_rule"]

@@ -30,8 +30,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ._checks import check_int
-from .calibration import calibration_ids
+from .calibration import Calibration
 from .capture import input_hooks, layer_input
 from .fakequant import fake_quantize, quantizable_layers, quantizer
 
@@ -41,22 +40,7 @@ __all__ = ["Calibration", "Reference", "reference", "layer_kl", "block_kl", "wei
 _VERSION = 2   # bump when what a format name means or how KL is measured changes: old cache files go unused
 
 
-@dataclass(frozen=True)
-class Calibration:
-    """How much calibration text: ``n_seqs`` sequences of ``seq_len`` tokens; KL at every ``every``-th position.
-    Default 2 x 128 tokens, KL on 128 positions: one layer costs about 1/8 of a 4,096-token perplexity."""
-
-    n_seqs: int = 2
-    seq_len: int = 128
-    every: int = 2
-
-    def __post_init__(self):
-        for name in ("n_seqs", "seq_len", "every"):
-            check_int(getattr(self, name), f"Calibration.{name}", minimum=1)
-
-    def ids(self, tok) -> torch.Tensor:
-        """The first n_seqs x seq_len ids of the "sensitivity" calibration text, int64 (n_seqs, seq_len)."""
-        return calibration_ids(tok, "sensitivity", n_tokens=self.n_seqs * self.seq_len, window=self.seq_len)
+DEFAULT_CALIBRATION = Calibration()   # 2 x 128 tokens, KL at every 2nd position (a frozen dataclass)
 
 
 def block_of(name: str) -> int:
@@ -116,7 +100,7 @@ class Reference:
         return float((self.logp.exp() * (self.logp - logq)).sum(dim=-1).mean())
 
 
-def reference(model: nn.Module, tok, calibration: Calibration = Calibration(), ids=None) -> Reference:
+def reference(model: nn.Module, tok, calibration: Calibration = DEFAULT_CALIBRATION, ids=None) -> Reference:
     """Run the (unquantized) model once on the calibration ids and keep what the sensitivities need."""
     ids = calibration.ids(tok) if ids is None else ids
     return Reference(model, ids.to(model.device), calibration.every)
@@ -205,7 +189,7 @@ def _cache_path(cache, key: str):
 
 
 def sensitivities(model: nn.Module, tok, formats, anchor: str = "nf4+dq/64",
-                  calibration: Calibration = Calibration(), cache=True, progress: bool = True,
+                  calibration: Calibration = DEFAULT_CALIBRATION, cache=True, progress: bool = True,
                   measure=(), layers=None) -> Sensitivity:
     """Measured anchor KL per layer and per block, and predicted KL of every layer in every format.
 

@@ -21,6 +21,7 @@ from .finetune import FinetuneExplorer, finetune_explorer  # noqa: F401  (lesson
 from .kernels import SpeedExplorer, speed_explorer
 from .memory import DoubleQuantExplorer, double_quant_explorer
 from .methods import MethodExplorer, method_explorer
+from .microscaling import BlockFormatExplorer, block_format_explorer
 from .mixed import MixedPrecisionExplorer, mixed_precision_explorer
 from .models import GenerationExplorer, OutlierExplorer, generation_explorer, outlier_explorer
 
@@ -28,4 +29,4 @@ __all__ = ["Explorer", "HistogramExplorer", "NF4Explorer", "ZeroPointExplorer", 
            "nf4_explorer", "zeropoint_explorer", "DoubleQuantExplorer", "double_quant_explorer",
            "OutlierExplorer", "GenerationExplorer", "outlier_explorer", "generation_explorer",
            "SpeedExplorer", "speed_explorer", "MethodExplorer", "method_explorer", "MixedPrecisionExplorer",
-           "mixed_precision_explorer"]
+           "mixed_precision_explorer", "BlockFormatExplorer", "block_format_explorer"]
