@@ -148,7 +148,7 @@ def test_int8_cast_warning_is_dropped_inside_qlearns_calls_only(caplog):
     assert not logging.getLogger(name).filters
 
 
-# (shape, blocksize) -> misread on an AVX-512 CPU? The 16 wrong decodes once seen on an AVX-512 CPU were exactly the True rows here.
+# (shape, blocksize) -> misread on an AVX-512 CPU? The 16 wrong decodes once seen there were exactly the True rows.
 CASES = [
     ((64, 64), 128, True), ((64, 64), 1024, True), ((64, 64), 2048, False), ((64, 64), 64, False),
     ((40, 96), 64, True), ((576, 1536), 64, False), ((127, 33), 64, False), ((4096,), 64, False),

@@ -21,7 +21,7 @@ from qlearn.models import INSTALL_EMBEDDED, release_memory
 from qlearn.sources import layer_weight
 
 MODES = ("fp32", "bf16", "int8", "nf4", "nf4+dq", "fp4")   # fp16: the bf16 path at half speed on a CPU
-PPL_TOKENS = 512     # one window: enough to order the modes (4,096 tokens give nf4 18.76 vs fp4 22.00: bench_models.py), short for CI
+PPL_TOKENS = 512     # one window: enough to order the modes (4,096 give nf4 18.76, fp4 22.00), short for CI
 PPL_MODES = ("bf16", "int8", "nf4", "nf4+dq", "fp4")   # fp32/fp16 on a CPU: slow, and no new lesson
 QUESTION = "What is the capital of France?"
 LAYER = "model.layers.0.mlp.down_proj"   # (576, 1536)

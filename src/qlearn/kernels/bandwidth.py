@@ -29,8 +29,8 @@ def copy_bandwidth(nbytes: int = 64 << 20, repeats: int = 5, device=None) -> flo
     ``repeats``.
 
     Counts read + write (2 * nbytes per copy), the traffic a kernel that reads weights and writes a copy
-    would make. 64 MiB each is larger than most CPUs' last-level cache (3D V-Cache parts have 96 MB of L3, so use a larger
-    `nbytes` there), so this is main-memory bandwidth. device:
+    would make. 64 MiB each is larger than most CPUs' last-level cache (3D V-Cache parts have 96 MB of
+    L3: use a larger `nbytes` there), so this is main-memory bandwidth. device:
     where the model runs (default CPU). On a CUDA device the copy is device to device (the GPU's own
     memory), 20 copies a timing, the clock read after ``torch.cuda.synchronize`` (an H200 copied ~4 TB/s).
 
