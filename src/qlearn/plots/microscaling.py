@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.collections import LineCollection
 
-from ._base import COLORS, LEGEND_ZORDER, new_figure, steady_limits
+from ._base import COLORS, new_figure, steady_limits
 
 __all__ = ["FORMAT_COLORS", "BlockGridView"]
 
@@ -44,8 +44,7 @@ class BlockGridView:
         a.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=len(self.formats) + 1, frameon=False, fontsize=7)
         b.set_xlabel("weight in the window (index)")
         b.set_ylabel("|dequantized - weight|")
-        b.set_title("error per weight", fontsize=9)
-        b.legend(frameon=False, fontsize=7, loc="upper right").set_zorder(LEGEND_ZORDER)
+        b.set_title("error per weight (colors as on the left)", fontsize=9)
         self.axes = (a, b)
 
     def update(self, w, deq: dict, levels: list, grid_format: str, title: str, boundaries=()) -> BlockGridView:
