@@ -26,6 +26,7 @@ from .lora import (
     attach_lora,
     heldout_loss,
     load_for_training,
+    load_rounded,
     lora_mode,
     set_checkpointing,
     train,
@@ -36,5 +37,5 @@ from .merge import ROUTES, Rounding, Shipped, merged_weight, rounding, ship
 
 __all__ = ["ANSWER", "ASK", "TEMPLATES", "Batch", "Example", "encode", "order_examples", "task", "TARGETS",
            "PrepareCost", "Run", "adapter_runner", "adapter_shapes", "answers", "attach_lora", "heldout_loss",
-           "load_for_training", "lora_mode", "set_checkpointing", "train", "train_dtype", "MemorySplit",
+           "load_for_training", "load_rounded", "lora_mode", "set_checkpointing", "train", "train_dtype", "MemorySplit",
            "memory_split", "ROUTES", "Rounding", "Shipped", "merged_weight", "rounding", "ship"]

@@ -23,7 +23,7 @@ from .._checks import check_int
 from .data import Batch, encode
 
 __all__ = ["TARGETS", "PrepareCost", "Run", "train_dtype", "lora_mode", "load_for_training", "attach_lora",
-           "set_checkpointing", "checkpointing", "adapter_shapes", "heldout_loss", "answers", "train", "adapter_runner"]
+           "load_rounded", "set_checkpointing", "checkpointing", "adapter_shapes", "heldout_loss", "answers", "train", "adapter_runner"]
 
 # target-module choices: peft's "all-linear" (QLoRA's choice), attention only, q and v (the LoRA paper's), the MLP
 TARGETS = {"all-linear": "all-linear", "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
@@ -54,6 +54,34 @@ def load_for_training(mode: str, model_id="embedded", device_map="auto"):
 
     compute = train_dtype(resolve_device(device_map)) if mode.split("+")[0] in ("nf4", "fp4") else None
     model, tok = load(model_id, mode=mode, compute_dtype=compute, device_map=device_map, verbose=False)
+    return model.train(), tok
+
+
+def load_rounded(mode: str = "nf4+dq", model_id="embedded", device_map="auto"):
+    """The 16-bit model (``lora_mode``) whose linear layers hold exactly the values a 4-bit ``mode`` (nf4, fp4,
+    nf4+dq, fp4+dq; blocks of 64) computes with, in training mode.
+
+    Each weight is quantized by bitsandbytes itself (`qlearn.bnb_interop`, the bytes ``ql.load`` would store)
+    and dequantized in the training dtype, as bitsandbytes' ``gemm_4bit`` does before its matmul (fake
+    quantization, `qlearn.fakequant`). LoRA on this model computes what QLoRA on ``mode`` computes, with plain
+    ``nn.Linear`` layers: the control that separates what the 4-bit *base* costs from anything the 4-bit
+    *training* adds. The lm_head tied to the embedding is left as it is, as bitsandbytes leaves it.
+    """
+    from .. import bnb_interop
+    from .._checks import check_choice
+    from ..fakequant import fake_quantize, quantizable_layers
+    from ..models import load, resolve_device
+
+    check_choice(mode, "mode", ("nf4", "fp4", "nf4+dq", "fp4+dq"))
+    quant_type, double_quant = mode.split("+")[0], mode.endswith("+dq")
+    device = resolve_device(device_map)
+    model, tok = load(model_id, mode=lora_mode(device), device_map=device_map, verbose=False)
+
+    def stored(w):   # quantized from the checkpoint's bf16 values, as loading in 4 bits does
+        return bnb_interop.quantize_4bit_record(w.to(torch.bfloat16), quant_type, 64, double_quant)
+
+    fake_quantize(model, {name: stored for name in quantizable_layers(model)}, keep_originals=False,
+                  values_dtype=train_dtype(device))
     return model.train(), tok
 
 
