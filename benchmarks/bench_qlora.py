@@ -4,8 +4,9 @@ Each mode is loaded on its own (one model in memory at a time), gets fresh LoRA 
 linear layer, the same seed), and trains the same steps on the same batches of the order-logging task
 (`qlearn.finetune.task`): LoRA on the 16-bit weights (bf16, or float32 where this CPU has no bf16 arithmetic:
 the same values) and QLoRA on nf4+dq, nf4 and fp4 (``prepare_model_for_kbit_training``; compute in the same
-dtype); and, as the control, LoRA on plain layers that hold nf4+dq's dequantized values (``lora@nf4+dq``,
-`qlearn.finetune.load_rounded`). Measured per mode: held-out loss (NLL per answer token) before and after, seconds a step, tokens a
+dtype); and, as the control, LoRA on plain layers holding nf4+dq's dequantized values
+(``lora@nf4+dq``, `qlearn.finetune.load_rounded`). Measured per mode: held-out loss (NLL per answer token)
+before and after, seconds a step, tokens a
 second, trainable parameters, and one step's memory split without and with gradient checkpointing
 (`qlearn.finetune.memory_split`). On nf4+dq: the rounding of one merged layer onto the NF4 grid and the three
 ways to ship (4-bit base + adapter; merged into bf16; merged then nf4+dq again): held-out perplexity, answers

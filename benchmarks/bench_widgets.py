@@ -5,7 +5,8 @@ histogram (lesson 2's eight layers), zero-point (lesson 2), NF4 (lesson 3), doub
 outlier (lesson 6: layers.15 q_proj on the lesson's prompt), speed (lesson 9's modes; the time splits are
 invented, the drawing is what is timed), mixed precision (lesson 10: the cached sensitivities of the 210
 layers when ~/.cache/qlearn has them, else seeded stand-ins), method (lesson 11: layers.3 down_proj, GPTQ)
-and block formats (lesson 14: layers.0 q_proj). The generation explorer redraws only on its button.
+block formats (lesson 14: layers.0 q_proj) and fine-tuning (lesson 12: three seeded stand-in runs, no model, no
+training). The generation explorer redraws only on its button.
 
 Live sequence: each slider dragged the way `continuous_update` sends it, one step at a time, forth and
 back, plus the lesson's dropdown flips once their results are cached (the first, cold computation of a
@@ -111,6 +112,27 @@ def speed_inputs():
     return splits, points
 
 
+def finetune_inputs():
+    """Lesson 12's explorer inputs with no model: three seeded stand-in runs (12 steps, a checkpoint every 2, the
+    held-out loss falling from ~3.5 as the lesson's does), its questions, and a runner that refuses to train."""
+    from qlearn.finetune.lora import Run
+    rng = np.random.default_rng(0)
+    prompts, expected = ("17 + 25 =", "9 x 6 =", "100 - 37 ="), ("42", "54", "63")
+    checkpoints = tuple(range(0, 13, 2))
+    runs = {}
+    for i, key in enumerate([(8, "all-linear"), (4, "all-linear"), (8, "attention")]):
+        rate = 0.35 - 0.08 * i
+        heldout = tuple(3.5 * (0.02 + 0.98 * np.exp(-rate * s)) for s in checkpoints)
+        train = tuple(3.5 * (0.02 + 0.98 * np.exp(-rate * s)) * np.exp(rng.normal(0, 0.15)) for s in range(12))
+        answers = tuple(tuple(e if s >= 4 * (j + 1) + 2 * i else "?" for j, e in enumerate(expected))
+                        for s in checkpoints)
+        runs[key] = Run(train, checkpoints, heldout, answers, 60.0 + 10 * i, 12 * 4 * 50, 1_000_000 >> i)
+
+    def runner(rank, targets):
+        raise AssertionError(f"the bench trains nothing: ({rank}, {targets!r}) has no stand-in run")
+    return runner, runs, prompts, expected
+
+
 def cases(data, sens):
     """name -> (factory, live sequence): each explorer at its lesson's defaults."""
     from qlearn import mixed
@@ -144,6 +166,10 @@ def cases(data, sens):
         "block_format": (lambda: BlockFormatExplorer({**data["mx"]}),
                          there_and_back("window", range(0, 12)) + there_and_back("row", range(0, 12))),
     }
+    runner, runs, prompts, expected = finetune_inputs()
+    out["finetune"] = (lambda: widgets.finetune_explorer(runner, runs=runs, prompts=prompts, expected=expected),
+                       there_and_back("step", range(12, -1, -2)) + [("rank", 4)] + there_and_back("step", [12, 10, 8])
+                       + [("rank", 8), ("targets", "attention"), ("targets", "all-linear")])
     if data["model"] is not None:
         thresholds = [round(6.0 * 10 ** (-0.02 * i), 3) for i in range(0, 25)]
         out["outlier"] = (lambda: widgets.outlier_explorer(data["model"], data["tok"],

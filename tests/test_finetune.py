@@ -96,6 +96,26 @@ def test_training_lowers_the_held_out_loss(tiny_folder, tok):
     assert run.trainable == sum(r * (i + o) for r, i, o in ft.adapter_shapes(pm).values())
 
 
+@pytest.mark.parametrize("mode", ["nf4+dq", "fp4"])
+def test_lora_on_the_rounded_values_computes_what_qlora_computes(tiny_folder, tok, mode):
+    """The control of lesson 12: plain layers holding the 4-bit values give QLoRA's outputs exactly (no gradient:
+    bitsandbytes' gemm_4bit dequantizes to the input's dtype, then F.linear), hence the same held-out loss."""
+    q, _ = ft.load_for_training(mode, model_id=str(tiny_folder), device_map="cpu")
+    r, _ = ft.load_rounded(mode, model_id=str(tiny_folder), device_map="cpu")
+    x = torch.randn(3, 64, generator=torch.Generator().manual_seed(0))
+    qm, rm = dict(q.named_modules()), dict(r.named_modules())
+    for name in ("model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.o_proj"):
+        assert type(rm[name]) is torch.nn.Linear and type(qm[name]) is not torch.nn.Linear
+        with torch.no_grad():
+            out_4bit = qm[name](x.to(qm[name].compute_dtype)).float()
+            assert torch.equal(out_4bit, rm[name](x.to(rm[name].weight.dtype)).float())
+    held = ft.task(8, 4)[1]
+    pq, pr = ft.attach_lora(q, rank=4)[0], ft.attach_lora(r, rank=4)[0]
+    assert ft.heldout_loss(pq, tok, held) == pytest.approx(ft.heldout_loss(pr, tok, held), rel=1e-6)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        ft.load_rounded("int8", model_id=str(tiny_folder), device_map="cpu")
+
+
 def _random_adapter(pm, scale=0.02):
     """Give every LoRA B a random value (B starts at zero, which would make every merge trivial)."""
     g = torch.Generator().manual_seed(1)

@@ -87,6 +87,23 @@ def _block_format():
     return block_format_explorer
 
 
+def _finetune():
+    """Lesson 12's explorer on stand-in runs (seeded numbers, no model); its runner refuses to train."""
+    from qlearn.finetune.lora import Run
+    rng = np.random.default_rng(0)
+    checkpoints = tuple(range(0, 13, 2))
+    runs = {}
+    for i, key in enumerate([(8, "all-linear"), (4, "all-linear"), (8, "attention")]):
+        heldout = tuple(3.5 * np.exp(-(0.3 - 0.07 * i) * s) for s in checkpoints)
+        train = tuple(3.5 * np.exp(-(0.3 - 0.07 * i) * s + rng.normal(0, 0.15)) for s in range(12))
+        answers = tuple(("42" if s >= 6 + 2 * i else "41", "54" if s >= 10 else "?") for s in checkpoints)
+        runs[key] = Run(train, checkpoints, heldout, answers, 30.0, 2400, 600_000 >> i)
+
+    def runner(rank, targets):
+        raise AssertionError("no training here")
+    return lambda: widgets.finetune_explorer(runner, runs=runs, prompts=("17 + 25 =", "9 x 6 ="), expected=("42", "54"))
+
+
 CASES = {
     "histogram": (lambda: widgets.histogram_explorer(n=16384),
                   drag("bits", [3, 2, 3, 4, 5, 8, 4]) + drag("group", [1, 2, 3, 2, 40])
@@ -109,6 +126,8 @@ CASES = {
                + drag("row", [10, 11]) + [("layer", "b")] + drag("row", [5, 6])),
     "block_format": (_block_format(), drag("window", [1, 2, 3, 2]) + drag("row", [1, 2, 40])
                      + [("grid", "NVFP4"), ("grid", "NF4")] + drag("window", [10, 11])),
+    "finetune": (_finetune(), drag("step", [10, 8, 6, 4, 6]) + [("rank", 4)] + drag("step", [8, 10, 12])
+                 + [("rank", 8), ("targets", "attention"), ("targets", "all-linear")] + drag("step", [2, 0])),
 }
 
 

@@ -212,6 +212,36 @@ def test_zeropoint_explorer_levels_used_and_sqnr():
     assert w.error is None and f"{w.used['absmax'][0]}/15 used" in w.figure.axes[0].get_title()
 
 
+def test_finetune_explorer_step_is_live_and_moves_only_the_marker():
+    from matplotlib.lines import Line2D
+    from test_frames import _finetune
+
+    from qlearn.plots._base import LEGEND_ZORDER
+
+    w = _finetune()()
+    _assert_explorer(w, "finetune_explorer")
+    ax = w.figure.axes[0]
+    assert w.controls["step"].continuous_update
+    limits, lines = (ax.get_xlim(), ax.get_ylim()), [a for a in ax.get_children() if isinstance(a, Line2D)]
+    legend = ax.get_legend()
+    for step in (10, 6, 2, 0):
+        w.controls["step"].value = step                    # a drag: the marker moves, curves and limits stay
+        assert w.error is None and w.view.marker.get_xdata()[0] == step
+        assert (ax.get_xlim(), ax.get_ylim()) == limits and ax.get_legend() is legend
+        assert [a for a in ax.get_children() if isinstance(a, Line2D)] == lines
+    w.update(rank=4)                                        # another run: drawn full, the first one pale
+    held = {label: line for label, (_, _, line) in w.view.curves.items()}
+    colors = {label: line.get_color() for label, line in held.items()}
+    assert held["r=4, all-linear"].get_alpha() == 1.0 and held["r=8, all-linear"].get_alpha() < 1
+    w.update(rank=8)
+    after = {label: line.get_color() for label, (_, _, line) in w.view.curves.items()}
+    assert after == colors                                  # each run keeps its colour, whichever is shown
+    # the legend: right of the axes (over no curve), one entry a run, under the data (a still background)
+    renderer = w.figure.canvas.get_renderer()
+    assert legend.get_window_extent(renderer).x0 > ax.get_window_extent(renderer).x1
+    assert len(legend.get_texts()) == 3 and legend.get_zorder() == LEGEND_ZORDER
+
+
 def test_double_quant_explorer_shows_the_bits_per_param_difference():
     w = widgets.double_quant_explorer()
     _assert_explorer(w, "double_quant_explorer")
@@ -498,7 +528,7 @@ def test_every_explorer_slider_sends_while_it_is_dragged():
             if isinstance(control, sliders):
                 assert control.continuous_update, f"{w.name}: {key} updates only when released"
                 seen += 1
-    assert seen >= 14
+    assert seen >= 15
 
 
 KERNEL_SETUP = """

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -22,8 +23,9 @@ import torch.nn.functional as F
 from .._checks import check_int
 from .data import Batch, encode
 
-__all__ = ["TARGETS", "PrepareCost", "Run", "train_dtype", "lora_mode", "load_for_training", "attach_lora",
-           "load_rounded", "set_checkpointing", "checkpointing", "adapter_shapes", "heldout_loss", "answers", "train", "adapter_runner"]
+__all__ = ["TARGETS", "PrepareCost", "Run", "train_dtype", "lora_mode", "load_for_training", "load_rounded",
+           "attach_lora", "set_checkpointing", "checkpointing", "adapter_shapes", "heldout_loss", "answers", "train",
+           "adapter_runner"]
 
 # target-module choices: peft's "all-linear" (QLoRA's choice), attention only, q and v (the LoRA paper's), the MLP
 TARGETS = {"all-linear": "all-linear", "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
@@ -117,8 +119,10 @@ def attach_lora(model, rank: int = 8, alpha: int | None = None, targets="all-lin
     added = sum(before[n][1] * (4 - before[n][0].itemsize) for n, _ in cast)
     config = LoraConfig(r=rank, lora_alpha=2 * rank if alpha is None else alpha, target_modules=targets,
                         lora_dropout=0.0, task_type="CAUSAL_LM")
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         torch.manual_seed(seed)   # peft draws A from the global generator
+        # peft 0.21 reads transformers' old flag name, which transformers 5 warns about on every call
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
         peft_model = get_peft_model(model, config)
     return peft_model.train(), PrepareCost(cast, added, gradient_checkpointing)
 

@@ -4,11 +4,13 @@ nothing here trains or quantizes."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from ._base import COLORS, new_figure, style_axes, to_numpy
+from ._base import COLORS, LEGEND_ZORDER, new_figure, to_numpy
 
 __all__ = ["RUN_COLORS", "PARTS", "loss_curves", "memory_bars", "rounding_figure", "LossView"]
 
@@ -98,20 +100,88 @@ def rounding_figure(step_ratio, delta, applied, title: str = "", points: int = 6
 
 
 class LossView:
-    """The fine-tuning explorer's figure: the held-out and training loss of every run trained so far (the
-    current one in colour, the others pale) and a marker at the chosen step. Redrawn whole on each update."""
+    """The fine-tuning explorer's figure: the held-out and training loss of every run trained so far (each run
+    keeps its colour; the current one drawn full and on top, the others pale), a marker at the chosen step and
+    the legend right of the axes.
+
+    Built once and updated in place, for a dragged step slider: a step moves the marker (and the title) alone;
+    choosing another run changes only which curves are pale; the limits and the legend change only when a run
+    is added.
+
+    >>> from types import SimpleNamespace
+    >>> run = SimpleNamespace(train_loss=(3.0, 2.0, 1.0, 0.5), eval_steps=(0, 2, 4), heldout=(3.5, 1.2, 0.4))
+    >>> view = LossView(); [float(v) for v in view.update({"r=8": run}, "r=8", 2).ax.get_xlim()]
+    [0.0, 4.2]
+    >>> [float(v) for v in view.update({"r=8": run}, "r=8", 4).ax.get_xlim()], view.marker.get_xdata()
+    ([0.0, 4.2], [4, 4])
+    """
 
     def __init__(self, fig: Figure | None = None):
         if fig is None:
             fig, _ = new_figure(1, figsize=(8.6, 3.8))
-            fig.subplots_adjust(left=0.09, right=0.98, bottom=0.14, top=0.88)
+            fig.subplots_adjust(left=0.09, right=0.66, bottom=0.14, top=0.88)   # the legend right of the axes
         self.fig, self.ax = fig, fig.axes[0]
+        ax = self.ax
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+        ax.xaxis.set_major_locator(MaxNLocator(6, integer=True))
+        ax.set_xlabel("training step (thin: the batch's loss; dots: held-out loss)")
+        ax.set_ylabel("loss (nats per answer token)")
+        self.marker = ax.axvline(0, color="#333333", lw=1, ls=":")
+        self.curves: dict = {}          # label -> (run, training-loss line, held-out line)
+        self._legend_of = None          # the runs the legend and the limits were made for
 
-    def update(self, runs: dict, current: str, step: int, title: str = "") -> list:
-        """runs: {label: run} (see `loss_curves`); ``current``: the label drawn in full colour."""
-        self.ax.clear()
-        style_axes(self.ax)
-        ordered = {k: runs[k] for k in [current, *[k for k in runs if k != current]]}
-        artists = loss_curves(ordered, ax=self.ax, step=step, faded=[k for k in runs if k != current])
-        self.ax.set_title(title, fontsize=9)
-        return artists
+    def update(self, runs: dict, current: str, step: int, title: str = "") -> LossView:
+        """runs: {label: object with ``train_loss`` (per step), ``eval_steps`` and ``heldout``}; ``current``: the
+        label drawn in full colour; ``step``: where the marker stands."""
+        ax = self.ax
+        for label, run in runs.items():
+            if label not in self.curves or self.curves[label][0] is not run:     # a run not drawn yet
+                for line in self.curves.get(label, (None,))[1:]:
+                    line.remove()
+                color = RUN_COLORS[list(runs).index(label) % len(RUN_COLORS)]
+                steps = np.arange(1, len(run.train_loss) + 1)   # the loss of step k's batch, before its update
+                (train,) = ax.plot(steps, run.train_loss, "-", lw=0.8, color=color)
+                (held,) = ax.plot(run.eval_steps, run.heldout, "o-", lw=2, ms=4, color=color,
+                                  label=f"{label}: held-out {run.heldout[0]:.3g} → {run.heldout[-1]:.3g}")
+                self.curves[label] = (run, train, held)
+        for label, (_, train, held) in self.curves.items():
+            alpha = 1.0 if label == current else 0.3
+            train.set_alpha(0.45 * alpha)
+            held.set_alpha(alpha)
+            train.set_zorder(2.1 if label == current else 2)       # the current run over the others
+            held.set_zorder(2.1 if label == current else 2)
+        drawn = tuple((label, id(run)) for label, run in runs.items())
+        if drawn != self._legend_of:                # a run was added: new limits and legend entries
+            self._legend_of = drawn
+            last = max(max(len(r.train_loss), r.eval_steps[-1]) for r in runs.values())
+            losses = [v for r in runs.values() for v in (*r.train_loss, *r.heldout) if np.isfinite(v) and v > 0]
+            ax.set_xlim(0, last * 1.05)                # fixed while the step moves: the marker moves inside them
+            ax.set_ylim(*_log_limits(min(losses, default=0.1), max(losses, default=10.0)))
+            # the handles are full colour whichever run is current, so a new choice leaves the legend as it was;
+            # outside the axes it covers no curve, under the data it stays in the fast renderer's background
+            ax.legend(handles=[self.curves[label][2] for label in runs], fontsize=7, loc="upper left",
+                      bbox_to_anchor=(1.02, 1.0), frameon=False).set_zorder(LEGEND_ZORDER)
+            for handle in ax.get_legend().legend_handles:
+                handle.set_alpha(1.0)
+        self.marker.set_xdata([step, step])
+        ax.set_title(title, fontsize=9)
+        return self
+
+
+def _log_limits(lo: float, hi: float) -> tuple[float, float]:
+    """Limits of a log axis around [lo, hi], out to 1, 2 or 5 x 10^k: the same for runs of similar losses.
+
+    >>> _log_limits(0.066, 3.55)
+    (0.05, 5.0)
+    """
+    def down(v):
+        mag = 10.0 ** math.floor(math.log10(v))
+        return max(m * mag for m in (1, 2, 5) if m * mag <= v)
+
+    def up(v):
+        mag = 10.0 ** math.floor(math.log10(v))
+        return min(m * mag for m in (1, 2, 5, 10) if m * mag >= v)
+
+    return down(lo * 0.95), up(hi * 1.05)

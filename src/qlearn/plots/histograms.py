@@ -11,9 +11,12 @@ errors in `qlearn.metrics`.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import torch
 from matplotlib.collections import LineCollection
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
@@ -123,7 +126,9 @@ class ZeroPointView:
     """Absmax vs zero-point on one tensor: (a) histogram with the levels each scheme has, used
     ones in colour; (b) rounding error per value; (c) SQNR (dB) against bits 2..8.
 
-    `used` holds the last counts: {"absmax": (used, total), "zeropoint": (used, total)}.
+    `used` holds the last counts: {"absmax": (used, total), "zeropoint": (used, total)}. Built for slider
+    steps: limits are round (`steady_limits`), the level rugs are set from arrays, and what each result draws is
+    kept for the results seen last.
     """
 
     N_POINTS = 2000
@@ -152,6 +157,7 @@ class ZeroPointView:
         c.xaxis.set_major_locator(MaxNLocator(integer=True))
         c.legend(loc="upper left", frameon=False).set_zorder(LEGEND_ZORDER)
         self._x, self.used = None, {}
+        self._memo: OrderedDict = OrderedDict()
 
     def update(self, x: torch.Tensor, results: dict, sqnr: dict, bits: int) -> ZeroPointView:
         """results: {"absmax": AbsmaxQuantized, "zeropoint": ZeroPointQuantized} at `bits`
@@ -164,27 +170,44 @@ class ZeroPointView:
         emax = 1e-12
         xlo, xhi = value_range(x)
         for name, res in results.items():
-            levels = to_numpy(code_values(res))                          # (2**bits or 2**bits - 1,)
-            used = to_numpy(code_counts(res)) > 0                        # the same codes, in order
+            levels, used, err = self._drawn(x, res)
             y0, y1 = self.rugs[name]._band
-            self.rugs[name].set_segments([[(v, y0), (v, y1)] for v in levels.tolist()])
-            self.rugs[name].set_color([COLORS[name] if u else "#d0d0d0" for u in used.tolist()])
+            self.rugs[name].set_segments(np.stack([np.column_stack([levels, np.full_like(levels, y)])
+                                                   for y in (y0, y1)], axis=1))        # (levels, 2 ends, xy)
+            self.rugs[name].set_color(np.where(used[:, None], to_rgba(COLORS[name]), to_rgba("#d0d0d0")))
             self.used[name] = (int(used.sum()), len(levels))
             xlo, xhi = min(xlo, float(levels[0])), max(xhi, float(levels[-1]))
-            err = to_numpy(sample(errors(x, res.dequantize(torch.float32)), self.N_POINTS))   # same positions
             emax = max(emax, float(np.abs(err).max()))
             self.points[name].set_offsets(np.column_stack([to_numpy(self._pts), err]))
             self.curves[name].set_data(np.arange(2, 9), np.asarray(sqnr[name]))
         a.set_xlim(*steady_limits(xlo, xhi, margin=0.0))         # round limits: a shift step often keeps them
         set_ylim_to(a, self.hist.get_data().values.max() / 0.75)   # room for the level rugs on top
+        # the titles sit a little higher than style_axes puts them: panel (a)'s is wider than its axes and would
+        # otherwise touch the top tick label, which the fast renderer would then draw again with each new count
         a.set_title(f"levels used at {bits} bits (grey: unused)\n"
                     f"absmax {self.used['absmax'][0]}/{self.used['absmax'][1]} used, "
-                    f"zero-point {self.used['zeropoint'][0]}/{self.used['zeropoint'][1]} used")
+                    f"zero-point {self.used['zeropoint'][0]}/{self.used['zeropoint'][1]} used", y=1.03)
         b.set_xlim(*steady_limits(*value_range(self._pts), margin=0.0))
-        b.set_ylim(-emax * 1.1, emax * 1.6)
-        b.set_title(f"rounding error per value\n({len(self._pts):,} of {x.numel():,} shown)")
+        # round limits (the next shift usually keeps them; a bit more halves the error, and the axis follows it),
+        # room above for the legend
+        b.set_ylim(*steady_limits(-emax * 1.1, emax * 1.6, margin=0.0, steps=4))
+        b.set_title(f"rounding error per value\n({len(self._pts):,} of {x.numel():,} shown)", y=1.03)
         self.bits_line.set_xdata([bits, bits])
         finite = [v for values in sqnr.values() for v in values if np.isfinite(v)]   # exact: inf dB
-        c.set_ylim(min([0.0, *finite]), max([10.0, *finite]) * 1.1 + 1)
-        c.set_title(f"error against bits\n(dashed: now {bits} bits)")
+        c.set_ylim(*steady_limits(min([0.0, *finite]), max([10.0, *finite]) * 1.1 + 1, margin=0.0, steps=4))
+        c.set_title("error against bits\n(dashed: the bits chosen)", y=1.03)   # the same at every step
         return self
+
+    def _drawn(self, x: torch.Tensor, res) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What panels (a) and (b) draw of one result: its levels (sorted), whether each is used, and the error
+        at the sampled positions. Kept for the last results seen (a slider moved back finds them)."""
+        key = (id(x), id(res))
+        if key not in self._memo:
+            levels = to_numpy(code_values(res)).astype(np.float64)          # (2**bits or 2**bits - 1,)
+            used = to_numpy(code_counts(res)) > 0                             # the same codes, in order
+            err = to_numpy(sample(errors(x, res.dequantize(torch.float32)), self.N_POINTS))   # same positions
+            self._memo[key] = (x, res, levels, used, err)      # (x and res held: their ids stay theirs)
+            while len(self._memo) > 32:
+                self._memo.popitem(last=False)
+        self._memo.move_to_end(key)
+        return self._memo[key][2:]

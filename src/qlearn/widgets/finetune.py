@@ -1,9 +1,9 @@
 """The fine-tuning explorer (lesson 12): rank, target modules and step -> loss curves and the model's answers.
 
 A setting not seen before is trained when chosen (``runner(rank, targets)``, from
-`qlearn.finetune.adapter_runner`: a whole run, seconds to minutes on a CPU); every run is kept, so moving the
-step slider or going back to a setting redraws at once. The answers shown are the ones the run recorded at its
-checkpoint at or before the chosen step.
+`qlearn.finetune.adapter_runner`: a whole run, seconds to minutes on a CPU); every run is kept, so going back to a
+setting redraws at once, and the step slider is live (a step moves the marker and the answers, not the curves).
+The answers shown are the ones the run recorded at its checkpoint at or before the chosen step.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class FinetuneExplorer(Explorer):
             "targets": widgets.Dropdown(options=list(TARGETS), value=targets, description="LoRA on",
                                         style=_WIDE, layout=slider_layout("200px")),
             "step": widgets.IntSlider(value=steps if step is None else step, min=0, max=steps, step=every,
-                                      description="step", continuous_update=False, layout=slider_layout("300px")),
+                                      description="step", continuous_update=True, layout=slider_layout("300px")),
         }
         self.table = widgets.HTML(value="")
         self.run = self.shown_step = self.answers = None

@@ -5,6 +5,7 @@ first shown (qlearn.matched4bit); moving a slider only slices."""
 from __future__ import annotations
 
 import ipywidgets as widgets
+import numpy as np
 import torch
 
 from ..matched4bit import FORMATS, grids
@@ -57,15 +58,22 @@ class BlockFormatExplorer(Explorer):
         x = w[row, cols]
         self.window_error = {f: float(((deq[f] - x) ** 2).sum()) for f in FORMATS}
         self.largest = {f: sorted(set((g[f].scale[row, cols] * g[f].codebook.abs().max()).tolist())) for f in FORMATS}
-        grid = g[v["grid"]]
-        levels = [to_numpy(grid.levels((row, start + i))) for i in range(WINDOW)]
-        size = grid.blocksize
+        levels = _window_levels(g[v["grid"]], row, cols)
+        size = g[v["grid"]].blocksize
         bounds = [i for i in range(1, WINDOW) if (start + i) % size == 0]
         best = min(FORMATS, key=self.window_error.get)
-        scale_text = ", ".join(f"{f} {'/'.join(f'{s:.3g}' for s in self.largest[f])}" for f in FORMATS)
-        title = (f"{v['layer']}, row {row}, weights {start}..{start + WINDOW - 1}: smallest error {best}\n"
-                 f"largest level of each block: {scale_text}")
-        self.view.update(to_numpy(x), {f: to_numpy(d) for f, d in deq.items()}, levels, v["grid"], title, bounds)
+        # the layer's line stays the same as the sliders move (the text cache draws it again at once)
+        title = f"{v['layer']}\nrow {row}, weights {start}..{start + WINDOW - 1}: smallest error {best}"
+        self.view.update(to_numpy(x), {f: to_numpy(d) for f, d in deq.items()}, levels, v["grid"], title, bounds,
+                         largest=self.largest)
+
+
+def _window_levels(grid, row: int, cols: slice) -> np.ndarray:
+    """(WINDOW, k): row i the levels weight i of the window may take (`Grid.levels` of each weight, all at once):
+    the code book times the weight's scale, sorted, a level repeated in a row (+0 and -0) left as NaN."""
+    levels = np.sort(to_numpy(grid.scale[row, cols])[:, None] * to_numpy(grid.codebook)[None, :], axis=1)
+    levels[:, 1:][np.diff(levels, axis=1) == 0] = np.nan
+    return levels
 
 
 def _grids_and_values(w: torch.Tensor) -> tuple[dict, dict]:
