@@ -490,6 +490,7 @@ device when loading (`device_map`); older releases (the threads) refused every `
 # tensor of the two state dicts byte for byte, and the logits of one prompt.
 
 # %%
+state_before = {k: v.clone() for k, v in model.state_dict().items()}   # for the next cell
 check_ids = tok("The capital of France is", return_tensors="pt").input_ids
 rt11, _ = roundtrip.roundtrip(model, check_ids=check_ids)
 file_table = pd.Series(rt11.file_bytes, name="bytes in the file").to_frame()
@@ -498,6 +499,22 @@ print(f"{rt11.tensors} tensors: {len(rt11.compared['equal'])} equal, {len(rt11.c
       f"{len(rt11.compared['missing'])} missing; logits equal: {rt11.same_logits}; saved in {rt11.save_s:.1f} s, "
       f"loaded in {rt11.load_s:.1f} s")
 file_table
+
+# %%
+# The logits check ran this model's first forward in eval mode. On a CPU with AVX512-BF16 that forward repacks
+# every 4-bit layer for bitsandbytes' fused kernel (layout "cpu-blocked"), and the state dict is then rebuilt from it.
+layouts = pd.Series(bnb_interop.four_bit_layouts(model)).value_counts().to_dict()
+after = roundtrip.compare_state_dicts(state_before, model.state_dict())
+print(f"layouts of the 4-bit layers now: {layouts}; this model's state dict against the one before the forward: "
+      f"{len(after['equal'])} equal, {len(after['different'])} different")
+if after["different"]:
+    kinds = pd.Series([roundtrip.kind(n, model.state_dict()[n].dtype) for n in after["different"]]).value_counts()
+    print(f"What differs, by kind: {kinds.to_dict()}. The codes are the same; the double-quantized scales, undone "
+          "by the repack, were quantized again when the state dict was built, so a model saved after a forward on "
+          "this CPU does not hold the bytes it was loaded from. The comparison above is made before the forward.")
+else:
+    print("This CPU kept the flat layout: saving before or after a forward writes the same bytes.")
+del state_before
 
 # %%
 answers[11] = ("How do I save and reload a 4-bit model?",

@@ -67,7 +67,9 @@ def load_rounded(mode: str = "nf4+dq", model_id="embedded", device_map="auto"):
     and dequantized in the training dtype, as bitsandbytes' ``gemm_4bit`` does before its matmul (fake
     quantization, `qlearn.fakequant`). LoRA on this model computes what QLoRA on ``mode`` computes, with plain
     ``nn.Linear`` layers: the control that separates what the 4-bit *base* costs from anything the 4-bit
-    *training* adds. The lm_head tied to the embedding is left as it is, as bitsandbytes leaves it.
+    *training* adds. The lm_head tied to the embedding is left as it is, as bitsandbytes leaves it. Where
+    `train_dtype` is bf16 the match is close, not exact: ``prepare_model_for_kbit_training`` makes QLoRA's
+    embedding (so its residual stream) float32, while this model's stays bf16.
     """
     from .. import bnb_interop
     from .._checks import check_choice
