@@ -325,6 +325,9 @@ def test_slider_moves_the_figure_in_classic_notebook_ipywidgets7(classic):
             page.wait_for_function("() => window.Jupyter && Jupyter.notebook && Jupyter.notebook.kernel"
                                    " && Jupyter.notebook.kernel.is_connected()", timeout=120_000)
             page.locator("#kernel_indicator_icon.kernel_idle_icon").wait_for(state="attached", timeout=120_000)
+            # widgetsnbextension loads after the page: until it has given the kernel its widget_manager (and, in the
+            # same call, registered the widget output type) a widget displayed by a cell renders as nothing
+            page.wait_for_function("() => Jupyter.notebook.kernel.widget_manager", timeout=120_000)
             page.evaluate("() => Jupyter.notebook.execute_all_cells()")
             page.wait_for_function(
                 "() => Jupyter.notebook.get_cells().every(c => /^\\d+$/.test(String(c.input_prompt_number)))"
