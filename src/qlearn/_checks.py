@@ -70,3 +70,18 @@ def check_int(value, name: str, minimum: int | None = None, maximum: int | None 
                   else f">= {minimum}" if minimum is not None else f"<= {maximum}" if maximum is not None else "")
         raise ValueError(f"{name} must be an int {bounds}".rstrip() + f"; got {value!r}")
     return value
+
+
+def check_threshold(threshold) -> float:
+    """LLM.int8's outlier threshold: a number >= 0 (not a bool); 0 means no outlier columns.
+
+    >>> check_threshold(6.0)
+    6.0
+    >>> check_threshold(-1)
+    Traceback (most recent call last):
+    ...
+    ValueError: threshold must be a number >= 0 (0: no outlier columns); got -1
+    """
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
+        raise ValueError(f"threshold must be a number >= 0 (0: no outlier columns); got {threshold!r}")
+    return threshold

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from . import bnb_interop
+from ._checks import check_threshold
 
 __all__ = ["INT8_GRANULARITIES", "OUTLIER_WEIGHTS", "BNB_RESCALE", "Int8Product", "int8_matmul", "simulate_int8",
            "int8_layers", "set_int8_threshold"]
@@ -91,8 +92,7 @@ def _check(x, w, threshold, granularity, outlier_weights):
             raise ValueError(f"{name} must be a 2-D float tensor, got {getattr(t, 'shape', type(t).__name__)}")
     if x.shape[1] != w.shape[1]:
         raise ValueError(f"x is (tokens, {x.shape[1]}) but w is (out, {w.shape[1]}): in_features must match")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
-        raise ValueError(f"threshold must be a number >= 0 (0: no outlier columns), got {threshold!r}")
+    check_threshold(threshold)
     if granularity not in INT8_GRANULARITIES:
         raise ValueError(f"granularity must be one of {INT8_GRANULARITIES}, got {granularity!r}")
     if outlier_weights not in OUTLIER_WEIGHTS:
@@ -182,8 +182,7 @@ def set_int8_threshold(model: nn.Module, threshold: float) -> int:
     (bitsandbytes 0.50 reads ``state.threshold`` on every forward; the ``use_pool`` flag its constructor
     also sets from the threshold is read nowhere.)
     """
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
-        raise ValueError(f"threshold must be a number >= 0, got {threshold!r}")
+    check_threshold(threshold)
     layers = int8_layers(model)
     if not layers:
         raise ValueError("model has no LLM.int8 layers (load it with mode='int8')")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from . import cuda_rules
-from ._checks import check_bits, check_choice, check_finite, check_tensor
+from ._checks import check_bits, check_choice, check_finite, check_tensor, check_threshold
 from .affine import choose_qparams_affine, dequantize_affine, quantize_affine
 from .granularity import group, ungroup
 
@@ -180,8 +180,7 @@ def int8_vectorwise(x: torch.Tensor, threshold: float = 0.0, rule: str | None = 
     x = check_tensor(x, "x")
     if x.dim() < 2:
         raise ValueError(f"x must have at least 2 dimensions (rows, cols), got shape {tuple(x.shape)}")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
-        raise ValueError(f"threshold must be a number >= 0 (0 disables outliers), got {threshold!r}")
+    check_threshold(threshold)
     rule = cuda_rules.default_rule(x) if rule is None else rule
     check_choice(rule, "rule", cuda_rules.RULES)
     a = x.reshape(-1, x.shape[-1])                                # (rows, cols)

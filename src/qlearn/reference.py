@@ -11,7 +11,16 @@ from __future__ import annotations
 import torch
 
 from . import codebooks
-from ._checks import _check_axis, check_bits, check_blocksize, check_choice, check_finite, check_int, check_tensor
+from ._checks import (
+    _check_axis,
+    check_bits,
+    check_blocksize,
+    check_choice,
+    check_finite,
+    check_int,
+    check_tensor,
+    check_threshold,
+)
 from .intquant import AbsmaxQuantized, Int8Vectorwise, ZeroPointQuantized
 from .quantize import BLOCKSIZES_4BIT, BLOCKSIZES_8BIT, DQ_BLOCKSIZE, DQ_RULES, Blockwise8bit, Quantized4bit
 
@@ -249,8 +258,7 @@ def int8_vectorwise(x: torch.Tensor, threshold: float = 0.0) -> Int8Vectorwise:
     x = check_tensor(x, "x")
     if x.dim() < 2:
         raise ValueError(f"x must have at least 2 dimensions (rows, cols), got shape {tuple(x.shape)}")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
-        raise ValueError(f"threshold must be a number >= 0 (0 disables outliers), got {threshold!r}")
+    check_threshold(threshold)
     a = x.reshape(-1, x.shape[-1])                               # (rows, cols), the input's dtype
     outliers = a.abs() >= threshold if threshold > 0 else torch.zeros_like(a, dtype=torch.bool)
     outlier_cols = torch.argwhere(outliers.any(dim=0)).view(-1)  # (k,) int64

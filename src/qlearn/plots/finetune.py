@@ -35,14 +35,19 @@ def loss_curves(runs: dict, ax=None, step=None, faded=()) -> list:
                            label=f"{label}: held-out {run.heldout[0]:.3g} → {run.heldout[-1]:.3g}")
     if step is not None:
         artists.append(ax.axvline(step, color="#333333", lw=1, ls=":"))
+    _loss_axes(ax)
+    ax.legend(fontsize=7, loc="lower left")
+    return artists
+
+
+def _loss_axes(ax) -> None:
+    """The loss plot's axes: log loss with plain tick labels, integer steps, the labels."""
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     ax.xaxis.set_major_locator(MaxNLocator(6, integer=True))
     ax.set_xlabel("training step (thin: the batch's loss; dots: held-out loss)")
     ax.set_ylabel("loss (nats per answer token)")
-    ax.legend(fontsize=7, loc="lower left")
-    return artists
 
 
 def memory_bars(splits: dict, ax=None, title: str = "") -> list:
@@ -122,12 +127,7 @@ class LossView:
             fig.subplots_adjust(left=0.09, right=0.66, bottom=0.14, top=0.88)   # the legend right of the axes
         self.fig, self.ax = fig, fig.axes[0]
         ax = self.ax
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-        ax.xaxis.set_major_locator(MaxNLocator(6, integer=True))
-        ax.set_xlabel("training step (thin: the batch's loss; dots: held-out loss)")
-        ax.set_ylabel("loss (nats per answer token)")
+        _loss_axes(ax)
         self.marker = ax.axvline(0, color="#333333", lw=1, ls=":")
         self.curves: dict = {}          # label -> (run, training-loss line, held-out line)
         self._legend_of = None          # the runs the legend and the limits were made for
