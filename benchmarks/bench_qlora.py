@@ -35,6 +35,14 @@ orders exactly, and at such losses the ratio is that of two small numbers. One s
 (float32) and 168.2 for QLoRA (111.5 as loaded, +56.7 from the float32 embedding and norms). Shipping: 4-bit +
 adapter 121.2 MB, perplexity 1.068; merged into bf16 269.0 MB, 1.066; merged then nf4+dq 111.5 MB, 30.16, because
 no code of ``model.layers.3.mlp.down_proj`` moved (every update under half an NF4 step; 0.8% of it kept).
+
+Measured 2026-12-06 on a CPU with AVX512-BF16 (bf16 training; LoRA's base bf16), load average 0.6 to 1.9, default
+settings, 125 s in all: LoRA 3.0264 -> 0.0379 (1.38 s a step), QLoRA nf4+dq 3.5352 -> 0.0648 (1.08 s a step: the
+4-bit base is faster here), LoRA on nf4+dq's values 3.5352 -> 0.0648. That control equals QLoRA only because
+`load_rounded` makes its embedding and norms float32 and its layers cast as ``Linear4bit`` does
+(`qlearn.finetune.CastingLinear`); with a bf16 residual stream it started at 3.525961 and ended 0.8516x QLoRA.
+Shipping: 121.2 MB / ppl 1.0669, 269.0 MB / 1.0663, 111.5 MB / 30.99. Last line:
+``qlora_over_lora_heldout=1.7094 merged_requant_ppl_rise=28.0461 s_per_step=1.077``.
 """
 
 from __future__ import annotations

@@ -96,30 +96,33 @@ def test_training_lowers_the_held_out_loss(tiny_folder, tok):
     assert run.trainable == sum(r * (i + o) for r, i, o in ft.adapter_shapes(pm).values())
 
 
+@pytest.mark.parametrize("bf16", [True, False], ids=["bf16-training", "float32-training"])
 @pytest.mark.parametrize("mode", ["nf4+dq", "fp4"])
-def test_lora_on_the_rounded_values_computes_what_qlora_computes(tiny_folder, tok, mode):
+def test_lora_on_the_rounded_values_computes_what_qlora_computes(tiny_folder, tok, mode, bf16, monkeypatch):
     """The control of lesson 12: plain layers holding the 4-bit values give QLoRA's outputs exactly (no gradient:
-    bitsandbytes' gemm_4bit dequantizes to the input's dtype, then F.linear), hence the same held-out loss
-    (to 1e-6 where training runs in float32; on an AVX512-BF16 CPU the residual streams' dtypes differ)."""
+    bitsandbytes' gemm_4bit dequantizes to the compute dtype, then F.linear, and casts back), and with the other
+    parameters float32 as after prepare_model_for_kbit_training, the same held-out loss. Both training dtypes run
+    on any CPU (train_dtype follows has_avx512bf16; layers in training mode never take the fused CPU path)."""
+    monkeypatch.setattr(bnb_interop, "has_avx512bf16", lambda: bf16)
+    assert ft.train_dtype("cpu") == (torch.bfloat16 if bf16 else torch.float32)
     q, _ = ft.load_for_training(mode, model_id=str(tiny_folder), device_map="cpu")
     r, _ = ft.load_rounded(mode, model_id=str(tiny_folder), device_map="cpu")
     x = torch.randn(3, 64, generator=torch.Generator().manual_seed(0))
     qm, rm = dict(q.named_modules()), dict(r.named_modules())
     for name in ("model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.o_proj"):
-        assert type(rm[name]) is torch.nn.Linear and type(qm[name]) is not torch.nn.Linear
-        with torch.no_grad():
-            out_4bit = qm[name](x.to(qm[name].compute_dtype)).float()
-            assert torch.equal(out_4bit, rm[name](x.to(rm[name].weight.dtype)).float())
+        assert type(rm[name]) is ft.CastingLinear and type(qm[name]) is not torch.nn.Linear
+        assert rm[name].weight.dtype == qm[name].compute_dtype == ft.train_dtype("cpu")
+        with torch.no_grad():      # a float32 input, as the residual stream is after the preparation
+            assert torch.equal(qm[name](x), rm[name](x)) and rm[name](x).dtype == torch.float32
     held = ft.task(8, 4)[1]
-    pq, pr = ft.attach_lora(q, rank=4)[0], ft.attach_lora(r, rank=4)[0]
-    loss_q, loss_r = ft.heldout_loss(pq, tok, held), ft.heldout_loss(pr, tok, held)
-    if ft.train_dtype("cpu") == torch.float32:      # a CPU without AVX512-BF16: both residual streams float32
-        assert loss_q == pytest.approx(loss_r, rel=1e-6)
-    else:   # prepare_model_for_kbit_training made QLoRA's embedding, so its residual stream, float32; the control's
-        # stays bf16, so the losses agree only as closely as bf16 rounding between the layers allows (7e-6 measured)
-        emb = (pq.get_input_embeddings().weight.dtype, pr.get_input_embeddings().weight.dtype)
-        assert emb == (torch.float32, torch.bfloat16)
-        assert loss_q == pytest.approx(loss_r, rel=1e-4)
+    pq, prep = ft.attach_lora(q, rank=4)
+    pr = ft.attach_lora(r, rank=4)[0]
+    # QLoRA's float parameters besides the adapters (embedding, norms: float32 after the preparation) have the
+    # same dtypes in the control
+    q_dtypes = {n: p.dtype for n, p in pq.named_parameters() if p.dtype.is_floating_point and "lora_" not in n}
+    assert len(q_dtypes) == len(prep.cast) > 0 and set(q_dtypes.values()) == {torch.float32}
+    assert {n: p.dtype for n, p in pr.named_parameters() if n in q_dtypes} == q_dtypes
+    assert ft.heldout_loss(pq, tok, held) == ft.heldout_loss(pr, tok, held)
     with pytest.raises(ValueError, match="mode must be one of"):
         ft.load_rounded("int8", model_id=str(tiny_folder), device_map="cpu")
 

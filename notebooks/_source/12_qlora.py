@@ -230,9 +230,8 @@ route_table
 # One more run is a control: **LoRA on nf4+dq values** is LoRA on plain `nn.Linear` layers whose weights hold
 # exactly the numbers the nf4 + dq layers compute with (quantized by bitsandbytes, dequantized as its 4-bit matmul
 # does; `ft.load_rounded`). If QLoRA's training itself cost anything, this run would do better than QLoRA; if the
-# two match, whatever separates QLoRA from LoRA is the 4-bit base, not the 4-bit training. (Where training
-# computes in bf16 the match is close, not exact: the control's residual stream stays bf16, QLoRA's is float32, see
-# below.)
+# two match, whatever separates QLoRA from LoRA is the 4-bit base, not the 4-bit training. (Its embedding and norms
+# are float32 and each layer computes in the training dtype, as QLoRA's are after `prepare_model_for_kbit_training`.)
 #
 # Why QLoRA can need more memory than LoRA: `prepare_model_for_kbit_training` makes the embedding float32, so
 # every block's input (the residual stream) is float32 too. Where training computes in bf16 (a GPU, an

@@ -18,6 +18,7 @@ base in NF4 + double quant, small trainable adapters ``B @ A`` beside it. The pi
 from .data import ANSWER, ASK, TEMPLATES, Batch, Example, encode, order_examples, task
 from .lora import (
     TARGETS,
+    CastingLinear,
     PrepareCost,
     Run,
     adapter_runner,
@@ -36,6 +37,7 @@ from .memsplit import MemorySplit, memory_split
 from .merge import ROUTES, Rounding, Shipped, merged_weight, rounding, ship
 
 __all__ = ["ANSWER", "ASK", "TEMPLATES", "Batch", "Example", "encode", "order_examples", "task", "TARGETS",
+           "CastingLinear",
            "PrepareCost", "Run", "adapter_runner", "adapter_shapes", "answers", "attach_lora", "heldout_loss",
            "load_for_training", "load_rounded", "lora_mode", "set_checkpointing", "train", "train_dtype", "MemorySplit",
            "memory_split", "ROUTES", "Rounding", "Shipped", "merged_weight", "rounding", "ship"]

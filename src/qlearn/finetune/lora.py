@@ -24,8 +24,8 @@ from .._checks import check_int
 from .data import Batch, encode
 
 __all__ = ["TARGETS", "PrepareCost", "Run", "train_dtype", "lora_mode", "load_for_training", "load_rounded",
-           "attach_lora", "set_checkpointing", "checkpointing", "adapter_shapes", "heldout_loss", "answers", "train",
-           "adapter_runner"]
+           "CastingLinear", "attach_lora", "set_checkpointing", "checkpointing", "adapter_shapes", "heldout_loss",
+           "answers", "train", "adapter_runner"]
 
 # target-module choices: peft's "all-linear" (QLoRA's choice), attention only, q and v (the LoRA paper's), the MLP
 TARGETS = {"all-linear": "all-linear", "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
@@ -59,17 +59,27 @@ def load_for_training(mode: str, model_id="embedded", device_map="auto"):
     return model.train(), tok
 
 
+class CastingLinear(torch.nn.Linear):
+    """An ``nn.Linear`` that computes in its weight's dtype and hands back its input's dtype, as bitsandbytes'
+    ``Linear4bit`` does (input cast to the compute dtype, output cast back): where QLoRA trains in bf16 on a
+    float32 residual stream, the control's layers then round exactly where QLoRA's do."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.to(self.weight.dtype)).to(x.dtype)
+
+
 def load_rounded(mode: str = "nf4+dq", model_id="embedded", device_map="auto"):
     """The 16-bit model (``lora_mode``) whose linear layers hold exactly the values a 4-bit ``mode`` (nf4, fp4,
     nf4+dq, fp4+dq; blocks of 64) computes with, in training mode.
 
     Each weight is quantized by bitsandbytes itself (`qlearn.bnb_interop`, the bytes ``ql.load`` would store)
     and dequantized in the training dtype, as bitsandbytes' ``gemm_4bit`` does before its matmul (fake
-    quantization, `qlearn.fakequant`). LoRA on this model computes what QLoRA on ``mode`` computes, with plain
-    ``nn.Linear`` layers: the control that separates what the 4-bit *base* costs from anything the 4-bit
-    *training* adds. The lm_head tied to the embedding is left as it is, as bitsandbytes leaves it. Where
-    `train_dtype` is bf16 the match is close, not exact: ``prepare_model_for_kbit_training`` makes QLoRA's
-    embedding (so its residual stream) float32, while this model's stays bf16.
+    quantization, `qlearn.fakequant`). Everything else is made as QLoRA's model is after
+    ``prepare_model_for_kbit_training``: the other 16-bit parameters (embedding, norms) float32, so the residual
+    stream is float32, and each linear layer a `CastingLinear` (computes in the training dtype, returns float32).
+    LoRA on this model computes what QLoRA on ``mode`` computes, with plain layers: the control that separates
+    what the 4-bit *base* costs from anything the 4-bit *training* adds. The lm_head tied to the embedding is
+    left as it is, as bitsandbytes leaves it (so float32 too).
     """
     from .. import bnb_interop
     from .._checks import check_choice
@@ -84,8 +94,15 @@ def load_rounded(mode: str = "nf4+dq", model_id="embedded", device_map="auto"):
     def stored(w):   # quantized from the checkpoint's bf16 values, as loading in 4 bits does
         return bnb_interop.quantize_4bit_record(w.to(torch.bfloat16), quant_type, 64, double_quant)
 
-    fake_quantize(model, {name: stored for name in quantizable_layers(model)}, keep_originals=False,
-                  values_dtype=train_dtype(device))
+    layers = quantizable_layers(model)
+    fake_quantize(model, {name: stored for name in layers}, keep_originals=False, values_dtype=train_dtype(device))
+    modules = dict(model.named_modules())
+    linear_weights = {id(modules[name].weight) for name in layers}
+    for p in model.parameters():     # what prepare_model_for_kbit_training does to the parameters it can upcast
+        if p.dtype in (torch.float16, torch.bfloat16) and id(p) not in linear_weights:
+            p.data = p.data.float()
+    for name in layers:
+        modules[name].__class__ = CastingLinear
     return model.train(), tok
 
 
