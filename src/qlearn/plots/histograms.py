@@ -145,7 +145,8 @@ class ZeroPointView:
             self.rugs[name] = a.add_collection(rug)
             self.points[name] = b.scatter([], [], s=3, color=COLORS[name], alpha=0.6, label=name)
             (self.curves[name],) = c.plot([], [], marker="o", color=COLORS[name], label=name)
-        self.bits_line = c.axvline(4, color=COLORS["muted"], linestyle="--", linewidth=1)
+        # from the axis up to the chosen bits' points only: a full-height line crossed the legend at 2-4 bits
+        self.bits_line, = c.plot([4, 4], [0, 1], color=COLORS["muted"], linestyle="--", linewidth=1)
         a.set_xlabel("weight value")
         a.set_ylabel("count")
         b.set_xlabel("weight value")
@@ -192,9 +193,11 @@ class ZeroPointView:
         # room above for the legend
         b.set_ylim(*steady_limits(-emax * 1.1, emax * 1.6, margin=0.0, steps=4))
         b.set_title(f"rounding error per value\n({len(self._pts):,} of {x.numel():,} shown)", y=1.03)
-        self.bits_line.set_xdata([bits, bits])
         finite = [v for values in sqnr.values() for v in values if np.isfinite(v)]   # exact: inf dB
         c.set_ylim(*steady_limits(min([0.0, *finite]), max([10.0, *finite]) * 1.1 + 1, margin=0.0, steps=4))
+        bottom, top = c.get_ylim()
+        at_bits = [v[bits - 2] for v in sqnr.values() if np.isfinite(v[bits - 2])]
+        self.bits_line.set_data([bits, bits], [bottom, max(at_bits, default=top)])
         c.set_title("error against bits\n(dashed: the bits chosen)", y=1.03)   # the same at every step
         return self
 
