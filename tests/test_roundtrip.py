@@ -78,6 +78,26 @@ def test_roundtrip_of_a_bf16_model_is_byte_exact(tmp_path):
     assert (tmp_path / "saved" / "model.safetensors").is_file()          # a given folder is kept
 
 
+def test_roundtrip_compares_what_was_loaded_before_any_forward(tmp_path, monkeypatch):
+    """On an AVX512-BF16 CPU a 4-bit layer's first forward repacks it and its state dict changes (lesson 13, Q11);
+    here every forward changes a norm weight instead, on any CPU. The comparison is made on the loaded state, before
+    the logits check runs its forwards: identical, and both models' logits (each changed once) still equal."""
+    from transformers import LlamaForCausalLM
+
+    model = _tiny(tmp_path)
+    forward = LlamaForCausalLM.forward
+
+    def changing(self, *args, **kwargs):
+        self.model.norm.weight.data += 1
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(LlamaForCausalLM, "forward", changing)
+    rt, _ = rtm.roundtrip(model, check_ids=torch.tensor([[1, 5, 9, 2]]))
+    assert rt.identical and rt.same_logits is True
+    after = rtm.compare_state_dicts(rtm._state(_tiny(tmp_path)), rtm._state(model))
+    assert after["different"] == ["model.norm.weight"]      # the forward did change the model
+
+
 def test_roundtrip_reports_a_changed_tensor(tmp_path, monkeypatch):
     """If loading gave back different bytes, the comparison says which tensor."""
     model = _tiny(tmp_path)
