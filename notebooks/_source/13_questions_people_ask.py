@@ -504,17 +504,18 @@ file_table
 # The logits check ran this model's first forward in eval mode. On a CPU with AVX512-BF16 that forward repacks
 # every 4-bit layer for bitsandbytes' fused kernel (layout "cpu-blocked"), and the state dict is then rebuilt from it.
 layouts = pd.Series(bnb_interop.four_bit_layouts(model)).value_counts().to_dict()
-after = roundtrip.compare_state_dicts(state_before, model.state_dict())
+state_after = model.state_dict()
+after = roundtrip.compare_state_dicts(state_before, state_after)
 print(f"layouts of the 4-bit layers now: {layouts}; this model's state dict against the one before the forward: "
       f"{len(after['equal'])} equal, {len(after['different'])} different")
 if after["different"]:
-    kinds = pd.Series([roundtrip.kind(n, model.state_dict()[n].dtype) for n in after["different"]]).value_counts()
+    kinds = pd.Series([roundtrip.kind(n, state_after[n].dtype) for n in after["different"]]).value_counts()
     print(f"What differs, by kind: {kinds.to_dict()}. The codes are the same; the double-quantized scales, undone "
           "by the repack, were quantized again when the state dict was built, so a model saved after a forward on "
           "this CPU does not hold the bytes it was loaded from. The comparison above is made before the forward.")
 else:
     print("This CPU kept the flat layout: saving before or after a forward writes the same bytes.")
-del state_before
+del state_before, state_after
 
 # %%
 answers[11] = ("How do I save and reload a 4-bit model?",

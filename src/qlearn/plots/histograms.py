@@ -194,8 +194,8 @@ class ZeroPointView:
         b.set_ylim(*steady_limits(-emax * 1.1, emax * 1.6, margin=0.0, steps=4))
         b.set_title(f"rounding error per value\n({len(self._pts):,} of {x.numel():,} shown)", y=1.03)
         finite = [v for values in sqnr.values() for v in values if np.isfinite(v)]   # exact: inf dB
-        c.set_ylim(*steady_limits(min([0.0, *finite]), max([10.0, *finite]) * 1.1 + 1, margin=0.0, steps=4))
-        bottom, top = c.get_ylim()
+        bottom, top = steady_limits(min([0.0, *finite]), max([10.0, *finite]) * 1.1 + 1, margin=0.0, steps=4)
+        c.set_ylim(bottom, top)
         at_bits = [v[bits - 2] for v in sqnr.values() if np.isfinite(v[bits - 2])]
         self.bits_line.set_data([bits, bits], [bottom, max(at_bits, default=top)])
         c.set_title("error against bits\n(dashed: the bits chosen)", y=1.03)   # the same at every step
