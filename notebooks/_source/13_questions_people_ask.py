@@ -510,11 +510,14 @@ print(f"layouts of the 4-bit layers now: {layouts}; this model's state dict agai
       f"{len(after['equal'])} equal, {len(after['different'])} different")
 if after["different"]:
     kinds = pd.Series([roundtrip.kind(n, state_after[n].dtype) for n in after["different"]]).value_counts()
-    print(f"What differs, by kind: {kinds.to_dict()}. The codes are the same; the double-quantized scales, undone "
+    codes = "the codes are the same" if "codes" not in kinds else f"{kinds['codes']} code tensors differ too"
+    print(f"What differs, by kind: {kinds.to_dict()}: {codes}. The double-quantized scales, undone "
           "by the repack, were quantized again when the state dict was built, so a model saved after a forward on "
-          "this CPU does not hold the bytes it was loaded from. The comparison above is made before the forward.")
+          f"this {model.device.type} device does not hold the bytes it was loaded from. The comparison above is made "
+          "before the forward.")
 else:
-    print("This CPU kept the flat layout: saving before or after a forward writes the same bytes.")
+    print(f"This {model.device.type} device kept the flat layout: saving before or after a forward writes the same "
+          "bytes.")
 del state_before, state_after
 
 # %%
